@@ -1,0 +1,95 @@
+//! `dijiang convert --teacher <model> --out <dir>`: the DiJiang student of a softmax model, saved in
+//! the project's format, with a report of the parameters that are new.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use dijiang_kernel::qmc::ScaleSampling;
+use dijiang_model::DiJiangConfig;
+use dijiang_model::config::{DecayKind, FeatureMapKind};
+use dijiang_model::convert::convert;
+use dijiang_model::import::native::{Manifest, save};
+
+use crate::backend::Backend;
+use crate::commands::inspect::thousands;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The softmax teacher: an HF directory, a GGUF file, a llama2.c .bin or a saved model.
+    #[arg(long)]
+    teacher: String,
+    /// Directory to write the student to (replaced atomically).
+    #[arg(long)]
+    out: String,
+    /// Feature map: reference (softmax of x C T), weighted-exp (the paper's D * exp(T C x)), performer.
+    #[arg(long, default_value = "reference")]
+    feature_map: String,
+    /// Draw the scales by Monte Carlo (the reference code) instead of quasi-Monte Carlo.
+    #[arg(long)]
+    mc: bool,
+    /// Learnable per-feature weights D.
+    #[arg(long)]
+    feature_weights: bool,
+    /// No decay (gamma = 1).
+    #[arg(long)]
+    no_decay: bool,
+    /// Seed for the new parameters.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let feature_map = match args.feature_map.as_str() {
+        "reference" => FeatureMapKind::Reference,
+        "weighted-exp" => FeatureMapKind::WeightedExp,
+        "performer" => FeatureMapKind::Performer,
+        other => {
+            anyhow::bail!("--feature-map `{other}`: expected reference, weighted-exp or performer")
+        }
+    };
+    let dijiang = DiJiangConfig {
+        feature_map,
+        sampling: if args.mc {
+            ScaleSampling::Mc { seed: args.seed }
+        } else {
+            ScaleSampling::Qmc { shift_seed: None }
+        },
+        feature_weights: args.feature_weights,
+        decay: if args.no_decay {
+            DecayKind::None
+        } else {
+            DecayKind::Reference
+        },
+        seed: args.seed,
+        ..Default::default()
+    };
+    let device = Default::default();
+    let student = convert::<Backend>(Path::new(&args.teacher), dijiang, &device)
+        .with_context(|| format!("converting {}", args.teacher))?;
+    let config = student.model.config().clone();
+    let mut manifest = Manifest::new(config.clone());
+    manifest.source = Some(args.teacher.clone());
+    manifest.new_parameters = student.initialised.clone();
+    save(&student.model, &manifest, Path::new(&args.out))
+        .with_context(|| format!("saving {}", args.out))?;
+
+    let total = student.model.num_params();
+    let new = total
+        - config
+            .clone()
+            .with_attention(dijiang_model::AttentionKernelConfig::Softmax)
+            .num_params();
+    println!("teacher       {} ({:?})", args.teacher, student.format);
+    println!(
+        "student       {} parameters, {} of them new",
+        thousands(total),
+        thousands(new)
+    );
+    println!("new tensors   {}:", student.initialised.len());
+    for name in &student.initialised {
+        println!("  {name}");
+    }
+    println!("saved         {}", args.out);
+    Ok(())
+}

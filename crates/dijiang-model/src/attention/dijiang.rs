@@ -1,0 +1,201 @@
+//! The DiJiang attention kernel (DIJIANG.md section 3, with the options of section 5):
+//!
+//! `out = silu(x W_G) * GroupNorm(merge_heads(LinearAttention(phi(q), phi(k), v; gamma)))`
+//!
+//! - `phi` is the configured feature map with a frozen projection (`proj`, saved with the model),
+//!   optionally times learnable feature weights D;
+//! - the decay is one `ln(gamma)` per query head (learnable or not), initialised to the reference's
+//!   `gamma_h = 1 - exp(linspace(ln(1/32), ln(1/512), H))[h]`;
+//! - no normaliser; GroupNorm with `num_groups = head_dim` over the merged heads (the reference's
+//!   quirk: groups of H consecutive channels); the swish gate `W_G` is applied as `x @ W_G`.
+
+use burn::module::Param;
+use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use dijiang_kernel::feature_map::{
+    paper_projection, performer_projection, positive_random_features, reference_projection,
+    softmax_features, weighted_exp_features,
+};
+use dijiang_kernel::linear_attention::chunked;
+
+use super::merge_heads;
+use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, ModelConfig};
+use crate::weights::{Init, WeightSource};
+
+/// The reference's gate init: Xavier uniform with gain 2^-2.5.
+const GATE_GAIN: f64 = 0.176_776_695_296_636_9;
+/// GroupNorm epsilon of the reference.
+const GROUP_NORM_EPS: f64 = 1e-5;
+
+/// The reference's per-head decays `ln(gamma_h)` for `h` heads.
+pub fn reference_log_decay(heads: usize) -> Vec<f64> {
+    let (lo, hi) = ((1.0f64 / 32.0).ln(), (1.0f64 / 512.0).ln());
+    (0..heads)
+        .map(|i| {
+            let frac = if heads == 1 {
+                0.0
+            } else {
+                i as f64 / (heads - 1) as f64
+            };
+            (1.0 - (lo + (hi - lo) * frac).exp()).ln()
+        })
+        .collect()
+}
+
+#[derive(Module, Debug)]
+pub struct DiJiangKernel<B: Backend> {
+    /// Feature projection `[d, m]`, frozen.
+    pub proj: Param<Tensor<B, 2>>,
+    /// Learnable per-feature weights D `[m]`.
+    pub feature_weights: Option<Param<Tensor<B, 1>>>,
+    /// `ln(gamma)` per query head `[h_q]`.
+    pub log_decay: Param<Tensor<B, 1>>,
+    /// Output gate `W_G` `[hidden, heads*d]`, used as `x @ W_G`.
+    pub gate: Param<Tensor<B, 2>>,
+    pub group_norm: GroupNorm<B>,
+    #[module(skip)]
+    feature_map: FeatureMapKind,
+    #[module(skip)]
+    chunk_len: usize,
+}
+
+impl<B: Backend> DiJiangKernel<B> {
+    pub fn build(
+        src: &mut impl WeightSource<B>,
+        name: &str,
+        config: &ModelConfig,
+        dj: &DiJiangConfig,
+    ) -> Self {
+        let d = config.head_dim;
+        let m = dj.num_features(d);
+        let width = config.num_heads * d;
+        let proj_init = match dj.feature_map {
+            FeatureMapKind::Reference => reference_projection(d, dj.sampling),
+            FeatureMapKind::WeightedExp => paper_projection(d, dj.sampling),
+            FeatureMapKind::Performer => performer_projection(d, m, dj.seed),
+        };
+        let proj = src.tensor(&format!("{name}.proj"), [d, m], Init::Values(proj_init));
+        let feature_weights = dj.has_feature_weights().then(|| {
+            Param::from_tensor(src.tensor(&format!("{name}.feature_weights"), [m], Init::Ones))
+        });
+        let decay_init = match dj.decay {
+            DecayKind::Reference => Init::Values(reference_log_decay(config.num_heads)),
+            DecayKind::None => Init::Zeros,
+        };
+        let log_decay = src.tensor(&format!("{name}.log_decay"), [config.num_heads], decay_init);
+        let gate = src.tensor(
+            &format!("{name}.gate"),
+            [config.hidden_size, width],
+            Init::XavierUniform { gain: GATE_GAIN },
+        );
+        let mut group_norm = GroupNormConfig::new(d, width)
+            .with_epsilon(GROUP_NORM_EPS)
+            .init(src.device());
+        group_norm.gamma = Some(Param::from_tensor(src.tensor(
+            &format!("{name}.group_norm.gamma"),
+            [width],
+            Init::Ones,
+        )));
+        group_norm.beta = Some(Param::from_tensor(src.tensor(
+            &format!("{name}.group_norm.beta"),
+            [width],
+            Init::Zeros,
+        )));
+        Self {
+            proj: Param::from_tensor(proj).set_require_grad(false),
+            feature_weights,
+            log_decay: Param::from_tensor(log_decay).set_require_grad(dj.learnable_decay),
+            gate: Param::from_tensor(gate),
+            group_norm,
+            feature_map: dj.feature_map,
+            chunk_len: dj.chunk_len,
+        }
+    }
+
+    /// phi(x) for queries or keys.
+    ///
+    /// # Shapes
+    /// - x: `[b, h, t, d]` -> `[b, h, t, m]`
+    pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let proj = self.proj.val();
+        let phi = match self.feature_map {
+            FeatureMapKind::Reference => softmax_features(x, proj),
+            FeatureMapKind::WeightedExp => {
+                let weights = self
+                    .feature_weights
+                    .as_ref()
+                    .expect("weighted_exp has feature weights")
+                    .val();
+                return weighted_exp_features(x, proj, weights);
+            }
+            FeatureMapKind::Performer => positive_random_features(x, proj),
+        };
+        match &self.feature_weights {
+            Some(w) => {
+                let [m] = w.dims();
+                phi * w.val().reshape([1, 1, 1, m])
+            }
+            None => phi,
+        }
+    }
+
+    /// `ln(gamma)` per query head, clamped to `<= 0` (gamma <= 1) whatever training did.
+    pub fn log_decay(&self) -> Tensor<B, 1> {
+        self.log_decay.val().clamp_max(0.0)
+    }
+
+    /// # Shapes
+    /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]`, x (the block's input): `[b, t, hidden]`
+    /// - output: `[b, t, h_q*d]`
+    pub fn forward(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [b, hq, _, _] = q.dims();
+        let [_, _, _, dv] = v.dims();
+        let m = self.proj.dims()[1];
+        let state = Tensor::zeros([b, hq, m, dv], &q.device());
+        let (o, _) = chunked(
+            self.features(q),
+            self.features(k),
+            v,
+            self.log_decay(),
+            self.chunk_len,
+            state,
+        );
+        self.output(merge_heads(o), x)
+    }
+
+    /// `silu(x W_G) * GroupNorm(o)`.
+    ///
+    /// # Shapes
+    /// - o: `[b, t, h_q*d]`, x: `[b, t, hidden]` -> `[b, t, h_q*d]`
+    fn output(&self, o: Tensor<B, 3>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, width] = o.dims();
+        let [_, _, hidden] = x.dims();
+        // GroupNorm per token: [b, t, C] -> [b*t, C]
+        let normed = self
+            .group_norm
+            .forward(o.reshape([b * t, width]))
+            .reshape([b, t, width]);
+        let gate = silu(x.reshape([b * t, hidden]).matmul(self.gate.val())).reshape([b, t, width]);
+        gate * normed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_decay_spans_32_to_512_tokens() {
+        let g: Vec<f64> = reference_log_decay(4).into_iter().map(f64::exp).collect();
+        assert!((g[0] - (1.0 - 1.0 / 32.0)).abs() < 1e-12);
+        assert!((g[3] - (1.0 - 1.0 / 512.0)).abs() < 1e-12);
+        assert!(g.windows(2).all(|w| w[0] < w[1]));
+    }
+}

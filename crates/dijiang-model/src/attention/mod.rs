@@ -1,0 +1,93 @@
+//! The attention block: q/k/v/o projections and RoPE, owning a swappable kernel (softmax or
+//! DiJiang) that turns the heads into the block's output. Teacher and student therefore share every
+//! weight name outside `kernel.*`, and converting one into the other only adds the kernel's
+//! parameters.
+
+mod dijiang;
+mod softmax;
+
+pub use dijiang::DiJiangKernel;
+pub use softmax::SoftmaxKernel;
+
+use burn::nn::Linear;
+use burn::prelude::*;
+
+use crate::config::{AttentionKernelConfig, ModelConfig};
+use crate::layers::linear;
+use crate::rope::apply_rope;
+use crate::weights::WeightSource;
+
+/// What the attention block does with its heads.
+#[derive(Module, Debug)]
+pub enum AttentionKernel<B: Backend> {
+    Softmax(SoftmaxKernel),
+    DiJiang(DiJiangKernel<B>),
+}
+
+/// Multi-head (grouped-query) self-attention with rotary embeddings.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub o: Linear<B>,
+    pub kernel: AttentionKernel<B>,
+    #[module(skip)]
+    num_heads: usize,
+    #[module(skip)]
+    num_kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn build(src: &mut impl WeightSource<B>, name: &str, config: &ModelConfig) -> Self {
+        let (h, d) = (config.hidden_size, config.head_dim);
+        let (q_out, kv_out) = (config.num_heads * d, config.num_kv_heads * d);
+        let bias = config.attention_bias;
+        let kernel =
+            match &config.attention {
+                AttentionKernelConfig::Softmax => AttentionKernel::Softmax(SoftmaxKernel::new(d)),
+                AttentionKernelConfig::Dijiang(dj) => AttentionKernel::DiJiang(
+                    DiJiangKernel::build(src, &format!("{name}.kernel"), config, dj),
+                ),
+            };
+        Self {
+            q: linear(src, &format!("{name}.q"), h, q_out, bias),
+            k: linear(src, &format!("{name}.k"), h, kv_out, bias),
+            v: linear(src, &format!("{name}.v"), h, kv_out, bias),
+            o: linear(src, &format!("{name}.o"), q_out, h, bias),
+            kernel,
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: d,
+        }
+    }
+
+    /// # Shapes
+    /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, t, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let d = self.head_dim;
+        // [b, t, heads*d] -> [b, heads, t, d]
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let q = apply_rope(heads(self.q.forward(x.clone()), self.num_heads), cos, sin);
+        let k = apply_rope(
+            heads(self.k.forward(x.clone()), self.num_kv_heads),
+            cos,
+            sin,
+        );
+        let v = heads(self.v.forward(x.clone()), self.num_kv_heads);
+        let merged = match &self.kernel {
+            AttentionKernel::Softmax(kernel) => kernel.forward(q, k, v),
+            AttentionKernel::DiJiang(kernel) => kernel.forward(q, k, v, x),
+        };
+        self.o.forward(merged)
+    }
+}
+
+/// `[b, h, t, d]` -> `[b, t, h*d]`.
+pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, t, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, t, h * d])
+}

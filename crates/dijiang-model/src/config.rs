@@ -1,0 +1,491 @@
+//! Model configuration: one decoder-only Transformer covering the LLaMA family and GPT-NeoX /
+//! Pythia, with the attention kernel (softmax or DiJiang) chosen by config.
+//!
+//! Presets are functions (`ModelConfig::llama2_7b()`, ...); [`ModelConfig::from_hf_config`] reads an
+//! HF `config.json` (`model_type` llama or gpt_neox).
+
+use dijiang_kernel::qmc::ScaleSampling;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+/// The architecture family: decides norms, MLP, residual wiring, biases and weight names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// RMSNorm, full-head rotate-half RoPE, SwiGLU, sequential residual, grouped-query attention.
+    Llama,
+    /// LayerNorm with bias, partial rotary, GELU MLP, parallel (or sequential) residual, biases.
+    GptNeox,
+}
+
+/// The attention kernel: what turns (q, k, v) into the attention output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AttentionKernelConfig {
+    /// Scaled dot-product softmax attention, causal.
+    Softmax,
+    /// DiJiang's kernelised linear attention (DIJIANG.md sections 3 and 5).
+    Dijiang(DiJiangConfig),
+}
+
+/// The feature map phi of a DiJiang kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureMapKind {
+    /// The reference code: `softmax(x C T)` over the features (m = head size).
+    #[default]
+    Reference,
+    /// The paper: `D * exp(T C x)` with learnable weights D (m = head size).
+    WeightedExp,
+    /// Performer's positive random features `exp(W x - |x|^2/2) / sqrt(m)` (a baseline).
+    Performer,
+}
+
+/// The per-head decay gamma of a DiJiang kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecayKind {
+    /// The reference's `gamma_h = 1 - exp(linspace(ln(1/32), ln(1/512), H))[h]`.
+    #[default]
+    Reference,
+    /// gamma = 1: plain causal linear attention.
+    None,
+}
+
+/// DiJiang kernel options. The defaults reproduce the reference computation, except that the scales
+/// are drawn by quasi-Monte Carlo (the paper) rather than i.i.d. (the reference code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiJiangConfig {
+    #[serde(default)]
+    pub feature_map: FeatureMapKind,
+    /// Number of features for `performer` (the DCT maps use m = head size).
+    #[serde(default)]
+    pub performer_features: Option<usize>,
+    #[serde(default)]
+    pub sampling: ScaleSampling,
+    /// Learnable per-feature weights D (init 1) on top of the map; always on for `weighted_exp`.
+    #[serde(default)]
+    pub feature_weights: bool,
+    #[serde(default)]
+    pub decay: DecayKind,
+    /// Train the decay (in log space), as the reference trains its D1/D2 tensors.
+    #[serde(default = "yes")]
+    pub learnable_decay: bool,
+    /// Chunk length of the chunked form used for full-sequence forward passes.
+    #[serde(default = "default_chunk_len")]
+    pub chunk_len: usize,
+    /// Seed for the new parameters (scales, gate) when converting a softmax model.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_chunk_len() -> usize {
+    64
+}
+
+impl Default for DiJiangConfig {
+    fn default() -> Self {
+        Self {
+            feature_map: FeatureMapKind::default(),
+            performer_features: None,
+            sampling: ScaleSampling::default(),
+            feature_weights: false,
+            decay: DecayKind::default(),
+            learnable_decay: true,
+            chunk_len: default_chunk_len(),
+            seed: 0,
+        }
+    }
+}
+
+impl DiJiangConfig {
+    /// The number of features m for a head of size `head_dim`.
+    pub fn num_features(&self, head_dim: usize) -> usize {
+        match self.feature_map {
+            FeatureMapKind::Performer => self.performer_features.unwrap_or(head_dim),
+            FeatureMapKind::Reference | FeatureMapKind::WeightedExp => head_dim,
+        }
+    }
+
+    /// Whether the kernel has learnable feature weights D.
+    pub fn has_feature_weights(&self) -> bool {
+        self.feature_weights || self.feature_map == FeatureMapKind::WeightedExp
+    }
+}
+
+/// A decoder-only Transformer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub arch: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    /// Fraction of each head's dimensions that RoPE rotates (GPT-NeoX `rotary_pct`; 1 for LLaMA).
+    pub rotary_pct: f64,
+    pub norm_eps: f64,
+    /// The output head reuses the token embedding.
+    pub tie_embeddings: bool,
+    /// GPT-NeoX: `x + attn(ln1(x)) + mlp(ln2(x))`; otherwise sequential.
+    pub parallel_residual: bool,
+    /// Biases on the q/k/v/o projections.
+    pub attention_bias: bool,
+    pub max_seq_len: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub attention: AttentionKernelConfig,
+}
+
+impl ModelConfig {
+    #[allow(clippy::too_many_arguments)]
+    fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_layers: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        rope_theta: f64,
+        tie_embeddings: bool,
+        max_seq_len: usize,
+    ) -> Self {
+        Self {
+            arch: Architecture::Llama,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim: hidden_size / num_heads,
+            rope_theta,
+            rotary_pct: 1.0,
+            norm_eps: 1e-5,
+            tie_embeddings,
+            parallel_residual: false,
+            attention_bias: false,
+            max_seq_len,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            attention: AttentionKernelConfig::Softmax,
+        }
+    }
+
+    fn pythia(hidden_size: usize, num_layers: usize, num_heads: usize) -> Self {
+        Self {
+            arch: Architecture::GptNeox,
+            vocab_size: 50304,
+            hidden_size,
+            intermediate_size: 4 * hidden_size,
+            num_layers,
+            num_heads,
+            num_kv_heads: num_heads,
+            head_dim: hidden_size / num_heads,
+            rope_theta: 10000.0,
+            rotary_pct: 0.25,
+            norm_eps: 1e-5,
+            tie_embeddings: false,
+            parallel_residual: true,
+            attention_bias: true,
+            max_seq_len: 2048,
+            bos_token_id: Some(0),
+            eos_token_id: Some(0),
+            attention: AttentionKernelConfig::Softmax,
+        }
+    }
+
+    /// LLaMA-2-7B (6,738,415,616 parameters).
+    pub fn llama2_7b() -> Self {
+        Self::llama(32000, 4096, 11008, 32, 32, 32, 10000.0, false, 4096)
+    }
+
+    /// SmolLM2-135M (-Instruct): LLaMA architecture with grouped-query attention, tied embeddings.
+    pub fn smollm2_135m() -> Self {
+        Self {
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            ..Self::llama(49152, 576, 1536, 30, 9, 3, 100000.0, true, 8192)
+        }
+    }
+
+    /// Karpathy's stories260K (TinyStories), the llama2.c model in `../shared/models`.
+    pub fn stories260k() -> Self {
+        Self::llama(512, 64, 172, 5, 8, 4, 10000.0, true, 512)
+    }
+
+    pub fn pythia_70m() -> Self {
+        Self::pythia(512, 6, 8)
+    }
+
+    pub fn pythia_160m() -> Self {
+        Self::pythia(768, 12, 12)
+    }
+
+    pub fn pythia_410m() -> Self {
+        Self::pythia(1024, 24, 16)
+    }
+
+    pub fn pythia_1b() -> Self {
+        Self::pythia(2048, 16, 8)
+    }
+
+    pub fn pythia_2_8b() -> Self {
+        Self {
+            vocab_size: 50304,
+            ..Self::pythia(2560, 32, 32)
+        }
+    }
+
+    /// A preset by name (`llama2-7b`, `smollm2-135m`, `stories260k`, `pythia-70m`, ...).
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama2-7b" => Self::llama2_7b(),
+            "smollm2-135m" => Self::smollm2_135m(),
+            "stories260k" => Self::stories260k(),
+            "pythia-70m" => Self::pythia_70m(),
+            "pythia-160m" => Self::pythia_160m(),
+            "pythia-410m" => Self::pythia_410m(),
+            "pythia-1b" => Self::pythia_1b(),
+            "pythia-2.8b" => Self::pythia_2_8b(),
+            _ => return None,
+        })
+    }
+
+    /// The names [`Self::preset`] knows.
+    pub const PRESETS: &'static [&'static str] = &[
+        "llama2-7b",
+        "smollm2-135m",
+        "stories260k",
+        "pythia-70m",
+        "pythia-160m",
+        "pythia-410m",
+        "pythia-1b",
+        "pythia-2.8b",
+    ];
+
+    /// The same model with another attention kernel.
+    pub fn with_attention(self, attention: AttentionKernelConfig) -> Self {
+        Self { attention, ..self }
+    }
+
+    /// Dimensions RoPE rotates in each head (even).
+    pub fn rotary_dims(&self) -> usize {
+        // GPT-NeoX: int(head_size * rotary_pct).
+        ((self.head_dim as f64 * self.rotary_pct) as usize) & !1
+    }
+
+    /// The number of parameters (trainable or not) of the model this config builds, computed
+    /// without building it.
+    pub fn num_params(&self) -> usize {
+        let (v, h, i, d) = (
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.head_dim,
+        );
+        let (q, kv) = (self.num_heads * d, self.num_kv_heads * d);
+        let neox = self.arch == Architecture::GptNeox;
+        let norm = if neox { 2 * h } else { h };
+        let bias = |n: usize| if self.attention_bias { n } else { 0 };
+        let attention = h * q + bias(q) + 2 * (h * kv + bias(kv)) + q * h + bias(h);
+        let mlp = if neox { 2 * h * i + i + h } else { 3 * h * i };
+        let kernel = match &self.attention {
+            AttentionKernelConfig::Softmax => 0,
+            AttentionKernelConfig::Dijiang(dj) => {
+                let m = dj.num_features(d);
+                // proj, feature weights, decay, gate, group norm
+                d * m
+                    + if dj.has_feature_weights() { m } else { 0 }
+                    + self.num_heads
+                    + h * q
+                    + 2 * q
+            }
+        };
+        let head = if self.tie_embeddings { 0 } else { h * v };
+        v * h + self.num_layers * (2 * norm + attention + mlp + kernel) + norm + head
+    }
+
+    /// Checks the dimensions fit together.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let fail = |m: String| Err(ModelError::Config(m));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return fail(format!(
+                "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.num_layers == 0
+            || self.head_dim == 0
+        {
+            return fail(
+                "vocab_size, hidden_size, num_layers and head_dim must be positive".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.rotary_pct) {
+            return fail(format!(
+                "rotary_pct must be in [0, 1], got {}",
+                self.rotary_pct
+            ));
+        }
+        if let AttentionKernelConfig::Dijiang(dj) = &self.attention {
+            if dj.chunk_len == 0 {
+                return fail("attention.chunk_len must be positive".into());
+            }
+            let h = self.num_heads * self.head_dim;
+            if h % self.head_dim != 0 {
+                return fail(
+                    "hidden size of the heads must be a multiple of head_dim (GroupNorm)".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds a config from an HF `config.json` (`model_type` "llama" or "gpt_neox").
+    pub fn from_hf_config(json: &str) -> Result<Self, ModelError> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let get_usize = |key: &str| -> Result<usize, ModelError> {
+            v.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| {
+                    ModelError::Config(format!("config.json: missing or non-integer `{key}`"))
+                })
+        };
+        let opt_usize = |key: &str| {
+            v.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|x| x as usize)
+        };
+        let opt_f64 = |key: &str| v.get(key).and_then(serde_json::Value::as_f64);
+        let opt_bool = |key: &str| v.get(key).and_then(serde_json::Value::as_bool);
+        let token = |key: &str| {
+            v.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|x| x as u32)
+        };
+        let model_type = v
+            .get("model_type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        if !matches!(model_type, "llama" | "mistral" | "gpt_neox") {
+            return Err(ModelError::Config(format!(
+                "config.json: model_type `{model_type}` is not supported (llama or gpt_neox)"
+            )));
+        }
+        let hidden_size = get_usize("hidden_size")?;
+        let num_heads = get_usize("num_attention_heads")?;
+        // Transformers 5 moved rope_theta into rope_parameters.
+        let rope_theta = opt_f64("rope_theta")
+            .or_else(|| opt_f64("rotary_emb_base"))
+            .or_else(|| {
+                v.pointer("/rope_parameters/rope_theta")
+                    .and_then(serde_json::Value::as_f64)
+            })
+            .unwrap_or(10000.0);
+        let config = match model_type {
+            "llama" | "mistral" => Self {
+                arch: Architecture::Llama,
+                vocab_size: get_usize("vocab_size")?,
+                hidden_size,
+                intermediate_size: get_usize("intermediate_size")?,
+                num_layers: get_usize("num_hidden_layers")?,
+                num_heads,
+                num_kv_heads: opt_usize("num_key_value_heads").unwrap_or(num_heads),
+                head_dim: opt_usize("head_dim").unwrap_or(hidden_size / num_heads),
+                rope_theta,
+                rotary_pct: 1.0,
+                norm_eps: opt_f64("rms_norm_eps").unwrap_or(1e-6),
+                tie_embeddings: opt_bool("tie_word_embeddings").unwrap_or(false),
+                parallel_residual: false,
+                attention_bias: opt_bool("attention_bias").unwrap_or(false),
+                max_seq_len: opt_usize("max_position_embeddings").unwrap_or(2048),
+                bos_token_id: token("bos_token_id"),
+                eos_token_id: token("eos_token_id"),
+                attention: AttentionKernelConfig::Softmax,
+            },
+            "gpt_neox" => Self {
+                arch: Architecture::GptNeox,
+                vocab_size: get_usize("vocab_size")?,
+                hidden_size,
+                intermediate_size: get_usize("intermediate_size")?,
+                num_layers: get_usize("num_hidden_layers")?,
+                num_heads,
+                num_kv_heads: num_heads,
+                head_dim: hidden_size / num_heads,
+                rope_theta,
+                rotary_pct: opt_f64("rotary_pct").unwrap_or(1.0),
+                norm_eps: opt_f64("layer_norm_eps").unwrap_or(1e-5),
+                tie_embeddings: opt_bool("tie_word_embeddings").unwrap_or(false),
+                parallel_residual: opt_bool("use_parallel_residual").unwrap_or(true),
+                attention_bias: opt_bool("attention_bias").unwrap_or(true),
+                max_seq_len: opt_usize("max_position_embeddings").unwrap_or(2048),
+                bos_token_id: token("bos_token_id"),
+                eos_token_id: token("eos_token_id"),
+                attention: AttentionKernelConfig::Softmax,
+            },
+            _ => unreachable!("model_type checked above"),
+        };
+        if model_type == "llama"
+            && v.get("hidden_act")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|a| a != "silu")
+        {
+            return Err(ModelError::Config(
+                "config.json: LLaMA models must use hidden_act = silu".into(),
+            ));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        for name in ModelConfig::PRESETS {
+            ModelConfig::preset(name)
+                .expect("known preset")
+                .validate()
+                .expect(name);
+        }
+    }
+
+    #[test]
+    fn llama2_7b_has_its_published_parameter_count() {
+        assert_eq!(ModelConfig::llama2_7b().num_params(), 6_738_415_616);
+    }
+
+    #[test]
+    fn rotary_dims_follow_gpt_neox() {
+        assert_eq!(ModelConfig::pythia_70m().rotary_dims(), 16);
+        assert_eq!(ModelConfig::llama2_7b().rotary_dims(), 128);
+    }
+
+    #[test]
+    fn hf_config_errors_name_the_key() {
+        let err = ModelConfig::from_hf_config(r#"{"model_type": "llama", "hidden_size": 8}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("num_attention_heads"), "{err}");
+        let err = ModelConfig::from_hf_config(r#"{"model_type": "bert"}"#).unwrap_err();
+        assert!(err.to_string().contains("bert"), "{err}");
+    }
+}

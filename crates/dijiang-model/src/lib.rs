@@ -1,0 +1,21 @@
+//! Decoder-only Transformers (the LLaMA family and GPT-NeoX / Pythia) whose attention owns a
+//! swappable kernel, softmax or DiJiang, and the import of real checkpoints into them.
+//!
+//! - [`config`]: [`ModelConfig`] with presets and HF `config.json` parsing.
+//! - [`transformer`], [`attention`], [`layers`], [`rope`]: the modules.
+//! - [`weights`]: how modules get their parameters (fresh init or a checkpoint).
+//! - [`import`]: HF safetensors (single and sharded), llama2.c, reference DiJiang checkpoints.
+
+pub mod attention;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod import;
+pub mod layers;
+pub mod rope;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
+pub use error::ModelError;
+pub use transformer::{ForwardOutput, Transformer};

@@ -1,0 +1,152 @@
+//! The decoder-only Transformer: embedding, blocks (pre-norm, sequential or GPT-NeoX parallel
+//! residual), final norm and output head (tied to the embedding or not).
+
+use burn::nn::{Embedding, Linear};
+use burn::prelude::*;
+
+use crate::attention::Attention;
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::layers::{Mlp, Norm, embedding, linear};
+use crate::rope::rope_tables;
+use crate::weights::{Fresh, WeightSource};
+
+/// One Transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub attn_norm: Norm<B>,
+    pub attn: Attention<B>,
+    pub mlp_norm: Norm<B>,
+    pub mlp: Mlp<B>,
+    #[module(skip)]
+    parallel_residual: bool,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn build(src: &mut impl WeightSource<B>, name: &str, config: &ModelConfig) -> Self {
+        Self {
+            attn_norm: Norm::build(src, &format!("{name}.attn_norm"), config),
+            attn: Attention::build(src, &format!("{name}.attn"), config),
+            mlp_norm: Norm::build(src, &format!("{name}.mlp_norm"), config),
+            mlp: Mlp::build(src, &format!("{name}.mlp"), config),
+            parallel_residual: config.parallel_residual,
+        }
+    }
+
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+        let attn = self
+            .attn
+            .forward(self.attn_norm.forward(x.clone()), cos, sin);
+        if self.parallel_residual {
+            let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
+            x + attn + mlp
+        } else {
+            let x = x + attn;
+            x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
+        }
+    }
+}
+
+/// A decoder-only language model.
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    pub embed: Embedding<B>,
+    pub layers: Vec<Block<B>>,
+    pub final_norm: Norm<B>,
+    /// `None` when the output head is tied to the embedding.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    config: ModelConfig,
+}
+
+/// Logits and the hidden states along the way (HF's `output_hidden_states`).
+#[derive(Debug)]
+pub struct ForwardOutput<B: Backend> {
+    /// `[b, t, vocab]`
+    pub logits: Tensor<B, 3>,
+    /// The embedding output, each block's input after it, and last the final norm's output
+    /// (HF's convention).
+    pub hidden_states: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Builds the model from a weight source (fresh init or a checkpoint).
+    pub fn build(src: &mut impl WeightSource<B>, config: &ModelConfig) -> Self {
+        let (v, h) = (config.vocab_size, config.hidden_size);
+        Self {
+            embed: embedding(src, "embed", v, h),
+            layers: (0..config.num_layers)
+                .map(|i| Block::build(src, &format!("layers.{i}"), config))
+                .collect(),
+            final_norm: Norm::build(src, "final_norm", config),
+            lm_head: (!config.tie_embeddings).then(|| linear(src, "lm_head", h, v, false)),
+            config: config.clone(),
+        }
+    }
+
+    /// A freshly initialised model (seeded; the same values on every backend).
+    pub fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        Ok(Self::build(&mut Fresh { seed, device }, config))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Logits for a batch of token sequences.
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> `[b, t, vocab]`
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_with_hidden(tokens, false).logits
+    }
+
+    /// Logits and, if asked, every hidden state.
+    pub fn forward_with_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        keep_hidden: bool,
+    ) -> ForwardOutput<B> {
+        let [_, t] = tokens.dims();
+        let device = tokens.device();
+        let (cos, sin) = rope_tables(
+            0,
+            t,
+            self.config.rotary_dims(),
+            self.config.rope_theta,
+            &device,
+        );
+        let mut x = self.embed.forward(tokens);
+        let mut hidden_states = Vec::new();
+        for layer in &self.layers {
+            if keep_hidden {
+                hidden_states.push(x.clone());
+            }
+            x = layer.forward(x, &cos, &sin);
+        }
+        let x = self.final_norm.forward(x);
+        // As HF reports them: the last hidden state is after the final norm.
+        if keep_hidden {
+            hidden_states.push(x.clone());
+        }
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, t, h] = x.dims();
+                let table = self.embed.weight.val(); // [vocab, hidden]
+                x.reshape([b * t, h]).matmul(table.transpose()).reshape([
+                    b,
+                    t,
+                    self.config.vocab_size,
+                ])
+            }
+        };
+        ForwardOutput {
+            logits,
+            hidden_states,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Conversion (softmax teacher -> DiJiang student), the native checkpoint format's round trip, and
+//! parameter counting.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use dijiang_model::config::{Architecture, FeatureMapKind};
+use dijiang_model::convert::{convert, is_kernel_param};
+use dijiang_model::import::native::{Manifest, save};
+use dijiang_model::import::safetensors::SafetensorsFiles;
+use dijiang_model::import::{Format, load};
+use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transformer};
+
+type B = NdArray<f32>;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dijiang-convert-{tag}-{}", std::process::id()))
+}
+
+fn logits(model: &Transformer<B>) -> Vec<f32> {
+    let ids: Vec<i64> = (0..40).map(|i| (i * 37 % 300) as i64).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 20]), &Default::default());
+    model.forward(tokens).into_data().to_vec::<f32>().unwrap()
+}
+
+/// Every tensor of a saved model, by name.
+fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let files = SafetensorsFiles::open(&dir.join("model.safetensors")).unwrap();
+    files
+        .names()
+        .map(|n| (n.clone(), files.read(n).unwrap().data))
+        .collect()
+}
+
+#[test]
+fn student_copies_every_teacher_weight_and_adds_only_kernel_parameters() {
+    let device = Default::default();
+    for teacher in ["gpt-neox-tiny", "llama-gqa-tiny"] {
+        let student =
+            convert::<B>(&fixture(teacher), DiJiangConfig::default(), &device).expect("convert");
+        let layers = student.model.config().num_layers;
+        let mut want: Vec<String> = (0..layers)
+            .flat_map(|i| {
+                [
+                    "proj",
+                    "log_decay",
+                    "gate",
+                    "group_norm.gamma",
+                    "group_norm.beta",
+                ]
+                .map(|p| format!("layers.{i}.attn.kernel.{p}"))
+            })
+            .collect();
+        let mut got = student.initialised.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{teacher}: new parameters");
+
+        // Teacher weights are copied: saved side by side, every non-kernel tensor is identical.
+        let (t_dir, s_dir) = (
+            scratch(&format!("{teacher}-t")),
+            scratch(&format!("{teacher}-s")),
+        );
+        let original = load::<B>(&fixture(teacher), &device).unwrap();
+        save(
+            &original.model,
+            &Manifest::new(original.model.config().clone()),
+            &t_dir,
+        )
+        .unwrap();
+        save(
+            &student.model,
+            &Manifest::new(student.model.config().clone()),
+            &s_dir,
+        )
+        .unwrap();
+        let (t, s) = (tensors(&t_dir), tensors(&s_dir));
+        let copied: Vec<_> = s
+            .iter()
+            .filter(|(n, _)| !is_kernel_param(n))
+            .cloned()
+            .collect();
+        assert_eq!(copied, t, "{teacher}: copied weights");
+        std::fs::remove_dir_all(&t_dir).ok();
+        std::fs::remove_dir_all(&s_dir).ok();
+        assert!(logits(&student.model).iter().all(|x| x.is_finite()));
+    }
+}
+
+#[test]
+fn conversion_is_seeded() {
+    let device = Default::default();
+    let make = |seed| {
+        let config = DiJiangConfig {
+            seed,
+            ..Default::default()
+        };
+        logits(
+            &convert::<B>(&fixture("gpt-neox-tiny"), config, &device)
+                .unwrap()
+                .model,
+        )
+    };
+    assert_eq!(make(1), make(1));
+    assert_ne!(make(1), make(2));
+}
+
+#[test]
+fn saved_models_load_back_bit_identically() {
+    let device = Default::default();
+    let config = DiJiangConfig {
+        feature_map: FeatureMapKind::WeightedExp,
+        ..Default::default()
+    };
+    let student = convert::<B>(&fixture("llama-gqa-tiny"), config, &device).unwrap();
+    let dir = scratch("roundtrip");
+    let mut manifest = Manifest::new(student.model.config().clone());
+    manifest.new_parameters = student.initialised.clone();
+    save(&student.model, &manifest, &dir).unwrap();
+    // Saving again over it is atomic and leaves one complete model.
+    save(&student.model, &manifest, &dir).unwrap();
+    let back = load::<B>(&dir, &device).expect("load native");
+    assert_eq!(back.format, Format::Native);
+    assert_eq!(back.model.config(), student.model.config());
+    let (a, b) = (logits(&student.model), logits(&back.model));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "logits differ after the round trip"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn parameter_count_matches_the_built_model() {
+    let device = Default::default();
+    let tiny_neox = ModelConfig {
+        vocab_size: 97,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_layers: 2,
+        num_heads: 4,
+        head_dim: 8,
+        num_kv_heads: 4,
+        ..ModelConfig::pythia_70m()
+    };
+    let tiny_llama = ModelConfig {
+        num_kv_heads: 2,
+        tie_embeddings: false,
+        arch: Architecture::Llama,
+        ..ModelConfig::stories260k()
+    };
+    let performer = DiJiangConfig {
+        feature_map: FeatureMapKind::Performer,
+        performer_features: Some(24),
+        feature_weights: true,
+        ..Default::default()
+    };
+    for base in [tiny_neox, tiny_llama, ModelConfig::stories260k()] {
+        for attention in [
+            AttentionKernelConfig::Softmax,
+            AttentionKernelConfig::Dijiang(DiJiangConfig::default()),
+            AttentionKernelConfig::Dijiang(performer.clone()),
+        ] {
+            let config = base.clone().with_attention(attention);
+            let model = Transformer::<B>::init(&config, 0, &device).unwrap();
+            assert_eq!(model.num_params(), config.num_params(), "{config:?}");
+        }
+    }
+}

