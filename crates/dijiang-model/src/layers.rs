@@ -104,6 +104,7 @@ pub struct GeluMlp<B: Backend> {
 }
 
 /// The feed-forward block of either family.
+#[allow(clippy::large_enum_variant)] // one per layer; derive(Module) does not see through a Box
 #[derive(Module, Debug)]
 pub enum Mlp<B: Backend> {
     SwiGlu(SwiGlu<B>),

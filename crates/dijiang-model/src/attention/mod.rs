@@ -18,6 +18,9 @@ use crate::rope::apply_rope;
 use crate::weights::WeightSource;
 
 /// What the attention block does with its heads.
+// One per layer, built once: the size difference between variants costs nothing, and Burn's
+// derive(Module) does not see through a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AttentionKernel<B: Backend> {
     Softmax(SoftmaxKernel),

@@ -227,7 +227,7 @@ impl Gguf {
         for (name, shape, ty, offset) in infos {
             let n: usize = shape.iter().product();
             let (per_block, block_bytes) = ty.block();
-            if n % per_block != 0 {
+            if !n.is_multiple_of(per_block) {
                 return Err(bad(format!(
                     "tensor `{name}`: {n} elements is not a whole number of {ty:?} blocks"
                 )));
