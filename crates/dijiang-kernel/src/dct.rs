@@ -20,11 +20,7 @@ pub fn dct2_matrix(d: usize) -> Vec<f64> {
     let n = d as f64;
     let mut c = Vec::with_capacity(d * d);
     for k in 0..d {
-        let scale = if k == 0 {
-            (1.0 / n).sqrt()
-        } else {
-            (2.0 / n).sqrt()
-        };
+        let scale = if k == 0 { (1.0 / n).sqrt() } else { (2.0 / n).sqrt() };
         for j in 0..d {
             let angle = std::f64::consts::PI * (2 * j + 1) as f64 * k as f64 / (2.0 * n);
             c.push(scale * angle.cos());
@@ -39,11 +35,7 @@ pub fn dct2_tensor<B: Backend>(d: usize, device: &B::Device) -> Tensor<B, 2> {
 }
 
 /// A row-major f64 matrix as a float tensor of the backend's float type.
-pub(crate) fn matrix_tensor<B: Backend>(
-    values: Vec<f64>,
-    shape: [usize; 2],
-    device: &B::Device,
-) -> Tensor<B, 2> {
+pub(crate) fn matrix_tensor<B: Backend>(values: Vec<f64>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
     let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
     Tensor::from_data(TensorData::new(values, shape), device)
 }
@@ -66,17 +58,9 @@ mod tests {
                 dct.process_dct2(&mut fast);
                 // rustdct's DCT-II is unnormalised: X_k = sum_j x_j cos(pi (2j+1) k / 2d).
                 for (k, fast_k) in fast.iter().enumerate() {
-                    let scale = if k == 0 {
-                        (1.0 / d as f64).sqrt()
-                    } else {
-                        (2.0 / d as f64).sqrt()
-                    };
+                    let scale = if k == 0 { (1.0 / d as f64).sqrt() } else { (2.0 / d as f64).sqrt() };
                     let ours: f64 = (0..d).map(|j| c[k * d + j] * x[j]).sum();
-                    assert!(
-                        (ours - scale * fast_k).abs() < 1e-12,
-                        "d={d} k={k}: {ours} vs {}",
-                        scale * fast_k
-                    );
+                    assert!((ours - scale * fast_k).abs() < 1e-12, "d={d} k={k}: {ours} vs {}", scale * fast_k);
                 }
             }
         }
@@ -90,10 +74,7 @@ mod tests {
                 for b in 0..d {
                     let dot: f64 = (0..d).map(|j| c[a * d + j] * c[b * d + j]).sum();
                     let want = if a == b { 1.0 } else { 0.0 };
-                    assert!(
-                        (dot - want).abs() < 1e-12,
-                        "d={d} (C C^T)[{a}][{b}] = {dot}"
-                    );
+                    assert!((dot - want).abs() < 1e-12, "d={d} (C C^T)[{a}][{b}] = {dot}");
                 }
             }
         }

@@ -45,12 +45,7 @@ pub fn performer_projection(d: usize, m: usize, seed: u64) -> Vec<f64> {
 }
 
 /// A row-major `[rows, cols]` projection as a tensor.
-pub fn projection_tensor<B: Backend>(
-    values: Vec<f64>,
-    rows: usize,
-    cols: usize,
-    device: &B::Device,
-) -> Tensor<B, 2> {
+pub fn projection_tensor<B: Backend>(values: Vec<f64>, rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
     matrix_tensor(values, [rows, cols], device)
 }
 
@@ -74,11 +69,7 @@ pub fn softmax_features<B: Backend>(x: Tensor<B, 4>, proj: Tensor<B, 2>) -> Tens
 ///
 /// # Shapes
 /// - x: `[b, h, t, d]`, proj: `[d, m]`, weights `D`: `[m]` -> `[b, h, t, m]`
-pub fn weighted_exp_features<B: Backend>(
-    x: Tensor<B, 4>,
-    proj: Tensor<B, 2>,
-    weights: Tensor<B, 1>,
-) -> Tensor<B, 4> {
+pub fn weighted_exp_features<B: Backend>(x: Tensor<B, 4>, proj: Tensor<B, 2>, weights: Tensor<B, 1>) -> Tensor<B, 4> {
     let [m] = weights.dims();
     project(x, proj).exp() * weights.reshape([1, 1, 1, m])
 }
@@ -91,9 +82,7 @@ pub fn weighted_exp_features<B: Backend>(
 pub fn positive_random_features<B: Backend>(x: Tensor<B, 4>, proj: Tensor<B, 2>) -> Tensor<B, 4> {
     let [_, m] = proj.dims();
     let half_sq_norm = x.clone().powi_scalar(2).sum_dim(3).div_scalar(2.0);
-    (project(x, proj) - half_sq_norm)
-        .exp()
-        .div_scalar((m as f64).sqrt())
+    (project(x, proj) - half_sq_norm).exp().div_scalar((m as f64).sqrt())
 }
 
 #[cfg(test)]
@@ -104,10 +93,7 @@ mod tests {
     type B = burn::backend::NdArray<f32>;
 
     fn to_vec(x: Tensor<B, 4>) -> Vec<f64> {
-        x.into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .expect("float data")
+        x.into_data().convert::<f64>().to_vec::<f64>().expect("float data")
     }
 
     fn tensor(values: Vec<f64>, shape: [usize; 4]) -> Tensor<B, 4> {
@@ -119,11 +105,7 @@ mod tests {
     fn reference_projection_is_dct_times_scales() {
         let d = 8;
         let sampling = ScaleSampling::Mc { seed: 5 };
-        let (c, t, p) = (
-            dct2_matrix(d),
-            scales(d, sampling),
-            reference_projection(d, sampling),
-        );
+        let (c, t, p) = (dct2_matrix(d), scales(d, sampling), reference_projection(d, sampling));
         // x P with x = e_k picks row k of P: row k of C, feature j scaled by t_j.
         for k in 0..d {
             for j in 0..d {
@@ -135,14 +117,8 @@ mod tests {
     #[test]
     fn paper_projection_computes_t_times_dct_of_x() {
         let d = 12;
-        let sampling = ScaleSampling::Qmc {
-            shift_seed: Some(1),
-        };
-        let (c, t, p) = (
-            dct2_matrix(d),
-            scales(d, sampling),
-            paper_projection(d, sampling),
-        );
+        let sampling = ScaleSampling::Qmc { shift_seed: Some(1) };
+        let (c, t, p) = (dct2_matrix(d), scales(d, sampling), paper_projection(d, sampling));
         let x: Vec<f64> = (0..d).map(|i| (i as f64 * 0.37).sin()).collect();
         for k in 0..d {
             let via_p: f64 = (0..d).map(|j| x[j] * p[j * d + k]).sum();
@@ -156,12 +132,7 @@ mod tests {
         let device = Default::default();
         let d = 16;
         let x = Tensor::<B, 4>::random([2, 3, 5, d], Distribution::Normal(0.0, 1.0), &device);
-        let proj = projection_tensor(
-            reference_projection(d, ScaleSampling::default()),
-            d,
-            d,
-            &device,
-        );
+        let proj = projection_tensor(reference_projection(d, ScaleSampling::default()), d, d, &device);
         let phi = softmax_features(x, proj);
         let sums = to_vec(phi.clone().sum_dim(3));
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
@@ -199,9 +170,6 @@ mod tests {
         let px = to_vec(positive_random_features(tx, proj.clone()));
         let py = to_vec(positive_random_features(ty, proj));
         let estimate: f64 = px.iter().zip(&py).map(|(a, b)| a * b).sum();
-        assert!(
-            (estimate - exact).abs() / exact < 0.02,
-            "estimate {estimate} vs exact {exact}"
-        );
+        assert!((estimate - exact).abs() / exact < 0.02, "estimate {estimate} vs exact {exact}");
     }
 }

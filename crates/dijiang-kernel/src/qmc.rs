@@ -49,10 +49,7 @@ pub fn van_der_corput(n: u64) -> f64 {
 /// # Panics
 /// If `p` is not strictly between 0 and 1.
 pub fn inverse_normal_cdf(p: f64) -> f64 {
-    assert!(
-        p > 0.0 && p < 1.0,
-        "inverse_normal_cdf needs p in (0, 1), got {p}"
-    );
+    assert!(p > 0.0 && p < 1.0, "inverse_normal_cdf needs p in (0, 1), got {p}");
     Normal::standard().inverse_cdf(p)
 }
 
@@ -61,36 +58,26 @@ pub fn uniform_points(m: usize, sampling: ScaleSampling) -> Vec<f64> {
     let points: Vec<f64> = match sampling {
         ScaleSampling::Qmc { shift_seed } => {
             let shift = shift_seed.map_or(0.0, |seed| StdRng::seed_from_u64(seed).random::<f64>());
-            (1..=m as u64)
-                .map(|n| (van_der_corput(n) + shift).fract())
-                .collect()
+            (1..=m as u64).map(|n| (van_der_corput(n) + shift).fract()).collect()
         }
         ScaleSampling::Mc { seed } => {
             let mut rng = StdRng::seed_from_u64(seed);
             (0..m).map(|_| rng.random::<f64>()).collect()
         }
     };
-    points
-        .into_iter()
-        .map(|u| u.clamp(U_MIN, 1.0 - U_MIN))
-        .collect()
+    points.into_iter().map(|u| u.clamp(U_MIN, 1.0 - U_MIN)).collect()
 }
 
 /// The diagonal of T: `t_i = Phi^{-1}(u_i)` for the `m` points of `sampling`.
 pub fn scales(m: usize, sampling: ScaleSampling) -> Vec<f64> {
-    uniform_points(m, sampling)
-        .into_iter()
-        .map(inverse_normal_cdf)
-        .collect()
+    uniform_points(m, sampling).into_iter().map(inverse_normal_cdf).collect()
 }
 
 /// `n` standard normal draws from a seeded generator (inverse-CDF sampling), for random-feature
 /// baselines.
 pub fn standard_normals(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| inverse_normal_cdf(rng.random::<f64>().clamp(U_MIN, 1.0 - U_MIN)))
-        .collect()
+    (0..n).map(|_| inverse_normal_cdf(rng.random::<f64>().clamp(U_MIN, 1.0 - U_MIN))).collect()
 }
 
 #[cfg(test)]
@@ -122,10 +109,7 @@ mod tests {
     fn inverse_normal_cdf_matches_known_quantiles() {
         for &(p, want) in QUANTILES {
             let got = inverse_normal_cdf(p);
-            assert!(
-                (got - want).abs() < 1e-9,
-                "Phi^-1({p}) = {got}, want {want}"
-            );
+            assert!((got - want).abs() < 1e-9, "Phi^-1({p}) = {got}, want {want}");
         }
     }
 
@@ -169,12 +153,7 @@ mod tests {
                 .map(|(i, x)| ((i + 1) as f64 / n - x).abs().max((x - i as f64 / n).abs()))
                 .fold(0.0, f64::max)
         };
-        let qmc = disc(uniform_points(
-            256,
-            ScaleSampling::Qmc {
-                shift_seed: Some(3),
-            },
-        ));
+        let qmc = disc(uniform_points(256, ScaleSampling::Qmc { shift_seed: Some(3) }));
         let mc = disc(uniform_points(256, ScaleSampling::Mc { seed: 3 }));
         assert!(qmc < 2.0 / 256.0, "QMC discrepancy {qmc}");
         assert!(mc > 2.0 * qmc, "MC discrepancy {mc} vs QMC {qmc}");
@@ -182,12 +161,7 @@ mod tests {
 
     #[test]
     fn seeds_are_reproducible_and_matter() {
-        for make in [
-            |s| ScaleSampling::Qmc {
-                shift_seed: Some(s),
-            },
-            |s| ScaleSampling::Mc { seed: s },
-        ] {
+        for make in [|s| ScaleSampling::Qmc { shift_seed: Some(s) }, |s| ScaleSampling::Mc { seed: s }] {
             assert_eq!(scales(64, make(1)), scales(64, make(1)));
             assert_ne!(scales(64, make(1)), scales(64, make(2)));
         }
@@ -198,19 +172,14 @@ mod tests {
     fn scales_are_finite_standard_normal_quantiles() {
         for sampling in [
             ScaleSampling::Qmc { shift_seed: None },
-            ScaleSampling::Qmc {
-                shift_seed: Some(11),
-            },
+            ScaleSampling::Qmc { shift_seed: Some(11) },
             ScaleSampling::Mc { seed: 11 },
         ] {
             let t = scales(4096, sampling);
             assert!(t.iter().all(|x| x.is_finite()));
             let mean = t.iter().sum::<f64>() / t.len() as f64;
             let var = t.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / t.len() as f64;
-            assert!(
-                mean.abs() < 0.1 && (var - 1.0).abs() < 0.15,
-                "{sampling:?}: mean {mean} var {var}"
-            );
+            assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.15, "{sampling:?}: mean {mean} var {var}");
         }
     }
 }

@@ -33,17 +33,14 @@ struct Case {
 impl Case {
     fn new(t: usize, m: usize, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut draw = |n: usize, positive: bool| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    if positive {
-                        rng.random_range(0.0..2.0f32) / m as f32
-                    } else {
-                        rng.random_range(-1.0..1.0f32)
-                    }
-                })
-                .collect()
-        };
+        let mut draw =
+            |n: usize, positive: bool| -> Vec<f32> {
+                (0..n)
+                    .map(|_| {
+                        if positive { rng.random_range(0.0..2.0f32) / m as f32 } else { rng.random_range(-1.0..1.0f32) }
+                    })
+                    .collect()
+            };
         Self {
             t,
             m,
@@ -77,22 +74,17 @@ fn run<AB: AutodiffBackend>(
 ) -> Outcome {
     let (t, m) = (case.t, case.m);
     let tensor = |values: &[f32], heads: usize| {
-        Tensor::<AB, 4>::from_data(TensorData::new(values.to_vec(), [B, heads, t, m]), device)
-            .require_grad()
+        Tensor::<AB, 4>::from_data(TensorData::new(values.to_vec(), [B, heads, t, m]), device).require_grad()
     };
     let log_decay: Vec<f32> = GAMMAS.iter().map(|g| g.ln() as f32).collect();
     let inputs = Inputs {
         q: tensor(&case.q, HQ),
         k: tensor(&case.k, HKV),
         v: tensor(&case.v, HKV),
-        log_decay: Tensor::<AB, 1>::from_data(TensorData::new(log_decay, [HQ]), device)
-            .require_grad(),
+        log_decay: Tensor::<AB, 1>::from_data(TensorData::new(log_decay, [HQ]), device).require_grad(),
     };
     let (output, state) = form(&inputs);
-    let cotangent = Tensor::<AB, 4>::from_data(
-        TensorData::new(case.cotangent.clone(), [B, HQ, t, m]),
-        device,
-    );
+    let cotangent = Tensor::<AB, 4>::from_data(TensorData::new(case.cotangent.clone(), [B, HQ, t, m]), device);
     let grads = (output.clone() * cotangent).sum().backward();
     let grad = |x: &Tensor<AB, 4>| flat(x.grad(&grads).expect("gradient").into_data());
     Outcome {
@@ -115,26 +107,17 @@ fn flat(data: TensorData) -> Vec<f64> {
 fn relative_error(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-30);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0.0f64, |e, (x, y)| e.max((x - y).abs())) / scale
 }
 
 fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     let err = relative_error(got, want);
-    assert!(
-        err <= TOLERANCE,
-        "{what}: relative error {err:.3e} > {TOLERANCE:e}"
-    );
+    assert!(err <= TOLERANCE, "{what}: relative error {err:.3e} > {TOLERANCE:e}");
 }
 
 fn assert_same(what: &str, got: &Outcome, want: &Outcome) {
     assert_close(&format!("{what} output"), &got.output, &want.output);
-    for (name, (g, w)) in ["q", "k", "v", "ln gamma"]
-        .iter()
-        .zip(got.grads.iter().zip(&want.grads))
-    {
+    for (name, (g, w)) in ["q", "k", "v", "ln gamma"].iter().zip(got.grads.iter().zip(&want.grads)) {
         assert_close(&format!("{what} d/d{name}"), g, w);
     }
 }
@@ -146,41 +129,22 @@ fn zero_state<AB: AutodiffBackend>(m: usize, device: &AB::Device) -> Tensor<AB, 
 /// Every form against the parallel one, for one length and head size.
 fn check_all_forms<AB: AutodiffBackend>(t: usize, m: usize, chunks: &[usize], device: &AB::Device) {
     let case = Case::new(t, m, (t * 1000 + m) as u64);
-    let reference = run::<AB>(&case, device, |x| {
-        (
-            parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()),
-            None,
-        )
-    });
+    let reference =
+        run::<AB>(&case, device, |x| (parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()), None));
     let stepwise = run::<AB>(&case, device, |x| {
-        let (o, s) = recurrent(
-            x.q.clone(),
-            x.k.clone(),
-            x.v.clone(),
-            x.log_decay.clone(),
-            zero_state::<AB>(m, device),
-        );
+        let (o, s) = recurrent(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone(), zero_state::<AB>(m, device));
         (o, Some(s))
     });
     assert_same(&format!("recurrent t={t} m={m}"), &stepwise, &reference);
     for &c in chunks {
         let blocked = run::<AB>(&case, device, |x| {
-            let (o, s) = chunked(
-                x.q.clone(),
-                x.k.clone(),
-                x.v.clone(),
-                x.log_decay.clone(),
-                c,
-                zero_state::<AB>(m, device),
-            );
+            let (o, s) =
+                chunked(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone(), c, zero_state::<AB>(m, device));
             (o, Some(s))
         });
         let what = format!("chunked c={c} t={t} m={m}");
         assert_same(&what, &blocked, &reference);
-        let (got, want) = (
-            blocked.state.as_ref().unwrap(),
-            stepwise.state.as_ref().unwrap(),
-        );
+        let (got, want) = (blocked.state.as_ref().unwrap(), stepwise.state.as_ref().unwrap());
         assert_close(&format!("{what} final state"), got, want);
     }
 }
@@ -205,36 +169,20 @@ fn chunked_continues_from_a_handed_over_state() {
     let (t, m, split) = (150, 8, 70);
     let case = Case::new(t, m, 42);
     let whole = run::<Cpu>(&case, &device, |x| {
-        let (o, s) = chunked(
-            x.q.clone(),
-            x.k.clone(),
-            x.v.clone(),
-            x.log_decay.clone(),
-            16,
-            zero_state::<Cpu>(m, &device),
-        );
+        let (o, s) =
+            chunked(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone(), 16, zero_state::<Cpu>(m, &device));
         (o, Some(s))
     });
     let resumed = run::<Cpu>(&case, &device, |x| {
         let head = |x: &Tensor<Cpu, 4>| x.clone().narrow(2, 0, split);
         let tail = |x: &Tensor<Cpu, 4>| x.clone().narrow(2, split, t - split);
-        let (o1, s1) = chunked(
-            head(&x.q),
-            head(&x.k),
-            head(&x.v),
-            x.log_decay.clone(),
-            16,
-            zero_state::<Cpu>(m, &device),
-        );
+        let (o1, s1) =
+            chunked(head(&x.q), head(&x.k), head(&x.v), x.log_decay.clone(), 16, zero_state::<Cpu>(m, &device));
         let (o2, s2) = recurrent(tail(&x.q), tail(&x.k), tail(&x.v), x.log_decay.clone(), s1);
         (Tensor::cat(vec![o1, o2], 2), Some(s2))
     });
     assert_same("prefill + decode", &resumed, &whole);
-    assert_close(
-        "final state",
-        resumed.state.as_ref().unwrap(),
-        whole.state.as_ref().unwrap(),
-    );
+    assert_close("final state", resumed.state.as_ref().unwrap(), whole.state.as_ref().unwrap());
 }
 
 #[test]
@@ -243,15 +191,10 @@ fn parallel_matches_the_definition() {
     let device = Default::default();
     let (t, m) = (9, 5);
     let case = Case::new(t, m, 3);
-    let got = run::<Cpu>(&case, &device, |x| {
-        (
-            parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()),
-            None,
-        )
-    });
-    let at = |x: &[f32], heads: usize, b: usize, h: usize, n: usize, e: usize| {
-        x[((b * heads + h) * t + n) * m + e] as f64
-    };
+    let got =
+        run::<Cpu>(&case, &device, |x| (parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()), None));
+    let at =
+        |x: &[f32], heads: usize, b: usize, h: usize, n: usize, e: usize| x[((b * heads + h) * t + n) * m + e] as f64;
     let mut want = Vec::new();
     for b in 0..B {
         for h in 0..HQ {
@@ -260,9 +203,8 @@ fn parallel_matches_the_definition() {
                 for e in 0..m {
                     let mut o = 0.0;
                     for j in 0..=n {
-                        let score: f64 = (0..m)
-                            .map(|f| at(&case.q, HQ, b, h, n, f) * at(&case.k, HKV, b, kv, j, f))
-                            .sum();
+                        let score: f64 =
+                            (0..m).map(|f| at(&case.q, HQ, b, h, n, f) * at(&case.k, HKV, b, kv, j, f)).sum();
                         o += GAMMAS[h].powi((n - j) as i32) * score * at(&case.v, HKV, b, kv, j, e);
                     }
                     want.push(o);
@@ -281,14 +223,8 @@ fn long_sequences_need_no_negative_powers() {
     let (t, m) = (4096, 8);
     let case = Case::new(t, m, 9);
     let blocked = run::<Cpu>(&case, &device, |x| {
-        let (o, s) = chunked(
-            x.q.clone(),
-            x.k.clone(),
-            x.v.clone(),
-            x.log_decay.clone(),
-            64,
-            zero_state::<Cpu>(m, &device),
-        );
+        let (o, s) =
+            chunked(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone(), 64, zero_state::<Cpu>(m, &device));
         (o, Some(s))
     });
     assert!(blocked.output.iter().all(|x| x.is_finite()));
@@ -304,10 +240,7 @@ fn chunked_agrees_with_parallel_on_wgpu() {
         for m in HEAD_SIZES {
             let case = Case::new(t, m, (t * 1000 + m) as u64);
             let reference = run::<Gpu>(&case, &device, |x| {
-                (
-                    parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()),
-                    None,
-                )
+                (parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()), None)
             });
             for c in CHUNKS {
                 let blocked = run::<Gpu>(&case, &device, |x| {
@@ -321,24 +254,13 @@ fn chunked_agrees_with_parallel_on_wgpu() {
                     );
                     (o, Some(s))
                 });
-                assert_same(
-                    &format!("wgpu chunked c={c} t={t} m={m}"),
-                    &blocked,
-                    &reference,
-                );
+                assert_same(&format!("wgpu chunked c={c} t={t} m={m}"), &blocked, &reference);
             }
             // And the wgpu result is the NdArray result.
             let cpu = run::<Cpu>(&case, &Default::default(), |x| {
-                (
-                    parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()),
-                    None,
-                )
+                (parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()), None)
             });
-            assert_close(
-                &format!("wgpu vs ndarray t={t} m={m}"),
-                &reference.output,
-                &cpu.output,
-            );
+            assert_close(&format!("wgpu vs ndarray t={t} m={m}"), &reference.output, &cpu.output);
         }
     }
 }

@@ -241,10 +241,7 @@ impl ModelConfig {
     }
 
     pub fn pythia_2_8b() -> Self {
-        Self {
-            vocab_size: 50304,
-            ..Self::pythia(2560, 32, 32)
-        }
+        Self { vocab_size: 50304, ..Self::pythia(2560, 32, 32) }
     }
 
     /// A preset by name (`llama2-7b`, `smollm2-135m`, `stories260k`, `pythia-70m`, ...).
@@ -288,12 +285,7 @@ impl ModelConfig {
     /// The number of parameters (trainable or not) of the model this config builds, computed
     /// without building it.
     pub fn num_params(&self) -> usize {
-        let (v, h, i, d) = (
-            self.vocab_size,
-            self.hidden_size,
-            self.intermediate_size,
-            self.head_dim,
-        );
+        let (v, h, i, d) = (self.vocab_size, self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_heads * d, self.num_kv_heads * d);
         let neox = self.arch == Architecture::GptNeox;
         let norm = if neox { 2 * h } else { h };
@@ -305,11 +297,7 @@ impl ModelConfig {
             AttentionKernelConfig::Dijiang(dj) => {
                 let m = dj.num_features(d);
                 // proj, feature weights, decay, gate, group norm
-                d * m
-                    + if dj.has_feature_weights() { m } else { 0 }
-                    + self.num_heads
-                    + h * q
-                    + 2 * q
+                d * m + if dj.has_feature_weights() { m } else { 0 } + self.num_heads + h * q + 2 * q
             }
         };
         let head = if self.tie_embeddings { 0 } else { h * v };
@@ -319,29 +307,17 @@ impl ModelConfig {
     /// Checks the dimensions fit together.
     pub fn validate(&self) -> Result<(), ModelError> {
         let fail = |m: String| Err(ModelError::Config(m));
-        if self.num_kv_heads == 0
-            || self.num_heads == 0
-            || !self.num_heads.is_multiple_of(self.num_kv_heads)
-        {
+        if self.num_kv_heads == 0 || self.num_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return fail(format!(
                 "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.vocab_size == 0
-            || self.hidden_size == 0
-            || self.num_layers == 0
-            || self.head_dim == 0
-        {
-            return fail(
-                "vocab_size, hidden_size, num_layers and head_dim must be positive".into(),
-            );
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 || self.head_dim == 0 {
+            return fail("vocab_size, hidden_size, num_layers and head_dim must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.rotary_pct) {
-            return fail(format!(
-                "rotary_pct must be in [0, 1], got {}",
-                self.rotary_pct
-            ));
+            return fail(format!("rotary_pct must be in [0, 1], got {}", self.rotary_pct));
         }
         if let AttentionKernelConfig::Dijiang(dj) = &self.attention
             && dj.chunk_len == 0
@@ -353,32 +329,19 @@ impl ModelConfig {
 
     /// Builds a config from an HF `config.json` (`model_type` "llama" or "gpt_neox").
     pub fn from_hf_config(json: &str) -> Result<Self, ModelError> {
-        let v: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let get_usize = |key: &str| -> Result<usize, ModelError> {
             v.get(key)
                 .and_then(serde_json::Value::as_u64)
                 .map(|x| x as usize)
-                .ok_or_else(|| {
-                    ModelError::Config(format!("config.json: missing or non-integer `{key}`"))
-                })
+                .ok_or_else(|| ModelError::Config(format!("config.json: missing or non-integer `{key}`")))
         };
-        let opt_usize = |key: &str| {
-            v.get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|x| x as usize)
-        };
+        let opt_usize = |key: &str| v.get(key).and_then(serde_json::Value::as_u64).map(|x| x as usize);
         let opt_f64 = |key: &str| v.get(key).and_then(serde_json::Value::as_f64);
         let opt_bool = |key: &str| v.get(key).and_then(serde_json::Value::as_bool);
-        let token = |key: &str| {
-            v.get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|x| x as u32)
-        };
-        let model_type = v
-            .get("model_type")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("");
+        let token = |key: &str| v.get(key).and_then(serde_json::Value::as_u64).map(|x| x as u32);
+        let model_type = v.get("model_type").and_then(serde_json::Value::as_str).unwrap_or("");
         if !matches!(model_type, "llama" | "mistral" | "gpt_neox") {
             return Err(ModelError::Config(format!(
                 "config.json: model_type `{model_type}` is not supported (llama or gpt_neox)"
@@ -389,10 +352,7 @@ impl ModelConfig {
         // Transformers 5 moved rope_theta into rope_parameters.
         let rope_theta = opt_f64("rope_theta")
             .or_else(|| opt_f64("rotary_emb_base"))
-            .or_else(|| {
-                v.pointer("/rope_parameters/rope_theta")
-                    .and_then(serde_json::Value::as_f64)
-            })
+            .or_else(|| v.pointer("/rope_parameters/rope_theta").and_then(serde_json::Value::as_f64))
             .unwrap_or(10000.0);
         let config = match model_type {
             "llama" | "mistral" => Self {
@@ -437,14 +397,9 @@ impl ModelConfig {
             },
             _ => unreachable!("model_type checked above"),
         };
-        if model_type == "llama"
-            && v.get("hidden_act")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|a| a != "silu")
+        if model_type == "llama" && v.get("hidden_act").and_then(serde_json::Value::as_str).is_some_and(|a| a != "silu")
         {
-            return Err(ModelError::Config(
-                "config.json: LLaMA models must use hidden_act = silu".into(),
-            ));
+            return Err(ModelError::Config("config.json: LLaMA models must use hidden_act = silu".into()));
         }
         config.validate()?;
         Ok(config)
@@ -458,10 +413,7 @@ mod tests {
     #[test]
     fn presets_are_valid() {
         for name in ModelConfig::PRESETS {
-            ModelConfig::preset(name)
-                .expect("known preset")
-                .validate()
-                .expect(name);
+            ModelConfig::preset(name).expect("known preset").validate().expect(name);
         }
     }
 
@@ -478,8 +430,7 @@ mod tests {
 
     #[test]
     fn hf_config_errors_name_the_key() {
-        let err = ModelConfig::from_hf_config(r#"{"model_type": "llama", "hidden_size": 8}"#)
-            .unwrap_err();
+        let err = ModelConfig::from_hf_config(r#"{"model_type": "llama", "hidden_size": 8}"#).unwrap_err();
         assert!(err.to_string().contains("num_attention_heads"), "{err}");
         let err = ModelConfig::from_hf_config(r#"{"model_type": "bert"}"#).unwrap_err();
         assert!(err.to_string().contains("bert"), "{err}");

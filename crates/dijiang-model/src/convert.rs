@@ -23,15 +23,9 @@ pub fn convert<B: Backend>(
 ) -> Result<LoadedModel<B>, ModelError> {
     let checkpoint = Checkpoint::open(teacher)?;
     if checkpoint.config.attention != AttentionKernelConfig::Softmax {
-        return Err(ModelError::invalid(
-            teacher,
-            "is already a DiJiang model; conversion needs a softmax teacher",
-        ));
+        return Err(ModelError::invalid(teacher, "is already a DiJiang model; conversion needs a softmax teacher"));
     }
     let seed = dijiang.seed;
-    let config = checkpoint
-        .config
-        .clone()
-        .with_attention(AttentionKernelConfig::Dijiang(dijiang));
+    let config = checkpoint.config.clone().with_attention(AttentionKernelConfig::Dijiang(dijiang));
     checkpoint.build(&config, &is_kernel_param, seed, device)
 }

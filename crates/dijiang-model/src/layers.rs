@@ -20,26 +20,13 @@ pub fn linear<B: Backend>(
     d_out: usize,
     bias: bool,
 ) -> Linear<B> {
-    let weight = src.tensor(
-        &format!("{name}.weight"),
-        [d_in, d_out],
-        Init::Normal { std: INIT_STD },
-    );
-    let bias =
-        bias.then(|| Param::from_tensor(src.tensor(&format!("{name}.bias"), [d_out], Init::Zeros)));
-    Linear {
-        weight: Param::from_tensor(weight),
-        bias,
-    }
+    let weight = src.tensor(&format!("{name}.weight"), [d_in, d_out], Init::Normal { std: INIT_STD });
+    let bias = bias.then(|| Param::from_tensor(src.tensor(&format!("{name}.bias"), [d_out], Init::Zeros)));
+    Linear { weight: Param::from_tensor(weight), bias }
 }
 
 /// A token embedding `[vocab, hidden]`.
-pub fn embedding<B: Backend>(
-    src: &mut impl WeightSource<B>,
-    name: &str,
-    vocab: usize,
-    hidden: usize,
-) -> Embedding<B> {
+pub fn embedding<B: Backend>(src: &mut impl WeightSource<B>, name: &str, vocab: usize, hidden: usize) -> Embedding<B> {
     Embedding {
         weight: Param::from_tensor(src.tensor(
             &format!("{name}.weight"),
@@ -61,16 +48,10 @@ impl<B: Backend> Norm<B> {
         let d = config.hidden_size;
         let gamma = Param::from_tensor(src.tensor(&format!("{name}.gamma"), [d], Init::Ones));
         match config.arch {
-            Architecture::Llama => Norm::Rms(RmsNorm {
-                gamma,
-                epsilon: config.norm_eps,
-            }),
+            Architecture::Llama => Norm::Rms(RmsNorm { gamma, epsilon: config.norm_eps }),
             Architecture::GptNeox => {
-                let beta =
-                    Param::from_tensor(src.tensor(&format!("{name}.beta"), [d], Init::Zeros));
-                let mut norm = LayerNormConfig::new(d)
-                    .with_epsilon(config.norm_eps)
-                    .init(src.device());
+                let beta = Param::from_tensor(src.tensor(&format!("{name}.beta"), [d], Init::Zeros));
+                let mut norm = LayerNormConfig::new(d).with_epsilon(config.norm_eps).init(src.device());
                 norm.gamma = gamma;
                 norm.beta = Some(beta);
                 Norm::Layer(norm)
@@ -131,9 +112,7 @@ impl<B: Backend> Mlp<B> {
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
-            Mlp::SwiGlu(m) => m
-                .down
-                .forward(silu(m.gate.forward(x.clone())) * m.up.forward(x)),
+            Mlp::SwiGlu(m) => m.down.forward(silu(m.gate.forward(x.clone())) * m.up.forward(x)),
             Mlp::Gelu(m) => m.down.forward(gelu(m.up.forward(x))),
         }
     }

@@ -4,18 +4,24 @@
 //! - [`config`]: [`ModelConfig`] with presets and HF `config.json` parsing.
 //! - [`transformer`], [`attention`], [`layers`], [`rope`]: the modules.
 //! - [`weights`]: how modules get their parameters (fresh init or a checkpoint).
-//! - [`import`]: HF safetensors (single and sharded), llama2.c, reference DiJiang checkpoints.
+//! - [`import`]: HF safetensors (single and sharded), GGUF, llama2.c, reference DiJiang checkpoints,
+//!   and our own format.
+//! - [`tokenizer`]: HF `tokenizer.json`, GGUF-embedded BPE and llama2.c tokenizers.
+//! - [`generate`]: KV-cache / recurrent-state decoding and sampling.
 
 pub mod attention;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod eval;
+pub mod generate;
 pub mod import;
 pub mod layers;
 pub mod rope;
+pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
 pub use config::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
 pub use error::ModelError;
-pub use transformer::{ForwardOutput, Transformer};
+pub use transformer::{DecodeState, ForwardOutput, Transformer};

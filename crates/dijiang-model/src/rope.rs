@@ -19,9 +19,8 @@ pub fn rope_tables<B: Backend>(
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = rotary_dims / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf((2 * i) as f64 / rotary_dims as f64)) as f32)
-        .collect();
+    let inv_freq: Vec<f32> =
+        (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / rotary_dims as f64)) as f32).collect();
     let mut cos = Vec::with_capacity(t * rotary_dims);
     let mut sin = Vec::with_capacity(t * rotary_dims);
     for pos in start..start + t {
@@ -39,11 +38,7 @@ pub fn rope_tables<B: Backend>(
 ///
 /// # Shapes
 /// - x: `[b, h, t, d]`, cos / sin: `[t, r]` -> `[b, h, t, d]`
-pub fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 2>,
-    sin: &Tensor<B, 2>,
-) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
     let [b, h, t, d] = x.dims();
     let [_, r] = cos.dims();
     if r == 0 {
@@ -52,20 +47,9 @@ pub fn apply_rope<B: Backend>(
     let rot = x.clone().narrow(3, 0, r);
     let half = r / 2;
     // rotate_half(x) = cat(-x2, x1)
-    let rotated = Tensor::cat(
-        vec![
-            rot.clone().narrow(3, half, half).neg(),
-            rot.clone().narrow(3, 0, half),
-        ],
-        3,
-    );
+    let rotated = Tensor::cat(vec![rot.clone().narrow(3, half, half).neg(), rot.clone().narrow(3, 0, half)], 3);
     let cos = cos.clone().reshape([1, 1, t, r]);
     let sin = sin.clone().reshape([1, 1, t, r]);
     let out = rot * cos + rotated * sin;
-    if r == d {
-        out
-    } else {
-        Tensor::cat(vec![out, x.narrow(3, r, d - r)], 3)
-    }
-    .reshape([b, h, t, d])
+    if r == d { out } else { Tensor::cat(vec![out, x.narrow(3, r, d - r)], 3) }.reshape([b, h, t, d])
 }

@@ -4,7 +4,7 @@
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 
-use crate::attention::Attention;
+use crate::attention::{Attention, LayerState};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::layers::{Mlp, Norm, embedding, linear};
@@ -35,10 +35,15 @@ impl<B: Backend> Block<B> {
 
     /// # Shapes
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
-    pub fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
-        let attn = self
-            .attn
-            .forward(self.attn_norm.forward(x.clone()), cos, sin);
+    /// - state: this layer's decoding state (`None` at the start), updated
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        state: &mut Option<LayerState<B>>,
+    ) -> Tensor<B, 3> {
+        let attn = self.attn.forward_cached(self.attn_norm.forward(x.clone()), cos, sin, state);
         if self.parallel_residual {
             let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
             x + attn + mlp
@@ -61,6 +66,29 @@ pub struct Transformer<B: Backend> {
     config: ModelConfig,
 }
 
+/// What decoding carries between calls: the position reached and each layer's state.
+#[derive(Debug, Clone)]
+pub struct DecodeState<B: Backend> {
+    pub position: usize,
+    pub layers: Vec<Option<LayerState<B>>>,
+}
+
+impl<B: Backend> DecodeState<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self { position: 0, layers: vec![None; num_layers] }
+    }
+
+    /// Elements held by all layers (KV cache or recurrent states).
+    pub fn num_elements(&self) -> usize {
+        self.layers.iter().flatten().map(LayerState::num_elements).sum()
+    }
+
+    /// Every layer's state tensor shapes.
+    pub fn shapes(&self) -> Vec<[usize; 4]> {
+        self.layers.iter().flatten().flat_map(LayerState::shapes).collect()
+    }
+}
+
 /// Logits and the hidden states along the way (HF's `output_hidden_states`).
 #[derive(Debug)]
 pub struct ForwardOutput<B: Backend> {
@@ -77,9 +105,7 @@ impl<B: Backend> Transformer<B> {
         let (v, h) = (config.vocab_size, config.hidden_size);
         Self {
             embed: embedding(src, "embed", v, h),
-            layers: (0..config.num_layers)
-                .map(|i| Block::build(src, &format!("layers.{i}"), config))
-                .collect(),
+            layers: (0..config.num_layers).map(|i| Block::build(src, &format!("layers.{i}"), config)).collect(),
             final_norm: Norm::build(src, "final_norm", config),
             lm_head: (!config.tie_embeddings).then(|| linear(src, "lm_head", h, v, false)),
             config: config.clone(),
@@ -105,28 +131,32 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Logits and, if asked, every hidden state.
-    pub fn forward_with_hidden(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        keep_hidden: bool,
-    ) -> ForwardOutput<B> {
+    pub fn forward_with_hidden(&self, tokens: Tensor<B, 2, Int>, keep_hidden: bool) -> ForwardOutput<B> {
+        self.run(tokens, &mut DecodeState::new(self.layers.len()), keep_hidden)
+    }
+
+    /// Logits for the next tokens after those `state` has seen, updating it (prefill, then one
+    /// token at a time).
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> `[b, t, vocab]`
+    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, state: &mut DecodeState<B>) -> Tensor<B, 3> {
+        self.run(tokens, state, false).logits
+    }
+
+    fn run(&self, tokens: Tensor<B, 2, Int>, state: &mut DecodeState<B>, keep_hidden: bool) -> ForwardOutput<B> {
         let [_, t] = tokens.dims();
         let device = tokens.device();
-        let (cos, sin) = rope_tables(
-            0,
-            t,
-            self.config.rotary_dims(),
-            self.config.rope_theta,
-            &device,
-        );
+        let (cos, sin) = rope_tables(state.position, t, self.config.rotary_dims(), self.config.rope_theta, &device);
         let mut x = self.embed.forward(tokens);
         let mut hidden_states = Vec::new();
-        for layer in &self.layers {
+        for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
             if keep_hidden {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(x, &cos, &sin);
+            x = layer.forward(x, &cos, &sin, layer_state);
         }
+        state.position += t;
         let x = self.final_norm.forward(x);
         // As HF reports them: the last hidden state is after the final norm.
         if keep_hidden {
@@ -137,16 +167,9 @@ impl<B: Backend> Transformer<B> {
             None => {
                 let [b, t, h] = x.dims();
                 let table = self.embed.weight.val(); // [vocab, hidden]
-                x.reshape([b * t, h]).matmul(table.transpose()).reshape([
-                    b,
-                    t,
-                    self.config.vocab_size,
-                ])
+                x.reshape([b * t, h]).matmul(table.transpose()).reshape([b, t, self.config.vocab_size])
             }
         };
-        ForwardOutput {
-            logits,
-            hidden_states,
-        }
+        ForwardOutput { logits, hidden_states }
     }
 }

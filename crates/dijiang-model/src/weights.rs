@@ -51,10 +51,7 @@ impl HostTensor {
     pub fn cat_rows(parts: &[HostTensor]) -> Self {
         let mut shape = parts[0].shape.clone();
         shape[0] = parts.iter().map(|p| p.shape[0]).sum();
-        Self::new(
-            shape,
-            parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
-        )
+        Self::new(shape, parts.iter().flat_map(|p| p.data.iter().copied()).collect())
     }
 }
 
@@ -83,24 +80,16 @@ impl Init {
         match self {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
-            Init::Normal { std } => dijiang_kernel::qmc::standard_normals(n, rng.random())
-                .into_iter()
-                .map(|z| (z * std) as f32)
-                .collect(),
+            Init::Normal { std } => {
+                dijiang_kernel::qmc::standard_normals(n, rng.random()).into_iter().map(|z| (z * std) as f32).collect()
+            }
             Init::XavierUniform { gain } => {
                 let (fan_in, fan_out) = (shape[0], shape.get(1).copied().unwrap_or(1));
                 let bound = gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
-                (0..n)
-                    .map(|_| rng.random_range(-bound..bound) as f32)
-                    .collect()
+                (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect()
             }
             Init::Values(v) => {
-                assert_eq!(
-                    v.len(),
-                    n,
-                    "{name}: {} init values for shape {shape:?}",
-                    v.len()
-                );
+                assert_eq!(v.len(), n, "{name}: {} init values for shape {shape:?}", v.len());
                 v.iter().map(|x| *x as f32).collect()
             }
         }
@@ -109,26 +98,19 @@ impl Init {
 
 /// FNV-1a: a stable 64-bit hash of a parameter name, to derive its seed.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
+    s.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
 /// Supplies parameters to module constructors.
 pub trait WeightSource<B: Backend> {
     /// The parameter `name` with `shape` (our layout), from the source or from `init`.
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init)
-    -> Tensor<B, D>;
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<B, D>;
 
     /// The device the model is built on.
     fn device(&self) -> &B::Device;
 }
 
-fn to_tensor<B: Backend, const D: usize>(
-    data: Vec<f32>,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
+fn to_tensor<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(data, shape), device)
 }
 
@@ -140,12 +122,7 @@ pub struct Fresh<'a, B: Backend> {
 }
 
 impl<B: Backend> WeightSource<B> for Fresh<'_, B> {
-    fn tensor<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-        init: Init,
-    ) -> Tensor<B, D> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<B, D> {
         to_tensor(init.values(name, &shape, self.seed), shape, self.device)
     }
 
@@ -174,15 +151,7 @@ impl<'a, B: Backend> Loaded<'a, B> {
         seed: u64,
         device: &'a B::Device,
     ) -> Self {
-        Self {
-            store,
-            is_new,
-            seed,
-            device,
-            initialised: Vec::new(),
-            missing: Vec::new(),
-            errors: Vec::new(),
-        }
+        Self { store, is_new, seed, device, initialised: Vec::new(), missing: Vec::new(), errors: Vec::new() }
     }
 
     /// The first error met, else missing parameters, else checkpoint tensors the model did not use.
@@ -192,31 +161,18 @@ impl<'a, B: Backend> Loaded<'a, B> {
         }
         let path = self.store.path().to_path_buf();
         if !self.missing.is_empty() {
-            return Err(ModelError::Missing {
-                path,
-                count: self.missing.len(),
-                names: name_list(&self.missing),
-            });
+            return Err(ModelError::Missing { path, count: self.missing.len(), names: name_list(&self.missing) });
         }
         let unused = self.store.unused();
         if !unused.is_empty() {
-            return Err(ModelError::Unknown {
-                path,
-                count: unused.len(),
-                names: name_list(&unused),
-            });
+            return Err(ModelError::Unknown { path, count: unused.len(), names: name_list(&unused) });
         }
         Ok(self.initialised)
     }
 }
 
 impl<B: Backend> WeightSource<B> for Loaded<'_, B> {
-    fn tensor<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-        init: Init,
-    ) -> Tensor<B, D> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<B, D> {
         let placeholder = |shape: [usize; D], device| Tensor::<B, D>::zeros(shape, device);
         match self.store.fetch(name) {
             Ok(Some(t)) if t.shape == shape => to_tensor(t.data, shape, self.device),

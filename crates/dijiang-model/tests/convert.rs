@@ -15,9 +15,7 @@ use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transform
 type B = NdArray<f32>;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
 
 fn scratch(tag: &str) -> PathBuf {
@@ -33,29 +31,19 @@ fn logits(model: &Transformer<B>) -> Vec<f32> {
 /// Every tensor of a saved model, by name.
 fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let files = SafetensorsFiles::open(&dir.join("model.safetensors")).unwrap();
-    files
-        .names()
-        .map(|n| (n.clone(), files.read(n).unwrap().data))
-        .collect()
+    files.names().map(|n| (n.clone(), files.read(n).unwrap().data)).collect()
 }
 
 #[test]
 fn student_copies_every_teacher_weight_and_adds_only_kernel_parameters() {
     let device = Default::default();
     for teacher in ["gpt-neox-tiny", "llama-gqa-tiny"] {
-        let student =
-            convert::<B>(&fixture(teacher), DiJiangConfig::default(), &device).expect("convert");
+        let student = convert::<B>(&fixture(teacher), DiJiangConfig::default(), &device).expect("convert");
         let layers = student.model.config().num_layers;
         let mut want: Vec<String> = (0..layers)
             .flat_map(|i| {
-                [
-                    "proj",
-                    "log_decay",
-                    "gate",
-                    "group_norm.gamma",
-                    "group_norm.beta",
-                ]
-                .map(|p| format!("layers.{i}.attn.kernel.{p}"))
+                ["proj", "log_decay", "gate", "group_norm.gamma", "group_norm.beta"]
+                    .map(|p| format!("layers.{i}.attn.kernel.{p}"))
             })
             .collect();
         let mut got = student.initialised.clone();
@@ -64,29 +52,12 @@ fn student_copies_every_teacher_weight_and_adds_only_kernel_parameters() {
         assert_eq!(got, want, "{teacher}: new parameters");
 
         // Teacher weights are copied: saved side by side, every non-kernel tensor is identical.
-        let (t_dir, s_dir) = (
-            scratch(&format!("{teacher}-t")),
-            scratch(&format!("{teacher}-s")),
-        );
+        let (t_dir, s_dir) = (scratch(&format!("{teacher}-t")), scratch(&format!("{teacher}-s")));
         let original = load::<B>(&fixture(teacher), &device).unwrap();
-        save(
-            &original.model,
-            &Manifest::new(original.model.config().clone()),
-            &t_dir,
-        )
-        .unwrap();
-        save(
-            &student.model,
-            &Manifest::new(student.model.config().clone()),
-            &s_dir,
-        )
-        .unwrap();
+        save(&original.model, &Manifest::new(original.model.config().clone()), &t_dir).unwrap();
+        save(&student.model, &Manifest::new(student.model.config().clone()), &s_dir).unwrap();
         let (t, s) = (tensors(&t_dir), tensors(&s_dir));
-        let copied: Vec<_> = s
-            .iter()
-            .filter(|(n, _)| !is_kernel_param(n))
-            .cloned()
-            .collect();
+        let copied: Vec<_> = s.iter().filter(|(n, _)| !is_kernel_param(n)).cloned().collect();
         assert_eq!(copied, t, "{teacher}: copied weights");
         std::fs::remove_dir_all(&t_dir).ok();
         std::fs::remove_dir_all(&s_dir).ok();
@@ -98,15 +69,8 @@ fn student_copies_every_teacher_weight_and_adds_only_kernel_parameters() {
 fn conversion_is_seeded() {
     let device = Default::default();
     let make = |seed| {
-        let config = DiJiangConfig {
-            seed,
-            ..Default::default()
-        };
-        logits(
-            &convert::<B>(&fixture("gpt-neox-tiny"), config, &device)
-                .unwrap()
-                .model,
-        )
+        let config = DiJiangConfig { seed, ..Default::default() };
+        logits(&convert::<B>(&fixture("gpt-neox-tiny"), config, &device).unwrap().model)
     };
     assert_eq!(make(1), make(1));
     assert_ne!(make(1), make(2));
@@ -115,10 +79,7 @@ fn conversion_is_seeded() {
 #[test]
 fn saved_models_load_back_bit_identically() {
     let device = Default::default();
-    let config = DiJiangConfig {
-        feature_map: FeatureMapKind::WeightedExp,
-        ..Default::default()
-    };
+    let config = DiJiangConfig { feature_map: FeatureMapKind::WeightedExp, ..Default::default() };
     let student = convert::<B>(&fixture("llama-gqa-tiny"), config, &device).unwrap();
     let dir = scratch("roundtrip");
     let mut manifest = Manifest::new(student.model.config().clone());
@@ -130,10 +91,7 @@ fn saved_models_load_back_bit_identically() {
     assert_eq!(back.format, Format::Native);
     assert_eq!(back.model.config(), student.model.config());
     let (a, b) = (logits(&student.model), logits(&back.model));
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "logits differ after the round trip"
-    );
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "logits differ after the round trip");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -150,12 +108,8 @@ fn parameter_count_matches_the_built_model() {
         num_kv_heads: 4,
         ..ModelConfig::pythia_70m()
     };
-    let tiny_llama = ModelConfig {
-        num_kv_heads: 2,
-        tie_embeddings: false,
-        arch: Architecture::Llama,
-        ..ModelConfig::stories260k()
-    };
+    let tiny_llama =
+        ModelConfig { num_kv_heads: 2, tie_embeddings: false, arch: Architecture::Llama, ..ModelConfig::stories260k() };
     let performer = DiJiangConfig {
         feature_map: FeatureMapKind::Performer,
         performer_features: Some(24),

@@ -8,9 +8,7 @@ use dijiang_model::import::load;
 type B = NdArray<f32>;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
 
 /// A scratch copy of a fixture directory, removed on drop.
@@ -43,10 +41,7 @@ fn load_error(path: &Path) -> String {
 
 fn assert_mentions(err: &str, parts: &[&str]) {
     for part in parts {
-        assert!(
-            err.contains(part),
-            "error `{err}` does not mention `{part}`"
-        );
+        assert!(err.contains(part), "error `{err}` does not mention `{part}`");
     }
 }
 
@@ -66,10 +61,7 @@ fn wrong_header() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[8] = b'#'; // the JSON header no longer starts with '{'
     std::fs::write(&file, &bytes).unwrap();
-    assert_mentions(
-        &load_error(&dir.0),
-        &["model.safetensors", "not a valid safetensors file"],
-    );
+    assert_mentions(&load_error(&dir.0), &["model.safetensors", "not a valid safetensors file"]);
 }
 
 #[test]
@@ -77,24 +69,17 @@ fn shape_mismatch_names_the_tensor() {
     // A config that disagrees with the weights: the intermediate size.
     let dir = Scratch::copy_of("gpt-neox-tiny", "shape");
     let config = dir.0.join("config.json");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("\"intermediate_size\": 256", "\"intermediate_size\": 128");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"intermediate_size\": 256", "\"intermediate_size\": 128");
     std::fs::write(&config, text).unwrap();
-    assert_mentions(
-        &load_error(&dir.0),
-        &["model.safetensors", "mlp.dense_h_to_4h.weight", "[256, 64]"],
-    );
+    assert_mentions(&load_error(&dir.0), &["model.safetensors", "mlp.dense_h_to_4h.weight", "[256, 64]"]);
 }
 
 #[test]
 fn missing_shard() {
     let dir = Scratch::copy_of("llama-gqa-tiny", "shard");
     std::fs::remove_file(dir.0.join("model-00002-of-00002.safetensors")).unwrap();
-    assert_mentions(
-        &load_error(&dir.0),
-        &["model-00002-of-00002.safetensors", "missing"],
-    );
+    assert_mentions(&load_error(&dir.0), &["model-00002-of-00002.safetensors", "missing"]);
 }
 
 #[test]
@@ -102,32 +87,23 @@ fn missing_and_unknown_tensors_are_listed() {
     // Fewer layers in the config than in the file: tensors of layer 1 are unknown.
     let dir = Scratch::copy_of("gpt-neox-tiny", "unknown");
     let config = dir.0.join("config.json");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
     std::fs::write(&config, text).unwrap();
-    assert_mentions(
-        &load_error(&dir.0),
-        &["not used by the model", "gpt_neox.layers.1."],
-    );
+    assert_mentions(&load_error(&dir.0), &["not used by the model", "gpt_neox.layers.1."]);
     // More layers than the file has: layer 2's tensors are missing.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 3");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 3");
     std::fs::write(&config, text).unwrap();
-    assert_mentions(
-        &load_error(&dir.0),
-        &["missing", "gpt_neox.layers.2.input_layernorm.weight"],
-    );
+    assert_mentions(&load_error(&dir.0), &["missing", "gpt_neox.layers.2.input_layernorm.weight"]);
 }
 
 #[test]
 fn truncated_llama2c_checkpoint() {
-    let Some(bin) = Some(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/models/stories260K/stories260K.bin"),
-    )
-    .filter(|p| p.exists()) else {
+    let Some(bin) =
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260K/stories260K.bin"))
+            .filter(|p| p.exists())
+    else {
         eprintln!("SKIPPED: ../shared/models/stories260K is absent");
         return;
     };

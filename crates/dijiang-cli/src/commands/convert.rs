@@ -10,6 +10,7 @@ use dijiang_model::DiJiangConfig;
 use dijiang_model::config::{DecayKind, FeatureMapKind};
 use dijiang_model::convert::convert;
 use dijiang_model::import::native::{Manifest, save};
+use dijiang_model::tokenizer::Tokenizer;
 
 use crate::backend::Backend;
 use crate::commands::inspect::thousands;
@@ -50,17 +51,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let dijiang = DiJiangConfig {
         feature_map,
-        sampling: if args.mc {
-            ScaleSampling::Mc { seed: args.seed }
-        } else {
-            ScaleSampling::Qmc { shift_seed: None }
-        },
+        sampling: if args.mc { ScaleSampling::Mc { seed: args.seed } } else { ScaleSampling::Qmc { shift_seed: None } },
         feature_weights: args.feature_weights,
-        decay: if args.no_decay {
-            DecayKind::None
-        } else {
-            DecayKind::Reference
-        },
+        decay: if args.no_decay { DecayKind::None } else { DecayKind::Reference },
         seed: args.seed,
         ..Default::default()
     };
@@ -71,25 +64,29 @@ pub fn run(args: Args) -> Result<()> {
     let mut manifest = Manifest::new(config.clone());
     manifest.source = Some(args.teacher.clone());
     manifest.new_parameters = student.initialised.clone();
-    save(&student.model, &manifest, Path::new(&args.out))
-        .with_context(|| format!("saving {}", args.out))?;
+    let out = Path::new(&args.out);
+    save(&student.model, &manifest, out).with_context(|| format!("saving {}", args.out))?;
+    // The tokenizer travels with the model, so that the student is self-contained.
+    let teacher = Path::new(&args.teacher);
+    let tokenizer = match Tokenizer::for_model(teacher) {
+        Ok(tokenizer) => Some(tokenizer.save_beside(out, teacher).context("saving the tokenizer")?),
+        Err(e) => {
+            tracing::warn!("no tokenizer saved with the student: {e}");
+            None
+        }
+    };
 
     let total = student.model.num_params();
-    let new = total
-        - config
-            .clone()
-            .with_attention(dijiang_model::AttentionKernelConfig::Softmax)
-            .num_params();
+    let new = total - config.clone().with_attention(dijiang_model::AttentionKernelConfig::Softmax).num_params();
     println!("teacher       {} ({:?})", args.teacher, student.format);
-    println!(
-        "student       {} parameters, {} of them new",
-        thousands(total),
-        thousands(new)
-    );
+    println!("student       {} parameters, {} of them new", thousands(total), thousands(new));
     println!("new tensors   {}:", student.initialised.len());
     for name in &student.initialised {
         println!("  {name}");
     }
     println!("saved         {}", args.out);
+    if let Some(tokenizer) = tokenizer {
+        println!("tokenizer     {}", tokenizer.display());
+    }
     Ok(())
 }

@@ -24,33 +24,20 @@ pub fn thousands(n: usize) -> String {
 
 pub fn run(model: &str, as_json: bool) -> Result<()> {
     let (config, format, storage) = match ModelConfig::preset(model) {
-        Some(config) => (
-            config,
-            "preset".to_string(),
-            "none (no weights)".to_string(),
-        ),
+        Some(config) => (config, "preset".to_string(), "none (no weights)".to_string()),
         None => {
             let checkpoint = Checkpoint::open(Path::new(model)).with_context(|| {
-                format!(
-                    "`{model}` is neither a model path nor a preset ({})",
-                    ModelConfig::PRESETS.join(", ")
-                )
+                format!("`{model}` is neither a model path nor a preset ({})", ModelConfig::PRESETS.join(", "))
             })?;
-            (
-                checkpoint.config.clone(),
-                format!("{:?}", checkpoint.format),
-                checkpoint.storage.clone(),
-            )
+            (checkpoint.config.clone(), format!("{:?}", checkpoint.format), checkpoint.storage.clone())
         }
     };
-    let teacher = config
-        .clone()
-        .with_attention(AttentionKernelConfig::Softmax);
+    let teacher = config.clone().with_attention(AttentionKernelConfig::Softmax);
     let student = match &config.attention {
         AttentionKernelConfig::Dijiang(_) => config.clone(),
-        AttentionKernelConfig::Softmax => config
-            .clone()
-            .with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig::default())),
+        AttentionKernelConfig::Softmax => {
+            config.clone().with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig::default()))
+        }
     };
     let (teacher_params, student_params) = (teacher.num_params(), student.num_params());
     if as_json {
@@ -86,10 +73,7 @@ pub fn run(model: &str, as_json: bool) -> Result<()> {
         config.rotary_dims()
     );
     println!("attention     {kernel}");
-    println!(
-        "parameters    softmax teacher {}",
-        thousands(teacher_params)
-    );
+    println!("parameters    softmax teacher {}", thousands(teacher_params));
     println!(
         "              DiJiang student {} (+{} new)",
         thousands(student_params),

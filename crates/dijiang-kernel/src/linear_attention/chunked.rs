@@ -43,14 +43,7 @@ pub fn chunked<B: Backend>(
             continue;
         }
         let part = |x: &Tensor<B, 4>| x.clone().narrow(2, start, len);
-        let (o, next) = equal_chunks(
-            part(&q),
-            part(&k),
-            part(&v),
-            log_decay.clone(),
-            chunk,
-            state,
-        );
+        let (o, next) = equal_chunks(part(&q), part(&k), part(&v), log_decay.clone(), chunk, state);
         outputs.push(o);
         state = next;
     }
@@ -81,9 +74,7 @@ fn equal_chunks<B: Backend>(
 
     // Each chunk's own contribution to the state: sum_j gamma^(c-1-j) k_j v_j^T. [b, h, n, m, dv]
     // gamma^(c-1-j) for j in 0..c is gamma^j reversed.
-    let weights = decay_powers(log_decay.clone(), 0, c)
-        .flip([2])
-        .unsqueeze_dim::<5>(2);
+    let weights = decay_powers(log_decay.clone(), 0, c).flip([2]).unsqueeze_dim::<5>(2);
     let local = k.swap_dims(3, 4).matmul(v * weights);
 
     // Scan: incoming[t] = S_{t-1}, S_t = gamma^c S_{t-1} + local[t].

@@ -34,9 +34,7 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     }
     let [b, h, t, e] = x.dims();
     // [b, h, t, e] -> [b, h, 1, t, e] -> [b, h, g, t, e] -> [b, h*g, t, e]
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, groups, t, e])
-        .reshape([b, h * groups, t, e])
+    x.unsqueeze_dim::<5>(2).expand([b, h, groups, t, e]).reshape([b, h * groups, t, e])
 }
 
 /// Number of query heads per key/value head, checking that the shapes fit together.
@@ -60,10 +58,7 @@ pub(crate) fn check_shapes<B: Backend>(
         k.dims(),
         v.dims()
     );
-    assert!(
-        hk > 0 && hq % hk == 0,
-        "{hq} query heads are not a multiple of {hk} key/value heads"
-    );
+    assert!(hk > 0 && hq % hk == 0, "{hq} query heads are not a multiple of {hk} key/value heads");
     assert_eq!(hd, hq, "one decay per query head");
     hq / hk
 }
@@ -86,11 +81,7 @@ pub(crate) fn decay_matrix<B: Backend>(log_decay: Tensor<B, 1>, t: usize) -> Ten
 }
 
 /// `gamma_h^(start + i)` for `i` in `0..t`, shaped `[1, h, t, 1]`.
-pub(crate) fn decay_powers<B: Backend>(
-    log_decay: Tensor<B, 1>,
-    start: usize,
-    t: usize,
-) -> Tensor<B, 4> {
+pub(crate) fn decay_powers<B: Backend>(log_decay: Tensor<B, 1>, start: usize, t: usize) -> Tensor<B, 4> {
     let device = log_decay.device();
     let exponent = Tensor::<B, 1, Int>::arange(start as i64..(start + t) as i64, &device).float();
     (exponent.reshape([1, 1, t, 1]) * per_head(log_decay)).exp()

@@ -20,11 +20,7 @@ pub fn recurrent_step<B: Backend>(
     state: Tensor<B, 4>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let groups = check_shapes(&q, &k, &v, &log_decay);
-    assert_eq!(
-        q.dims()[2],
-        1,
-        "recurrent_step takes one position at a time"
-    );
+    assert_eq!(q.dims()[2], 1, "recurrent_step takes one position at a time");
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
     // [b, h, m, 1] x [b, h, 1, d_v] -> [b, h, m, d_v]
     let update = k.swap_dims(2, 3).matmul(v);

@@ -14,10 +14,10 @@ use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use dijiang_kernel::feature_map::{
-    paper_projection, performer_projection, positive_random_features, reference_projection,
-    softmax_features, weighted_exp_features,
+    paper_projection, performer_projection, positive_random_features, reference_projection, softmax_features,
+    weighted_exp_features,
 };
-use dijiang_kernel::linear_attention::chunked;
+use dijiang_kernel::linear_attention::{chunked, recurrent_step};
 
 use super::merge_heads;
 use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, ModelConfig};
@@ -33,11 +33,7 @@ pub fn reference_log_decay(heads: usize) -> Vec<f64> {
     let (lo, hi) = ((1.0f64 / 32.0).ln(), (1.0f64 / 512.0).ln());
     (0..heads)
         .map(|i| {
-            let frac = if heads == 1 {
-                0.0
-            } else {
-                i as f64 / (heads - 1) as f64
-            };
+            let frac = if heads == 1 { 0.0 } else { i as f64 / (heads - 1) as f64 };
             (1.0 - (lo + (hi - lo) * frac).exp()).ln()
         })
         .collect()
@@ -61,12 +57,7 @@ pub struct DiJiangKernel<B: Backend> {
 }
 
 impl<B: Backend> DiJiangKernel<B> {
-    pub fn build(
-        src: &mut impl WeightSource<B>,
-        name: &str,
-        config: &ModelConfig,
-        dj: &DiJiangConfig,
-    ) -> Self {
+    pub fn build(src: &mut impl WeightSource<B>, name: &str, config: &ModelConfig, dj: &DiJiangConfig) -> Self {
         let d = config.head_dim;
         let m = dj.num_features(d);
         let width = config.num_heads * d;
@@ -76,32 +67,21 @@ impl<B: Backend> DiJiangKernel<B> {
             FeatureMapKind::Performer => performer_projection(d, m, dj.seed),
         };
         let proj = src.tensor(&format!("{name}.proj"), [d, m], Init::Values(proj_init));
-        let feature_weights = dj.has_feature_weights().then(|| {
-            Param::from_tensor(src.tensor(&format!("{name}.feature_weights"), [m], Init::Ones))
-        });
+        let feature_weights = dj
+            .has_feature_weights()
+            .then(|| Param::from_tensor(src.tensor(&format!("{name}.feature_weights"), [m], Init::Ones)));
         let decay_init = match dj.decay {
             DecayKind::Reference => Init::Values(reference_log_decay(config.num_heads)),
             DecayKind::None => Init::Zeros,
         };
         let log_decay = src.tensor(&format!("{name}.log_decay"), [config.num_heads], decay_init);
-        let gate = src.tensor(
-            &format!("{name}.gate"),
-            [config.hidden_size, width],
-            Init::XavierUniform { gain: GATE_GAIN },
-        );
-        let mut group_norm = GroupNormConfig::new(d, width)
-            .with_epsilon(GROUP_NORM_EPS)
-            .init(src.device());
-        group_norm.gamma = Some(Param::from_tensor(src.tensor(
-            &format!("{name}.group_norm.gamma"),
-            [width],
-            Init::Ones,
-        )));
-        group_norm.beta = Some(Param::from_tensor(src.tensor(
-            &format!("{name}.group_norm.beta"),
-            [width],
-            Init::Zeros,
-        )));
+        let gate =
+            src.tensor(&format!("{name}.gate"), [config.hidden_size, width], Init::XavierUniform { gain: GATE_GAIN });
+        let mut group_norm = GroupNormConfig::new(d, width).with_epsilon(GROUP_NORM_EPS).init(src.device());
+        group_norm.gamma =
+            Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.gamma"), [width], Init::Ones)));
+        group_norm.beta =
+            Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.beta"), [width], Init::Zeros)));
         Self {
             proj: Param::from_tensor(proj).set_require_grad(false),
             feature_weights,
@@ -122,11 +102,7 @@ impl<B: Backend> DiJiangKernel<B> {
         let phi = match self.feature_map {
             FeatureMapKind::Reference => softmax_features(x, proj),
             FeatureMapKind::WeightedExp => {
-                let weights = self
-                    .feature_weights
-                    .as_ref()
-                    .expect("weighted_exp has feature weights")
-                    .val();
+                let weights = self.feature_weights.as_ref().expect("weighted_exp has feature weights").val();
                 return weighted_exp_features(x, proj, weights);
             }
             FeatureMapKind::Performer => positive_random_features(x, proj),
@@ -145,29 +121,34 @@ impl<B: Backend> DiJiangKernel<B> {
         self.log_decay.val().clamp_max(0.0)
     }
 
+    /// The next `t` positions after `state` (`None`: the start of the sequence): chunked for a
+    /// sequence, one recurrent step for a single token with a state. Returns the output and the
+    /// state after the last position.
+    ///
     /// # Shapes
     /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]`, x (the block's input): `[b, t, hidden]`
+    /// - state: `[b, h_q, m, d_v]`
     /// - output: `[b, t, h_q*d]`
-    pub fn forward(
+    pub fn forward_cached(
         &self,
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
         x: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
-        let [b, hq, _, _] = q.dims();
+        state: Option<Tensor<B, 4>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let [b, hq, t, _] = q.dims();
         let [_, _, _, dv] = v.dims();
         let m = self.proj.dims()[1];
-        let state = Tensor::zeros([b, hq, m, dv], &q.device());
-        let (o, _) = chunked(
-            self.features(q),
-            self.features(k),
-            v,
-            self.log_decay(),
-            self.chunk_len,
-            state,
-        );
-        self.output(merge_heads(o), x)
+        let (q, k) = (self.features(q), self.features(k));
+        let (o, state) = match state {
+            Some(state) if t == 1 => recurrent_step(q, k, v, self.log_decay(), state),
+            state => {
+                let state = state.unwrap_or_else(|| Tensor::zeros([b, hq, m, dv], &x.device()));
+                chunked(q, k, v, self.log_decay(), self.chunk_len, state)
+            }
+        };
+        (self.output(merge_heads(o), x), state)
     }
 
     /// `silu(x W_G) * GroupNorm(o)`.
@@ -178,10 +159,7 @@ impl<B: Backend> DiJiangKernel<B> {
         let [b, t, width] = o.dims();
         let [_, _, hidden] = x.dims();
         // GroupNorm per token: [b, t, C] -> [b*t, C]
-        let normed = self
-            .group_norm
-            .forward(o.reshape([b * t, width]))
-            .reshape([b, t, width]);
+        let normed = self.group_norm.forward(o.reshape([b * t, width])).reshape([b, t, width]);
         let gate = silu(x.reshape([b * t, hidden]).matmul(self.gate.val())).reshape([b, t, width]);
         gate * normed
     }

@@ -27,6 +27,30 @@ pub enum AttentionKernel<B: Backend> {
     DiJiang(DiJiangKernel<B>),
 }
 
+/// What one attention layer carries from one decoding call to the next.
+#[derive(Debug, Clone)]
+pub enum LayerState<B: Backend> {
+    /// Softmax: the keys and values of every position so far, `[b, h_kv, t, d]` each.
+    Kv { k: Tensor<B, 4>, v: Tensor<B, 4> },
+    /// DiJiang: the recurrent state `[b, h_q, m, d_v]`, the same size at any context length.
+    Recurrent(Tensor<B, 4>),
+}
+
+impl<B: Backend> LayerState<B> {
+    /// The state's tensors' shapes.
+    pub fn shapes(&self) -> Vec<[usize; 4]> {
+        match self {
+            LayerState::Kv { k, v } => vec![k.dims(), v.dims()],
+            LayerState::Recurrent(s) => vec![s.dims()],
+        }
+    }
+
+    /// Number of elements held.
+    pub fn num_elements(&self) -> usize {
+        self.shapes().iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+}
+
 /// Multi-head (grouped-query) self-attention with rotary embeddings.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -48,13 +72,12 @@ impl<B: Backend> Attention<B> {
         let (h, d) = (config.hidden_size, config.head_dim);
         let (q_out, kv_out) = (config.num_heads * d, config.num_kv_heads * d);
         let bias = config.attention_bias;
-        let kernel =
-            match &config.attention {
-                AttentionKernelConfig::Softmax => AttentionKernel::Softmax(SoftmaxKernel::new(d)),
-                AttentionKernelConfig::Dijiang(dj) => AttentionKernel::DiJiang(
-                    DiJiangKernel::build(src, &format!("{name}.kernel"), config, dj),
-                ),
-            };
+        let kernel = match &config.attention {
+            AttentionKernelConfig::Softmax => AttentionKernel::Softmax(SoftmaxKernel::new(d)),
+            AttentionKernelConfig::Dijiang(dj) => {
+                AttentionKernel::DiJiang(DiJiangKernel::build(src, &format!("{name}.kernel"), config, dj))
+            }
+        };
         Self {
             q: linear(src, &format!("{name}.q"), h, q_out, bias),
             k: linear(src, &format!("{name}.k"), h, kv_out, bias),
@@ -67,23 +90,53 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// A whole sequence from scratch.
+    ///
     /// # Shapes
     /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, t, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+        self.forward_cached(x, cos, sin, &mut None)
+    }
+
+    /// The next `t` positions after those `state` summarises (none if `None`), updating it: a KV
+    /// cache for softmax, the recurrent state for DiJiang. cos / sin are for those positions.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, t, hidden]`
+    pub fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        state: &mut Option<LayerState<B>>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let d = self.head_dim;
         // [b, t, heads*d] -> [b, heads, t, d]
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
         let q = apply_rope(heads(self.q.forward(x.clone()), self.num_heads), cos, sin);
-        let k = apply_rope(
-            heads(self.k.forward(x.clone()), self.num_kv_heads),
-            cos,
-            sin,
-        );
+        let k = apply_rope(heads(self.k.forward(x.clone()), self.num_kv_heads), cos, sin);
         let v = heads(self.v.forward(x.clone()), self.num_kv_heads);
         let merged = match &self.kernel {
-            AttentionKernel::Softmax(kernel) => kernel.forward(q, k, v),
-            AttentionKernel::DiJiang(kernel) => kernel.forward(q, k, v, x),
+            AttentionKernel::Softmax(kernel) => {
+                let (k, v) = match state.take() {
+                    Some(LayerState::Kv { k: past_k, v: past_v }) => {
+                        (Tensor::cat(vec![past_k, k], 2), Tensor::cat(vec![past_v, v], 2))
+                    }
+                    _ => (k, v),
+                };
+                *state = Some(LayerState::Kv { k: k.clone(), v: v.clone() });
+                kernel.forward(q, k, v)
+            }
+            AttentionKernel::DiJiang(kernel) => {
+                let past = match state.take() {
+                    Some(LayerState::Recurrent(s)) => Some(s),
+                    _ => None,
+                };
+                let (out, next) = kernel.forward_cached(q, k, v, x, past);
+                *state = Some(LayerState::Recurrent(next));
+                out
+            }
         };
         self.o.forward(merged)
     }

@@ -20,18 +20,11 @@ impl SoftmaxKernel {
 
     /// # Shapes
     /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]` -> `[b, t, h_q*d]`
-    pub fn forward<B: Backend>(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward<B: Backend>(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 3> {
         let [_, hq, t, _] = q.dims();
         let [_, hkv, tk, _] = k.dims();
         let (k, v) = (repeat_kv(k, hq / hkv), repeat_kv(v, hq / hkv));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((self.head_dim as f64).sqrt());
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((self.head_dim as f64).sqrt());
         // Query i (at absolute position tk - t + i) sees keys 0..=tk - t + i.
         let mask = Tensor::<B, 2, Bool>::tril_mask([t, tk], (tk - t) as i64, &scores.device());
         let scores = scores.mask_fill(mask.reshape([1, 1, t, tk]), f32::NEG_INFINITY);

@@ -125,21 +125,16 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.bytes.len());
-        let end =
-            end.ok_or_else(|| format!("unexpected end of file at byte {} (truncated?)", self.pos))?;
+        let end = end.ok_or_else(|| format!("unexpected end of file at byte {} (truncated?)", self.pos))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn string(&mut self) -> Result<String, String> {
         let n = self.u64()? as usize;
@@ -174,15 +169,8 @@ impl Cursor<'_> {
 impl Gguf {
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let mmap = super::map_file(path)?;
-        let bad = |reason: String| ModelError::Format {
-            path: path.into(),
-            format: "GGUF",
-            reason,
-        };
-        let mut c = Cursor {
-            bytes: &mmap,
-            pos: 0,
-        };
+        let bad = |reason: String| ModelError::Format { path: path.into(), format: "GGUF", reason };
+        let mut c = Cursor { bytes: &mmap, pos: 0 };
         if c.take(4).map_err(&bad)? != b"GGUF" {
             return Err(bad("missing the GGUF magic".into()));
         }
@@ -195,19 +183,15 @@ impl Gguf {
         for _ in 0..n_kv {
             let key = c.string().map_err(&bad)?;
             let ty = c.u32().map_err(&bad)?;
-            let value = c
-                .value(ty)
-                .map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+            let value = c.value(ty).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
             metadata.insert(key, value);
         }
         let mut infos = Vec::new();
         for _ in 0..n_tensors {
             let name = c.string().map_err(&bad)?;
             let n_dims = c.u32().map_err(&bad)? as usize;
-            let mut dims: Vec<usize> = (0..n_dims)
-                .map(|_| c.u64().map(|d| d as usize))
-                .collect::<Result<_, _>>()
-                .map_err(&bad)?;
+            let mut dims: Vec<usize> =
+                (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<_, _>>().map_err(&bad)?;
             let ty_id = c.u32().map_err(&bad)?;
             let offset = c.u64().map_err(&bad)? as usize;
             let ty = GgmlType::from_id(ty_id).ok_or_else(|| ModelError::Dtype {
@@ -218,19 +202,14 @@ impl Gguf {
             dims.reverse(); // innermost first -> row-major
             infos.push((name, dims, ty, offset));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(Value::as_i64)
-            .unwrap_or(32) as usize;
+        let alignment = metadata.get("general.alignment").and_then(Value::as_i64).unwrap_or(32) as usize;
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, shape, ty, offset) in infos {
             let n: usize = shape.iter().product();
             let (per_block, block_bytes) = ty.block();
             if !n.is_multiple_of(per_block) {
-                return Err(bad(format!(
-                    "tensor `{name}`: {n} elements is not a whole number of {ty:?} blocks"
-                )));
+                return Err(bad(format!("tensor `{name}`: {n} elements is not a whole number of {ty:?} blocks")));
             }
             let start = data_start + offset;
             let end = start + n / per_block * block_bytes;
@@ -240,25 +219,10 @@ impl Gguf {
                     mmap.len()
                 )));
             }
-            tensors.insert(
-                name,
-                TensorInfo {
-                    shape,
-                    ty,
-                    start,
-                    end,
-                },
-            );
+            tensors.insert(name, TensorInfo { shape, ty, start, end });
         }
         let config = config_from_metadata(&metadata, &tensors).map_err(bad)?;
-        Ok(Self {
-            path: path.into(),
-            mmap,
-            metadata,
-            tensors,
-            used: BTreeSet::new(),
-            config,
-        })
+        Ok(Self { path: path.into(), mmap, metadata, tensors, used: BTreeSet::new(), config })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -267,25 +231,15 @@ impl Gguf {
 
     /// "GGUF v3, tensor types {..}".
     pub fn storage(&self) -> String {
-        let types: BTreeSet<String> = self
-            .tensors
-            .values()
-            .map(|t| format!("{:?}", t.ty))
-            .collect();
-        format!(
-            "GGUF v3, {}",
-            types.into_iter().collect::<Vec<_>>().join("/")
-        )
+        let types: BTreeSet<String> = self.tensors.values().map(|t| format!("{:?}", t.ty)).collect();
+        format!("GGUF v3, {}", types.into_iter().collect::<Vec<_>>().join("/"))
     }
 
     /// A tensor dequantised to f32, row-major.
     fn read(&mut self, name: &str) -> Option<HostTensor> {
         let info = self.tensors.get(name)?.clone();
         self.used.insert(name.to_string());
-        Some(HostTensor::new(
-            info.shape,
-            dequantize(info.ty, &self.mmap[info.start..info.end]),
-        ))
+        Some(HostTensor::new(info.shape, dequantize(info.ty, &self.mmap[info.start..info.end])))
     }
 }
 
@@ -293,14 +247,9 @@ fn config_from_metadata(
     m: &BTreeMap<String, Value>,
     tensors: &BTreeMap<String, TensorInfo>,
 ) -> Result<ModelConfig, String> {
-    let arch = m
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let arch = m.get("general.architecture").and_then(Value::as_str).unwrap_or("");
     if arch != "llama" {
-        return Err(format!(
-            "architecture `{arch}`; only `llama` GGUF files are supported"
-        ));
+        return Err(format!("architecture `{arch}`; only `llama` GGUF files are supported"));
     }
     let int = |k: &str| {
         m.get(&format!("llama.{k}"))
@@ -312,16 +261,9 @@ fn config_from_metadata(
     let hidden_size = int("embedding_length")?;
     let vocab_size = match m.get("llama.vocab_size").and_then(Value::as_i64) {
         Some(v) => v as usize,
-        None => tensors
-            .get("token_embd.weight")
-            .map(|t| t.shape[0])
-            .ok_or("no token_embd.weight")?,
+        None => tensors.get("token_embd.weight").map(|t| t.shape[0]).ok_or("no token_embd.weight")?,
     };
-    let token = |k: &str| {
-        m.get(&format!("tokenizer.ggml.{k}"))
-            .and_then(Value::as_i64)
-            .map(|v| v as u32)
-    };
+    let token = |k: &str| m.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_i64).map(|v| v as u32);
     Ok(ModelConfig {
         arch: Architecture::Llama,
         vocab_size,
@@ -331,15 +273,9 @@ fn config_from_metadata(
         num_heads,
         num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
         head_dim: hidden_size / num_heads,
-        rope_theta: m
-            .get("llama.rope.freq_base")
-            .and_then(Value::as_f64)
-            .unwrap_or(10000.0),
+        rope_theta: m.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10000.0),
         rotary_pct: 1.0,
-        norm_eps: m
-            .get("llama.attention.layer_norm_rms_epsilon")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-5),
+        norm_eps: m.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
         tie_embeddings: !tensors.contains_key("output.weight"),
         parallel_residual: false,
         attention_bias: false,
@@ -354,15 +290,9 @@ fn config_from_metadata(
 fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        GgmlType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         GgmlType::F16 => bytes.chunks_exact(2).map(f16).collect(),
-        GgmlType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        GgmlType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         GgmlType::Q8_0 => bytes
             .chunks_exact(34)
             .flat_map(|blk| {
@@ -376,11 +306,8 @@ fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
             let mut out = Vec::with_capacity(bytes.len() / block_bytes * 32);
             for blk in bytes.chunks_exact(block_bytes) {
                 let d = f16(&blk[0..2]);
-                let (min, qs) = if ty == GgmlType::Q4_0 {
-                    (-8.0 * d, &blk[2..18])
-                } else {
-                    (f16(&blk[2..4]), &blk[4..20])
-                };
+                let (min, qs) =
+                    if ty == GgmlType::Q4_0 { (-8.0 * d, &blk[2..18]) } else { (f16(&blk[2..4]), &blk[4..20]) };
                 out.extend(qs.iter().map(|q| (q & 0x0f) as f32 * d + min));
                 out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + min));
             }
@@ -448,11 +375,7 @@ impl TensorStore for Gguf {
     }
 
     fn unused(&self) -> Vec<String> {
-        self.tensors
-            .keys()
-            .filter(|n| !self.used.contains(*n) && *n != "rope_freqs.weight")
-            .cloned()
-            .collect()
+        self.tensors.keys().filter(|n| !self.used.contains(*n) && *n != "rope_freqs.weight").cloned().collect()
     }
 }
 

@@ -21,11 +21,7 @@ enum Rule {
     Transposed(String),
     /// q, k or v (`part` 0, 1, 2) of GPT-NeoX's fused `query_key_value`, laid out per head as
     /// `[q | k | v]` blocks of `head_dim` rows.
-    FusedQkv {
-        name: String,
-        part: usize,
-        bias: bool,
-    },
+    FusedQkv { name: String, part: usize, bias: bool },
     /// `ln(gamma)` per head from the reference's `D1 = gamma^n`, `D2 = gamma^-n`.
     Decay { d1: String, d2: String },
 }
@@ -91,10 +87,7 @@ fn rule(arch: Architecture, ours: &str) -> Option<Rule> {
             let p = format!("gpt_neox.layers.{i}");
             let a = format!("{p}.attention");
             let qkv = |part, bias| FusedQkv {
-                name: format!(
-                    "{a}.query_key_value.{}",
-                    if bias { "bias" } else { "weight" }
-                ),
+                name: format!("{a}.query_key_value.{}", if bias { "bias" } else { "weight" }),
                 part,
                 bias,
             };
@@ -120,10 +113,7 @@ fn rule(arch: Architecture, ours: &str) -> Option<Rule> {
                 "attn.kernel.gate" => Plain(format!("{a}.W_G")),
                 "attn.kernel.group_norm.gamma" => Plain(format!("{a}.group_norm.weight")),
                 "attn.kernel.group_norm.beta" => Plain(format!("{a}.group_norm.bias")),
-                "attn.kernel.log_decay" => Decay {
-                    d1: format!("{a}.D1"),
-                    d2: format!("{a}.D2"),
-                },
+                "attn.kernel.log_decay" => Decay { d1: format!("{a}.D1"), d2: format!("{a}.D2") },
                 _ => return None,
             })
         }
@@ -131,15 +121,9 @@ fn rule(arch: Architecture, ours: &str) -> Option<Rule> {
 }
 
 /// Splits GPT-NeoX's fused qkv: rows `[h*3d + part*d, h*3d + (part+1)*d)` of every head `h`.
-pub fn split_fused_qkv(
-    fused: &HostTensor,
-    heads: usize,
-    head_dim: usize,
-    part: usize,
-) -> HostTensor {
-    let per_head: Vec<HostTensor> = (0..heads)
-        .map(|h| fused.rows(h * 3 * head_dim + part * head_dim, head_dim))
-        .collect();
+pub fn split_fused_qkv(fused: &HostTensor, heads: usize, head_dim: usize, part: usize) -> HostTensor {
+    let per_head: Vec<HostTensor> =
+        (0..heads).map(|h| fused.rows(h * 3 * head_dim + part * head_dim, head_dim)).collect();
     HostTensor::cat_rows(&per_head)
 }
 
@@ -155,10 +139,7 @@ pub fn decay_from_reference(
     if d1.shape != d2.shape || d1.shape.len() != 4 || n < 2 {
         return Err(ModelError::invalid(
             path,
-            format!(
-                "{layer_name}: D1 {:?} and D2 {:?} must both be [1, heads, positions >= 2, 1]",
-                d1.shape, d2.shape
-            ),
+            format!("{layer_name}: D1 {:?} and D2 {:?} must both be [1, heads, positions >= 2, 1]", d1.shape, d2.shape),
         ));
     }
     let mut log_gamma = Vec::with_capacity(heads);
@@ -203,23 +184,16 @@ impl HfCheckpoint {
     /// Opens the weights and reads `config.json` beside them. A GPT-NeoX checkpoint that carries
     /// `proj_matrix` tensors is the reference DiJiang fork: its config gets the DiJiang kernel.
     pub fn open(weights: &Path, config_json: &Path) -> Result<Self, ModelError> {
-        let text =
-            std::fs::read_to_string(config_json).map_err(|e| ModelError::io(config_json, e))?;
+        let text = std::fs::read_to_string(config_json).map_err(|e| ModelError::io(config_json, e))?;
         let mut config = ModelConfig::from_hf_config(&text).map_err(|e| match e {
             ModelError::Config(m) => ModelError::invalid(config_json, m),
             other => other,
         })?;
         let files = SafetensorsFiles::open(weights)?;
-        if config.arch == Architecture::GptNeox
-            && files.names().any(|n| n.ends_with(".attention.proj_matrix"))
-        {
+        if config.arch == Architecture::GptNeox && files.names().any(|n| n.ends_with(".attention.proj_matrix")) {
             config.attention = AttentionKernelConfig::Dijiang(DiJiangConfig::default());
         }
-        Ok(Self {
-            files,
-            config,
-            used: BTreeSet::new(),
-        })
+        Ok(Self { files, config, used: BTreeSet::new() })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -295,21 +269,12 @@ impl TensorStore for HfCheckpoint {
 
     fn source_shape(&self, ours: &str) -> Vec<usize> {
         rule(self.config.arch, ours)
-            .and_then(|r| {
-                r.sources()
-                    .first()
-                    .and_then(|s| self.files.shape(s))
-                    .map(<[usize]>::to_vec)
-            })
+            .and_then(|r| r.sources().first().and_then(|s| self.files.shape(s)).map(<[usize]>::to_vec))
             .unwrap_or_default()
     }
 
     fn unused(&self) -> Vec<String> {
-        self.files
-            .names()
-            .filter(|n| !self.used.contains(*n) && !ignorable(n))
-            .cloned()
-            .collect()
+        self.files.names().filter(|n| !self.used.contains(*n) && !ignorable(n)).cloned().collect()
     }
 }
 
@@ -339,18 +304,9 @@ mod tests {
     fn fused_qkv_split_takes_each_heads_block() {
         // 2 heads, head_dim 2, in-dim 1: rows are [q0 q0 k0 k0 v0 v0 q1 q1 k1 k1 v1 v1].
         let fused = HostTensor::new(vec![12, 1], (0..12).map(|x| x as f32).collect());
-        assert_eq!(
-            split_fused_qkv(&fused, 2, 2, 0).data,
-            vec![0.0, 1.0, 6.0, 7.0]
-        );
-        assert_eq!(
-            split_fused_qkv(&fused, 2, 2, 1).data,
-            vec![2.0, 3.0, 8.0, 9.0]
-        );
-        assert_eq!(
-            split_fused_qkv(&fused, 2, 2, 2).data,
-            vec![4.0, 5.0, 10.0, 11.0]
-        );
+        assert_eq!(split_fused_qkv(&fused, 2, 2, 0).data, vec![0.0, 1.0, 6.0, 7.0]);
+        assert_eq!(split_fused_qkv(&fused, 2, 2, 1).data, vec![2.0, 3.0, 8.0, 9.0]);
+        assert_eq!(split_fused_qkv(&fused, 2, 2, 2).data, vec![4.0, 5.0, 10.0, 11.0]);
     }
 
     #[test]
@@ -358,10 +314,7 @@ mod tests {
         let (heads, n) = (2, 64);
         let gammas = [0.96875f64, 0.998];
         let make = |sign: f64| {
-            let data = gammas
-                .iter()
-                .flat_map(|g| (0..n).map(move |i| g.powf(sign * i as f64) as f32))
-                .collect();
+            let data = gammas.iter().flat_map(|g| (0..n).map(move |i| g.powf(sign * i as f64) as f32)).collect();
             HostTensor::new(vec![1, heads, n, 1], data)
         };
         let (d1, d2) = (make(1.0), make(-1.0));
@@ -371,20 +324,13 @@ mod tests {
         }
         let mut bad = d2.clone();
         bad.data[n + 10] *= 1.5;
-        let err = decay_from_reference(&d1, &bad, Path::new("x"), "layer")
-            .unwrap_err()
-            .to_string();
+        let err = decay_from_reference(&d1, &bad, Path::new("x"), "layer").unwrap_err().to_string();
         assert!(err.contains("head 1, position 10"), "{err}");
     }
 
     #[test]
     fn every_llama_parameter_has_a_rule() {
-        for name in [
-            "embed.weight",
-            "layers.3.attn.k.weight",
-            "layers.0.mlp.down.weight",
-            "final_norm.gamma",
-        ] {
+        for name in ["embed.weight", "layers.3.attn.k.weight", "layers.0.mlp.down.weight", "final_norm.gamma"] {
             assert!(rule(Architecture::Llama, name).is_some(), "{name}");
         }
         assert_eq!(rule(Architecture::Llama, "layers.0.attn.kernel.gate"), None);

@@ -57,8 +57,7 @@ pub fn interleaved_to_half(w: &HostTensor, heads: usize) -> HostTensor {
         for i in 0..d / 2 {
             for j in 0..2 {
                 let (new, old) = (h * d + j * (d / 2) + i, h * d + 2 * i + j);
-                out[new * cols..(new + 1) * cols]
-                    .copy_from_slice(&w.data[old * cols..(old + 1) * cols]);
+                out[new * cols..(new + 1) * cols].copy_from_slice(&w.data[old * cols..(old + 1) * cols]);
             }
         }
     }
@@ -81,24 +80,13 @@ impl Llama2c {
     /// Reads the header and checks the file size against it.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let mmap = super::map_file(path)?;
-        let bad = |reason: String| ModelError::Format {
-            path: path.into(),
-            format: "llama2.c checkpoint",
-            reason,
-        };
+        let bad = |reason: String| ModelError::Format { path: path.into(), format: "llama2.c checkpoint", reason };
         if mmap.len() < HEADER_BYTES {
-            return Err(bad(format!(
-                "{} bytes is shorter than the 28-byte header",
-                mmap.len()
-            )));
+            return Err(bad(format!("{} bytes is shorter than the 28-byte header", mmap.len())));
         }
-        let field =
-            |i: usize| i32::from_le_bytes(mmap[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        let field = |i: usize| i32::from_le_bytes(mmap[4 * i..4 * i + 4].try_into().expect("4 bytes"));
         let raw: Vec<i32> = (0..7).map(field).collect();
-        if raw
-            .iter()
-            .enumerate()
-            .any(|(i, v)| if i == 5 { *v == 0 } else { *v <= 0 })
+        if raw.iter().enumerate().any(|(i, v)| if i == 5 { *v == 0 } else { *v <= 0 })
             || raw[3] % raw[4] != 0
             || raw[0] % raw[3] != 0
         {
@@ -123,13 +111,7 @@ impl Llama2c {
                 mmap.len()
             )));
         }
-        Ok(Self {
-            path: path.into(),
-            mmap,
-            header,
-            slots,
-            used: BTreeSet::new(),
-        })
+        Ok(Self { path: path.into(), mmap, header, slots, used: BTreeSet::new() })
     }
 
     pub fn header(&self) -> Header {
@@ -160,37 +142,15 @@ fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
     let mut slots = BTreeMap::new();
     let mut offset = HEADER_BYTES;
     let mut push = |name: String, stored: [usize; 2], fix: Fix, offset: &mut usize| {
-        slots.insert(
-            name,
-            Slot {
-                offset: *offset,
-                stored,
-                fix,
-            },
-        );
+        slots.insert(name, Slot { offset: *offset, stored, fix });
         *offset += stored[0] * stored[1] * 4;
     };
-    push(
-        "embed.weight".into(),
-        [h.vocab_size, h.dim],
-        Fix::None,
-        &mut offset,
-    );
+    push("embed.weight".into(), [h.vocab_size, h.dim], Fix::None, &mut offset);
     // Per-kind arrays, each holding every layer in turn.
     let per_layer: [(&str, [usize; 2], Fix); 9] = [
         ("attn_norm.gamma", [1, h.dim], Fix::None),
-        (
-            "attn.q.weight",
-            [h.dim, h.dim],
-            Fix::RopeRowsThenTranspose { heads: h.n_heads },
-        ),
-        (
-            "attn.k.weight",
-            [kv_dim, h.dim],
-            Fix::RopeRowsThenTranspose {
-                heads: h.n_kv_heads,
-            },
-        ),
+        ("attn.q.weight", [h.dim, h.dim], Fix::RopeRowsThenTranspose { heads: h.n_heads }),
+        ("attn.k.weight", [kv_dim, h.dim], Fix::RopeRowsThenTranspose { heads: h.n_kv_heads }),
         ("attn.v.weight", [kv_dim, h.dim], Fix::Transpose),
         ("attn.o.weight", [h.dim, h.dim], Fix::Transpose),
         ("mlp_norm.gamma", [1, h.dim], Fix::None),
@@ -203,21 +163,11 @@ fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
             push(format!("layers.{layer}.{name}"), stored, fix, &mut offset);
         }
     }
-    push(
-        "final_norm.gamma".into(),
-        [1, h.dim],
-        Fix::None,
-        &mut offset,
-    );
+    push("final_norm.gamma".into(), [1, h.dim], Fix::None, &mut offset);
     // freq_cis_real and freq_cis_imag: precomputed RoPE tables, unused.
     offset += 2 * h.seq_len * (h.dim / h.n_heads / 2) * 4;
     if !h.shared_classifier {
-        push(
-            "lm_head.weight".into(),
-            [h.vocab_size, h.dim],
-            Fix::Transpose,
-            &mut offset,
-        );
+        push("lm_head.weight".into(), [h.vocab_size, h.dim], Fix::Transpose, &mut offset);
     }
     (slots, offset)
 }
@@ -234,18 +184,8 @@ impl TensorStore for Llama2c {
         self.used.insert(ours.to_string());
         let [rows, cols] = slot.stored;
         let bytes = &self.mmap[slot.offset..slot.offset + rows * cols * 4];
-        let data = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let stored = HostTensor::new(
-            if rows == 1 {
-                vec![cols]
-            } else {
-                vec![rows, cols]
-            },
-            data,
-        );
+        let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let stored = HostTensor::new(if rows == 1 { vec![cols] } else { vec![rows, cols] }, data);
         Ok(Some(match slot.fix {
             Fix::None => stored,
             Fix::Transpose => stored.transpose(),
@@ -258,18 +198,11 @@ impl TensorStore for Llama2c {
     }
 
     fn source_shape(&self, ours: &str) -> Vec<usize> {
-        self.slots
-            .get(ours)
-            .map(|s| s.stored.to_vec())
-            .unwrap_or_default()
+        self.slots.get(ours).map(|s| s.stored.to_vec()).unwrap_or_default()
     }
 
     fn unused(&self) -> Vec<String> {
-        self.slots
-            .keys()
-            .filter(|n| !self.used.contains(*n))
-            .cloned()
-            .collect()
+        self.slots.keys().filter(|n| !self.used.contains(*n)).cloned().collect()
     }
 }
 
@@ -283,9 +216,6 @@ mod tests {
         let w = HostTensor::new(vec![4, 1], vec![0.0, 1.0, 2.0, 3.0]);
         assert_eq!(interleaved_to_half(&w, 1).data, vec![0.0, 2.0, 1.0, 3.0]);
         let two_heads = HostTensor::new(vec![8, 1], (0..8).map(|x| x as f32).collect());
-        assert_eq!(
-            interleaved_to_half(&two_heads, 2).data,
-            vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
-        );
+        assert_eq!(interleaved_to_half(&two_heads, 2).data, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
     }
 }

@@ -54,10 +54,7 @@ pub(crate) fn map_file(path: &Path) -> Result<Mmap, ModelError> {
 fn has_magic(path: &Path, magic: &[u8]) -> bool {
     use std::io::Read;
     let mut head = vec![0; magic.len()];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && head == magic
+    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == magic
 }
 
 /// The checkpoint formats [`load`] understands.
@@ -90,10 +87,7 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("format", &self.format)
-            .field("path", &self.store.path())
-            .finish()
+        f.debug_struct("Checkpoint").field("format", &self.format).field("path", &self.store.path()).finish()
     }
 }
 
@@ -164,11 +158,7 @@ impl Checkpoint {
         let mut source = Loaded::<B>::new(self.store.as_mut(), is_new, seed, device);
         let model = Transformer::build(&mut source, config);
         let initialised = source.finish()?;
-        Ok(LoadedModel {
-            model,
-            format: self.format,
-            initialised,
-        })
+        Ok(LoadedModel { model, format: self.format, initialised })
     }
 }
 

@@ -42,13 +42,7 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new(config: ModelConfig) -> Self {
-        Self {
-            format: FORMAT.into(),
-            version: VERSION,
-            config,
-            source: None,
-            new_parameters: Vec::new(),
-        }
+        Self { format: FORMAT.into(), version: VERSION, config, source: None, new_parameters: Vec::new() }
     }
 }
 
@@ -58,57 +52,35 @@ pub fn is_native(dir: &Path) -> bool {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), ModelError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ModelError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| ModelError::io(dir, e))
 }
 
 /// Saves `model` with `manifest` to `dir`, atomically replacing whatever was there.
-pub fn save<B: Backend>(
-    model: &Transformer<B>,
-    manifest: &Manifest,
-    dir: &Path,
-) -> Result<(), ModelError> {
-    let name = dir
-        .file_name()
-        .ok_or_else(|| ModelError::invalid(dir, "not a directory name"))?;
+pub fn save<B: Backend>(model: &Transformer<B>, manifest: &Manifest, dir: &Path) -> Result<(), ModelError> {
+    let name = dir.file_name().ok_or_else(|| ModelError::invalid(dir, "not a directory name"))?;
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
 
     let weights = tmp.join(WEIGHTS);
-    let mut store = SafetensorsStore::from_file(&weights)
-        .skip_enum_variants(true)
-        .overwrite(true);
-    model
-        .save_into(&mut store)
-        .map_err(|e| ModelError::invalid(&weights, format!("saving weights: {e}")))?;
+    let mut store = SafetensorsStore::from_file(&weights).skip_enum_variants(true).overwrite(true);
+    model.save_into(&mut store).map_err(|e| ModelError::invalid(&weights, format!("saving weights: {e}")))?;
     let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
     std::fs::write(tmp.join(MANIFEST), json).map_err(|e| ModelError::io(tmp.join(MANIFEST), e))?;
     for file in [&weights, &tmp.join(MANIFEST)] {
-        File::open(file)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| ModelError::io(file, e))?;
+        File::open(file).and_then(|f| f.sync_all()).map_err(|e| ModelError::io(file, e))?;
     }
     fsync_dir(&tmp)?;
 
     // Swap in: move any old model aside first, so a failure leaves one complete copy in place.
-    let old = parent.join(format!(
-        ".{}.old-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let old = parent.join(format!(".{}.old-{}", name.to_string_lossy(), std::process::id()));
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
     }
@@ -146,11 +118,7 @@ impl NativeCheckpoint {
                 ),
             ));
         }
-        Ok(Self {
-            manifest,
-            files: SafetensorsFiles::open(&dir.join(WEIGHTS))?,
-            used: BTreeSet::new(),
-        })
+        Ok(Self { manifest, files: SafetensorsFiles::open(&dir.join(WEIGHTS))?, used: BTreeSet::new() })
     }
 }
 
@@ -178,17 +146,10 @@ impl TensorStore for NativeCheckpoint {
     }
 
     fn source_shape(&self, name: &str) -> Vec<usize> {
-        self.files
-            .shape(name)
-            .map(<[usize]>::to_vec)
-            .unwrap_or_default()
+        self.files.shape(name).map(<[usize]>::to_vec).unwrap_or_default()
     }
 
     fn unused(&self) -> Vec<String> {
-        self.files
-            .names()
-            .filter(|n| !self.used.contains(*n))
-            .cloned()
-            .collect()
+        self.files.names().filter(|n| !self.used.contains(*n)).cloned().collect()
     }
 }

@@ -38,26 +38,18 @@ impl SafetensorsFiles {
         let is_index = path.to_string_lossy().ends_with(".index.json");
         let shard_paths: Vec<PathBuf> = if is_index {
             let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-            let index: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| ModelError::Format {
-                    path: path.into(),
-                    format: "safetensors index",
-                    reason: e.to_string(),
-                })?;
-            let map = index
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::Format {
-                    path: path.into(),
-                    format: "safetensors index",
-                    reason: "no `weight_map` object".into(),
-                })?;
+            let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Format {
+                path: path.into(),
+                format: "safetensors index",
+                reason: e.to_string(),
+            })?;
+            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Format {
+                path: path.into(),
+                format: "safetensors index",
+                reason: "no `weight_map` object".into(),
+            })?;
             let dir = path.parent().unwrap_or(Path::new("."));
-            let mut shards: Vec<PathBuf> = map
-                .values()
-                .filter_map(|v| v.as_str())
-                .map(|f| dir.join(f))
-                .collect();
+            let mut shards: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
             shards.sort();
             shards.dedup();
             shards
@@ -70,19 +62,15 @@ impl SafetensorsFiles {
             if !shard.exists() {
                 return Err(ModelError::invalid(
                     &shard,
-                    format!(
-                        "shard listed in {} is missing: download every shard of the checkpoint",
-                        path.display()
-                    ),
+                    format!("shard listed in {} is missing: download every shard of the checkpoint", path.display()),
                 ));
             }
             let mmap = super::map_file(&shard)?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Format {
-                    path: shard.clone(),
-                    format: "safetensors",
-                    reason: format!("{e} (truncated or corrupt file?)"),
-                })?;
+            let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Format {
+                path: shard.clone(),
+                format: "safetensors",
+                reason: format!("{e} (truncated or corrupt file?)"),
+            })?;
             for (name, info) in metadata.tensors() {
                 let base = 8 + header_len;
                 entries.insert(
@@ -98,26 +86,15 @@ impl SafetensorsFiles {
             }
             files.push((shard, mmap));
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            files,
-            entries,
-        })
+        Ok(Self { path: path.to_path_buf(), files, entries })
     }
 
     /// "N file(s), data types {..}".
     pub fn storage(&self) -> String {
-        let dtypes: std::collections::BTreeSet<String> = self
-            .entries
-            .values()
-            .map(|e| format!("{:?}", e.dtype))
-            .collect();
+        let dtypes: std::collections::BTreeSet<String> =
+            self.entries.values().map(|e| format!("{:?}", e.dtype)).collect();
         let dtypes: Vec<String> = dtypes.into_iter().collect();
-        format!(
-            "safetensors, {} file(s), {}",
-            self.files.len(),
-            dtypes.join("/")
-        )
+        format!("safetensors, {} file(s), {}", self.files.len(), dtypes.join("/"))
     }
 
     pub fn path(&self) -> &Path {
@@ -146,24 +123,11 @@ impl SafetensorsFiles {
         let (path, mmap) = &self.files[entry.file];
         let bytes = &mmap[entry.start..entry.end];
         let data: Vec<f32> = match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => {
-                return Err(ModelError::Dtype {
-                    path: path.clone(),
-                    name: name.into(),
-                    dtype: format!("{other:?}"),
-                });
+                return Err(ModelError::Dtype { path: path.clone(), name: name.into(), dtype: format!("{other:?}") });
             }
         };
         Ok(HostTensor::new(entry.shape.clone(), data))
@@ -179,20 +143,12 @@ impl SafetensorsFiles {
         let (path, mmap) = &self.files[entry.file];
         let bytes = &mmap[entry.start..entry.end];
         let data = match entry.dtype {
-            Dtype::I64 => bytes
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect(),
-            Dtype::I32 => bytes
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
-                .collect(),
+            Dtype::I64 => bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => {
+                bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect()
+            }
             other => {
-                return Err(ModelError::Dtype {
-                    path: path.clone(),
-                    name: name.into(),
-                    dtype: format!("{other:?}"),
-                });
+                return Err(ModelError::Dtype { path: path.clone(), name: name.into(), dtype: format!("{other:?}") });
             }
         };
         Ok((entry.shape.clone(), data))

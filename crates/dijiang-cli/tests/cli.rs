@@ -1,0 +1,93 @@
+//! The `dijiang` binary end to end: inspect, convert, generate, eval.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn shared(rel: &str) -> Option<PathBuf> {
+    let path = repo().join("../shared").join(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
+    None
+}
+
+/// Runs `dijiang args...`, asserting success; returns stdout.
+fn dijiang(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dijiang")).args(args).output().expect("run dijiang");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "dijiang {args:?} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn inspect_reports_llama2_7b_parameters() {
+    let out = dijiang(&["inspect", "llama2-7b"]);
+    assert!(out.contains("softmax teacher 6,738,415,616"), "{out}");
+    let out = json(&dijiang(&["inspect", "llama2-7b", "--json"]));
+    assert_eq!(out["params_softmax"], 6_738_415_616u64);
+}
+
+#[test]
+fn convert_writes_a_student_that_loads_back() {
+    let out_dir = std::env::temp_dir().join(format!("dijiang-cli-convert-{}", std::process::id()));
+    let teacher = repo().join("tests/fixtures/llama-gqa-tiny");
+    let report = dijiang(&[
+        "convert",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]);
+    assert!(report.contains("new tensors   15:"), "{report}");
+    assert!(report.contains("layers.2.attn.kernel.gate"), "{report}");
+    let inspected = json(&dijiang(&["inspect", out_dir.to_str().unwrap(), "--json"]));
+    assert_eq!(inspected["format"], "Native");
+    assert_eq!(inspected["config"]["attention"]["kind"], "dijiang");
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn eval_reproduces_stories260k_perplexity() {
+    let (Some(model), Some(text)) =
+        (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))
+    else {
+        return;
+    };
+    let out = json(&dijiang(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--max-tokens",
+        "256",
+        "--json",
+    ]));
+    let ppl = out["perplexity"].as_f64().unwrap();
+    eprintln!("stories260K perplexity over 256 tokens: {ppl:.4}");
+    assert_eq!(out["tokens"], 256);
+    assert!((ppl - 4.66).abs() < 0.01, "perplexity {ppl}");
+}
+
+#[test]
+fn generate_streams_stories() {
+    let Some(model) = shared("models/stories260K/stories260K.bin") else { return };
+    let out = json(&dijiang(&["generate", "--model", model.to_str().unwrap(), "--max-new-tokens", "30", "--json"]));
+    let text = out["text"].as_str().unwrap();
+    assert!(text.starts_with("Once upon a time, there was a little girl named Lily."), "{text}");
+    assert_eq!(out["ids"][0], 1, "BOS first");
+    assert!(out["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let streamed = dijiang(&["generate", "--model", model.to_str().unwrap(), "--max-new-tokens", "30"]);
+    assert!(streamed.starts_with(text), "streamed text differs from --json text:\n{streamed}");
+}

@@ -1,0 +1,188 @@
+//! Tokenizers and decoding: fixture token ids, greedy generations of real models, and incremental
+//! decoding (KV cache / recurrent state) equal to the full forward pass.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use dijiang_model::config::AttentionKernelConfig;
+use dijiang_model::generate::{Sampler, Sampling, generate};
+use dijiang_model::import::Checkpoint;
+use dijiang_model::import::safetensors::SafetensorsFiles;
+use dijiang_model::tokenizer::Tokenizer;
+use dijiang_model::{DecodeState, DiJiangConfig, Transformer};
+
+type B = NdArray<f32>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+fn shared(rel: &str) -> Option<PathBuf> {
+    let path = repo().join("../shared").join(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
+    None
+}
+
+fn smollm2() -> Option<PathBuf> {
+    let path = repo().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    let reason = format!("{} is absent: run `just fetch-smollm2`", path.display());
+    assert!(std::env::var_os("DIJIANG_REQUIRE_MODELS").is_none(), "{reason} (DIJIANG_REQUIRE_MODELS is set)");
+    eprintln!("SKIPPED: {reason}");
+    None
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// A tiny model from a fixture, optionally with its attention swapped (chunk length 16, so that
+/// the test sequences span several chunks).
+fn tiny<Bk: Backend>(name: &str, dijiang: bool, device: &Bk::Device) -> Transformer<Bk> {
+    let checkpoint = Checkpoint::open(&fixture(name)).unwrap();
+    let mut config = checkpoint.config.clone();
+    let is_dijiang = match &mut config.attention {
+        AttentionKernelConfig::Dijiang(dj) => {
+            dj.chunk_len = 16;
+            true
+        }
+        AttentionKernelConfig::Softmax => false,
+    };
+    if dijiang && !is_dijiang {
+        config.attention = AttentionKernelConfig::Dijiang(DiJiangConfig { chunk_len: 16, ..Default::default() });
+    }
+    let is_new = |n: &str| dijiang && !is_dijiang && n.contains(".attn.kernel.");
+    checkpoint.build(&config, &is_new, 5, device).unwrap().model
+}
+
+fn tokens<Bk: Backend>(ids: &[i64], device: &Bk::Device) -> Tensor<Bk, 2, Int> {
+    Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), device)
+}
+
+/// Prefill `k` tokens, then feed the rest one at a time: every position's logits equal the full
+/// forward pass's within 1e-4.
+fn check_incremental<Bk: Backend>(model: &Transformer<Bk>, what: &str, device: &Bk::Device) {
+    let len = 70;
+    let vocab = model.config().vocab_size;
+    let ids: Vec<i64> = (0..len).map(|i| ((i * 31 + 7) % vocab) as i64).collect();
+    let full = model.forward(tokens::<Bk>(&ids, device)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    for k in [0usize, 1, 5] {
+        let mut state = DecodeState::new(model.layers.len());
+        let mut got = Vec::new();
+        if k > 0 {
+            got.extend(
+                model
+                    .forward_cached(tokens::<Bk>(&ids[..k], device), &mut state)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        for i in k..len {
+            let step = model.forward_cached(tokens::<Bk>(&ids[i..i + 1], device), &mut state);
+            got.extend(step.into_data().convert::<f32>().to_vec::<f32>().unwrap());
+        }
+        let diff = got.iter().zip(&full).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-4, "{what}, prefill {k}: incremental logits differ by {diff:e}");
+    }
+}
+
+#[test]
+fn incremental_decoding_equals_the_full_forward_pass() {
+    let device = Default::default();
+    check_incremental(&tiny::<B>("gpt-neox-tiny", false, &device), "gpt-neox softmax", &device);
+    check_incremental(&tiny::<B>("gpt-neox-dijiang-tiny", true, &device), "gpt-neox reference dijiang", &device);
+    check_incremental(&tiny::<B>("llama-gqa-tiny", false, &device), "llama gqa softmax", &device);
+    check_incremental(&tiny::<B>("llama-gqa-tiny", true, &device), "llama gqa dijiang", &device);
+}
+
+#[cfg(feature = "wgpu-tests")]
+#[test]
+fn incremental_dijiang_decoding_equals_the_full_forward_pass_on_wgpu() {
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    type W = burn::backend::Wgpu;
+    check_incremental(&tiny::<W>("gpt-neox-dijiang-tiny", true, &device), "wgpu gpt-neox dijiang", &device);
+    check_incremental(&tiny::<W>("llama-gqa-tiny", true, &device), "wgpu llama gqa dijiang", &device);
+}
+
+#[test]
+fn dijiang_state_is_constant_in_context_length_and_a_kv_cache_is_not() {
+    let device = Default::default();
+    let sizes = |model: &Transformer<B>| {
+        [128usize, 4096].map(|len| {
+            let vocab = model.config().vocab_size;
+            let ids: Vec<i64> = (0..len).map(|i| ((i * 13) % vocab) as i64).collect();
+            let mut state = DecodeState::new(model.layers.len());
+            model.forward_cached(tokens::<B>(&ids, &device), &mut state);
+            (state.shapes(), state.num_elements())
+        })
+    };
+    let [short, long] = sizes(&tiny::<B>("llama-gqa-tiny", true, &device));
+    assert_eq!(short.0, long.0, "DiJiang state shapes changed with context length");
+    assert_eq!(short.0.len(), 3, "one state tensor per layer");
+    let [short, long] = sizes(&tiny::<B>("llama-gqa-tiny", false, &device));
+    assert_eq!(long.1, short.1 * 32, "a KV cache grows with the context");
+}
+
+#[test]
+fn smollm2_tokenizer_and_greedy_generation_match_the_fixture() {
+    let Some(path) = smollm2() else { return };
+    let expected = json(&fixture("smollm2-135m/expected.json"));
+    let tokenizer = Tokenizer::for_model(&path).unwrap();
+    let ids = tokenizer.encode(expected["prompt"].as_str().unwrap()).unwrap();
+    assert_eq!(ids, ids_of(&expected["ids"]));
+    let greedy = ids_of(&expected["greedy_ids"]);
+    assert_eq!(
+        tokenizer.decode(&greedy[ids.len()..]),
+        expected["greedy_text"].as_str().unwrap()["The capital of France is".len()..]
+    );
+
+    let model = dijiang_model::import::load::<B>(&path, &Default::default()).unwrap().model;
+    let mut sampler = Sampler::new(Sampling::default());
+    let (new, stats) = generate(&model, &ids, 12, &mut sampler, None, |_| {});
+    assert_eq!(new, greedy[ids.len()..]);
+    eprintln!(
+        "smollm2-135m greedy: prefill {:.1} tok/s, decode {:.1} tok/s",
+        stats.prefill_tokens_per_s(),
+        stats.decode_tokens_per_s()
+    );
+}
+
+#[test]
+fn stories260k_tokenizer_and_greedy_generation_match_llama2c() {
+    let (Some(bin), Some(text), Some(fixture)) = (
+        shared("models/stories260K/stories260K.bin"),
+        shared("corpora/tinystories-fragment.txt"),
+        shared("fixtures/stories260k/expected.safetensors"),
+    ) else {
+        return;
+    };
+    let tokenizer = Tokenizer::for_model(&bin).unwrap();
+    let text: String = std::fs::read_to_string(text).unwrap().chars().take(1200).collect();
+    let ids = tokenizer.encode(&text).unwrap();
+    let (_, want) = SafetensorsFiles::open(&fixture).unwrap().read_ints("input_ids").unwrap();
+    let want: Vec<u32> = want.iter().map(|&i| i as u32).collect();
+    assert_eq!(ids[..256], want[..]);
+
+    let model = dijiang_model::import::load::<B>(&bin, &Default::default()).unwrap().model;
+    let mut sampler = Sampler::new(Sampling::default());
+    let (new, _) = generate(&model, &[1], 40, &mut sampler, tokenizer.eos, |_| {});
+    let story = tokenizer.decode(&[&[1], new.as_slice()].concat());
+    eprintln!("stories260K greedy: {story}");
+    assert!(story.starts_with("Once upon a time, there was a little girl named Lily."), "{story}");
+}
