@@ -123,8 +123,8 @@ fn incremental_dijiang_decoding_equals_the_full_forward_pass_on_wgpu() {
 #[test]
 fn dijiang_state_is_constant_in_context_length_and_a_kv_cache_is_not() {
     let device = Default::default();
-    let sizes = |model: &Transformer<B>| {
-        [128usize, 4096].map(|len| {
+    let sizes = |model: &Transformer<B>, lens: [usize; 2]| {
+        lens.map(|len| {
             let vocab = model.config().vocab_size;
             let ids: Vec<i64> = (0..len).map(|i| ((i * 13) % vocab) as i64).collect();
             let mut state = DecodeState::new(model.layers.len());
@@ -132,11 +132,13 @@ fn dijiang_state_is_constant_in_context_length_and_a_kv_cache_is_not() {
             (state.shapes(), state.num_elements())
         })
     };
-    let [short, long] = sizes(&tiny::<B>("llama-gqa-tiny", true, &device));
+    let [short, long] = sizes(&tiny::<B>("llama-gqa-tiny", true, &device), [128, 4096]);
     assert_eq!(short.0, long.0, "DiJiang state shapes changed with context length");
     assert_eq!(short.0.len(), 3, "one state tensor per layer");
-    let [short, long] = sizes(&tiny::<B>("llama-gqa-tiny", false, &device));
-    assert_eq!(long.1, short.1 * 32, "a KV cache grows with the context");
+    // The same check fails for a KV cache (which is why it is 8x shorter here: quadratic attention).
+    let [short, long] = sizes(&tiny::<B>("llama-gqa-tiny", false, &device), [128, 1024]);
+    assert_ne!(short.0, long.0);
+    assert_eq!(long.1, short.1 * 8, "a KV cache grows with the context");
 }
 
 #[test]
@@ -151,6 +153,15 @@ fn smollm2_tokenizer_and_greedy_generation_match_the_fixture() {
         tokenizer.decode(&greedy[ids.len()..]),
         expected["greedy_text"].as_str().unwrap()["The capital of France is".len()..]
     );
+
+    // Saved as tokenizer.json (what `convert` writes beside a student), it encodes the same.
+    let dir = std::env::temp_dir().join(format!("dijiang-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = tokenizer.save_beside(&dir, &path).unwrap();
+    let reloaded = Tokenizer::for_model(&json_path).unwrap();
+    assert_eq!(reloaded.encode(expected["prompt"].as_str().unwrap()).unwrap(), ids);
+    assert_eq!(reloaded.decode(&greedy), tokenizer.decode(&greedy));
+    std::fs::remove_dir_all(&dir).ok();
 
     let model = dijiang_model::import::load::<B>(&path, &Default::default()).unwrap().model;
     let mut sampler = Sampler::new(Sampling::default());

@@ -116,3 +116,23 @@ fn truncated_llama2c_checkpoint() {
     std::fs::remove_dir_all(&dir).ok();
     assert_mentions(&err, &["stories.bin", "truncated"]);
 }
+
+#[test]
+fn truncated_gguf() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        assert!(std::env::var_os("DIJIANG_REQUIRE_MODELS").is_none(), "{} is absent", gguf.display());
+        eprintln!("SKIPPED: {} is absent: run `just fetch-smollm2`", gguf.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("dijiang-import-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(&gguf).unwrap();
+    // Cut inside the tensor data, then inside the metadata.
+    for (cut, expect) in [(bytes.len() - 1000, "past the end of the file"), (2000, "unexpected end of file")] {
+        let file = dir.join("model.gguf");
+        std::fs::write(&file, &bytes[..cut]).unwrap();
+        assert_mentions(&load_error(&file), &["model.gguf", "GGUF", expect, "truncated"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -153,8 +153,11 @@ impl Cursor<'_> {
             8 => Value::Str(self.string()?),
             9 => {
                 let (item, n) = (self.u32()?, self.u64()? as usize);
-                if n > self.bytes.len() {
-                    return Err(format!("array of {n} items is longer than the file"));
+                if n > self.bytes.len() - self.pos {
+                    return Err(format!(
+                        "unexpected end of file: {n} array items at byte {} cannot fit (truncated?)",
+                        self.pos
+                    ));
                 }
                 Value::Array((0..n).map(|_| self.value(item)).collect::<Result<_, _>>()?)
             }

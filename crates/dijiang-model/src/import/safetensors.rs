@@ -154,3 +154,31 @@ impl SafetensorsFiles {
         Ok((entry.shape.clone(), data))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    #[test]
+    fn half_precision_tensors_are_read_as_f32() {
+        let values = [1.5f32, -2.25, 0.0, 4096.0];
+        let f16: Vec<u8> = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let bf16: Vec<u8> = values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        let f32: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensors = [
+            ("a", TensorView::new(Dtype::F16, vec![2, 2], &f16).unwrap()),
+            ("b", TensorView::new(Dtype::BF16, vec![4], &bf16).unwrap()),
+            ("c", TensorView::new(Dtype::F32, vec![4, 1], &f32).unwrap()),
+        ];
+        let path = std::env::temp_dir().join(format!("dijiang-halfs-{}.safetensors", std::process::id()));
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        let files = SafetensorsFiles::open(&path).unwrap();
+        for (name, shape) in [("a", vec![2, 2]), ("b", vec![4]), ("c", vec![4, 1])] {
+            let t = files.read(name).unwrap();
+            assert_eq!(t.shape, shape);
+            assert_eq!(t.data, values, "{name}");
+        }
+        std::fs::remove_file(&path).ok();
+    }
+}
