@@ -4,6 +4,9 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 backend := "ndarray"
+# The tokenizer `just data` prepares corpora with, and the Pile's path for `just data pile`.
+tokenizer := "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
+path := ""
 
 # List the recipes.
 default:
@@ -12,6 +15,22 @@ default:
 # Train an experiment: `just train experiment=NAME [key=value ...]` (experiments/NAME.toml).
 train *args:
     cargo run --release --no-default-features --features {{backend}} -- train {{args}}
+
+# Fetch and tokenise a real corpus into datasets/NAME/tokens (see datasets/NAME.md):
+# sotu, brown, moby-dick, kjv, tinyshakespeare, wikitext2, tinystories-fragment, pile.
+# Another tokenizer: `just tokenizer=MODEL data NAME`; the Pile: `just path=DIR data pile`.
+data name:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "{{name}}" = pile ]; then
+        input="{{path}}"
+        [ -n "$input" ] || { echo "the Pile is not redistributable: download its jsonl.zst files, then just path=DIR data pile" >&2; exit 1; }
+    else
+        datasets/fetch.sh "{{name}}"
+        input="datasets/{{name}}/raw"
+    fi
+    if [ "{{tokenizer}}" = "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then just fetch-smollm2; fi
+    cargo run --release --no-default-features --features {{backend}} -- prepare --tokenizer "{{tokenizer}}" --input "$input" --out "datasets/{{name}}/tokens"
 
 # Run the whole test suite (kernel math, model parity, wgpu on software Vulkan, ...).
 test: fetch-smollm2

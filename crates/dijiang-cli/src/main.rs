@@ -42,6 +42,11 @@ enum Command {
     Generate(commands::generate::Args),
     /// Mean next-token NLL and perplexity of a model on a text file.
     Eval(commands::eval::Args),
+    /// Tokenise corpora into packed shards with a train/validation split.
+    Prepare(commands::prepare::Args),
+    /// Measure and write the numbers to runs/bench/*.json.
+    #[command(subcommand)]
+    Bench(commands::bench::What),
     /// Print the compiled-in backend and its device.
     Backend,
 }
@@ -63,6 +68,8 @@ fn main() -> Result<()> {
         Command::Convert(args) => commands::convert::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Prepare(args) => commands::prepare::run(args),
+        Command::Bench(what) => commands::bench::run(what),
         Command::Backend => {
             println!("{}", backend::describe());
             Ok(())

@@ -19,6 +19,8 @@ pub struct Llama2cTokenizer {
     pieces: Vec<Vec<u8>>,
     scores: Vec<f32>,
     lookup: HashMap<Vec<u8>, u32>,
+    /// (left, right) -> the token their concatenation is, for every token that splits in two.
+    pairs: HashMap<(u32, u32), u32>,
 }
 
 impl Llama2cTokenizer {
@@ -39,8 +41,21 @@ impl Llama2cTokenizer {
             pieces.push(take(len)?.to_vec());
             scores.push(score);
         }
-        let lookup = pieces.iter().enumerate().map(|(i, p)| (p.clone(), i as u32)).collect();
-        Ok(Self { pieces, scores, lookup })
+        let lookup: HashMap<Vec<u8>, u32> = pieces.iter().enumerate().map(|(i, p)| (p.clone(), i as u32)).collect();
+        let mut pairs = HashMap::new();
+        for (id, piece) in pieces.iter().enumerate() {
+            for cut in 1..piece.len() {
+                if let (Some(&a), Some(&b)) = (lookup.get(&piece[..cut]), lookup.get(&piece[cut..])) {
+                    pairs.insert((a, b), id as u32);
+                }
+            }
+        }
+        Ok(Self { pieces, scores, lookup, pairs })
+    }
+
+    /// A token's stored bytes.
+    pub fn piece_bytes(&self, id: u32) -> &[u8] {
+        &self.pieces[id as usize]
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -70,9 +85,7 @@ impl Llama2cTokenizer {
         loop {
             let mut best: Option<(f32, usize, u32)> = None;
             for i in start..tokens.len().saturating_sub(1) {
-                let mut merged = self.pieces[tokens[i] as usize].clone();
-                merged.extend_from_slice(&self.pieces[tokens[i + 1] as usize]);
-                if let Some(&id) = self.lookup.get(&merged)
+                if let Some(&id) = self.pairs.get(&(tokens[i], tokens[i + 1]))
                     && best.is_none_or(|(score, _, _)| self.scores[id as usize] > score)
                 {
                     best = Some((self.scores[id as usize], i, id));

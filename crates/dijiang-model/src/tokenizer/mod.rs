@@ -176,6 +176,31 @@ impl Tokenizer {
         })
     }
 
+    /// A content fingerprint: the kind, the vocabulary size and an FNV-1a hash of every token's
+    /// string in id order. Two tokenizers with the same fingerprint map text to the same ids
+    /// (data manifests record it; training refuses data tokenised by another tokenizer).
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf29ce484222325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes.iter().chain(&[0xff]) {
+                hash = (hash ^ *b as u64).wrapping_mul(0x100000001b3);
+            }
+        };
+        let kind = match &self.kind {
+            Kind::Hf(t) => {
+                let mut vocab: Vec<(String, u32)> = t.get_vocab(true).into_iter().collect();
+                vocab.sort_by_key(|(_, id)| *id);
+                vocab.iter().for_each(|(s, _)| feed(s.as_bytes()));
+                "bpe"
+            }
+            Kind::Llama2c(t) => {
+                (0..t.vocab_size() as u32).for_each(|id| feed(t.piece_bytes(id)));
+                "llama2c"
+            }
+        };
+        format!("{kind}-{}-{hash:016x}", self.vocab_size())
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.kind {
             Kind::Hf(t) => t.get_vocab_size(true),
