@@ -1,20 +1,10 @@
 //! The `dijiang` binary end to end: inspect, convert, generate, eval.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::{fixture, shared};
+
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared(rel: &str) -> Option<PathBuf> {
-    let path = repo().join("../shared").join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
-    None
-}
 
 /// Runs `dijiang args...`, asserting success; returns stdout.
 fn dijiang(args: &[&str]) -> String {
@@ -39,7 +29,7 @@ fn inspect_reports_llama2_7b_parameters() {
 #[test]
 fn convert_writes_a_student_that_loads_back() {
     let out_dir = std::env::temp_dir().join(format!("dijiang-cli-convert-{}", std::process::id()));
-    let teacher = repo().join("tests/fixtures/llama-gqa-tiny");
+    let teacher = fixture("llama-gqa-tiny");
     let report = dijiang(&[
         "convert",
         "--teacher",

@@ -1,6 +1,10 @@
 //! Prepared data: exact round trips on real text, deterministic splits and batch orders, a cursor
 //! that resumes in another process, and the handling of malformed inputs.
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::{shared, smollm2_gguf};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -11,19 +15,6 @@ use dijiang_data::prepare::{PrepareConfig, prepare};
 use dijiang_data::sources::{Record, read_file};
 use dijiang_model::tokenizer::Tokenizer;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared(rel: &str) -> Option<PathBuf> {
-    let path = repo().join("../shared").join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
-    None
-}
-
 /// stories260K's llama2.c tokenizer (small, in ../shared).
 fn llama2c() -> Option<Tokenizer> {
     shared("models/stories260K/tok512.bin").map(|p| Tokenizer::llama2c(&p, 512).unwrap())
@@ -31,13 +22,7 @@ fn llama2c() -> Option<Tokenizer> {
 
 /// SmolLM2's byte-level BPE tokenizer, from the GGUF `just fetch-smollm2` brings.
 fn smollm2() -> Option<Tokenizer> {
-    let path = repo().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(Tokenizer::for_model(&path).unwrap());
-    }
-    assert!(std::env::var_os("DIJIANG_REQUIRE_MODELS").is_none(), "{} is absent", path.display());
-    eprintln!("SKIPPED: {} is absent: run `just fetch-smollm2`", path.display());
-    None
+    smollm2_gguf().map(|path| Tokenizer::for_model(&path).unwrap())
 }
 
 fn scratch(tag: &str) -> PathBuf {

@@ -1,6 +1,10 @@
 //! Conversion (softmax teacher -> DiJiang student), the native checkpoint format's round trip, and
 //! parameter counting.
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::fixture;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
@@ -13,10 +17,6 @@ use dijiang_model::import::{Format, load};
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transformer};
 
 type B = NdArray<f32>;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
 
 fn scratch(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dijiang-convert-{tag}-{}", std::process::id()))

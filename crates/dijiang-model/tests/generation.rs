@@ -1,7 +1,11 @@
 //! Tokenizers and decoding: fixture token ids, greedy generations of real models, and incremental
 //! decoding (KV cache / recurrent state) equal to the full forward pass.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::{fixture, shared, smollm2_gguf};
+
+use std::path::Path;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
@@ -13,34 +17,6 @@ use dijiang_model::tokenizer::Tokenizer;
 use dijiang_model::{DecodeState, DiJiangConfig, Transformer};
 
 type B = NdArray<f32>;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(name)
-}
-
-fn shared(rel: &str) -> Option<PathBuf> {
-    let path = repo().join("../shared").join(rel);
-    if path.exists() {
-        return Some(path);
-    }
-    eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
-    None
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let path = repo().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = format!("{} is absent: run `just fetch-smollm2`", path.display());
-    assert!(std::env::var_os("DIJIANG_REQUIRE_MODELS").is_none(), "{reason} (DIJIANG_REQUIRE_MODELS is set)");
-    eprintln!("SKIPPED: {reason}");
-    None
-}
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -143,7 +119,7 @@ fn dijiang_state_is_constant_in_context_length_and_a_kv_cache_is_not() {
 
 #[test]
 fn smollm2_tokenizer_and_greedy_generation_match_the_fixture() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = smollm2_gguf() else { return };
     let expected = json(&fixture("smollm2-135m/expected.json"));
     let tokenizer = Tokenizer::for_model(&path).unwrap();
     let ids = tokenizer.encode(expected["prompt"].as_str().unwrap()).unwrap();

@@ -1,15 +1,15 @@
 //! Corrupt or mismatched checkpoints give errors that name the file and the tensor.
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::{fixture, shared, smollm2_gguf};
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use dijiang_model::import::load;
 
 type B = NdArray<f32>;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
 
 /// A scratch copy of a fixture directory, removed on drop.
 struct Scratch(PathBuf);
@@ -100,13 +100,7 @@ fn missing_and_unknown_tensors_are_listed() {
 
 #[test]
 fn truncated_llama2c_checkpoint() {
-    let Some(bin) =
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/stories260K/stories260K.bin"))
-            .filter(|p| p.exists())
-    else {
-        eprintln!("SKIPPED: ../shared/models/stories260K is absent");
-        return;
-    };
+    let Some(bin) = shared("models/stories260K/stories260K.bin") else { return };
     let dir = std::env::temp_dir().join(format!("dijiang-import-l2c-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("stories.bin");
@@ -119,12 +113,7 @@ fn truncated_llama2c_checkpoint() {
 
 #[test]
 fn truncated_gguf() {
-    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        assert!(std::env::var_os("DIJIANG_REQUIRE_MODELS").is_none(), "{} is absent", gguf.display());
-        eprintln!("SKIPPED: {} is absent: run `just fetch-smollm2`", gguf.display());
-        return;
-    }
+    let Some(gguf) = smollm2_gguf() else { return };
     let dir = std::env::temp_dir().join(format!("dijiang-import-gguf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bytes = std::fs::read(&gguf).unwrap();

@@ -1,7 +1,11 @@
 //! Parity with the PyTorch references (`tests/fixtures`, `../shared/fixtures`): logits and hidden
 //! states of our models, loaded from the same checkpoints, within 1e-4 absolute.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::{fixture, shared, smollm2_gguf};
+
+use std::path::Path;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
@@ -11,25 +15,6 @@ use dijiang_model::import::{Format, load};
 
 type B = NdArray<f32>;
 const TOLERANCE: f32 = 1e-4;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(name)
-}
-
-/// `../shared` beside the checkout (downloaded data that must not be copied into the repo).
-fn shared(rel: &str) -> Option<PathBuf> {
-    let path = repo().join("../shared").join(rel);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
-        None
-    }
-}
 
 struct Expected {
     input_ids: Tensor<B, 2, Int>,
@@ -123,20 +108,6 @@ fn stories260k_llama2c_and_hf_checkpoints_match_the_reference() {
     let ppl = perplexity(from_bin.model.forward(expected.input_ids.clone()), &expected.input_ids);
     eprintln!("stories260K perplexity on the fixture tokens: {ppl:.4}");
     assert!((ppl - 4.66).abs() < 0.01, "perplexity {ppl}");
-}
-
-/// The real SmolLM2-135M-Instruct Q4_1 GGUF, fetched by `just fetch-smollm2` into `models/`.
-fn smollm2_gguf() -> Option<PathBuf> {
-    let path = repo().join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    let reason = format!("{} is absent: run `just fetch-smollm2`", path.display());
-    if std::env::var_os("DIJIANG_REQUIRE_MODELS").is_some() {
-        panic!("{reason} (DIJIANG_REQUIRE_MODELS is set)");
-    }
-    eprintln!("SKIPPED: {reason}");
-    None
 }
 
 #[test]
