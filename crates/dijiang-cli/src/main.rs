@@ -58,10 +58,30 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Train { args } => {
-            let _ = args;
+            // `experiment=NAME` picks experiments/NAME.toml; every other `key=value` overrides.
+            let mut name = "default".to_string();
+            let mut overrides = Vec::new();
+            for arg in args {
+                match arg.strip_prefix("experiment=") {
+                    Some(n) => name = n.to_string(),
+                    None => overrides.push(arg),
+                }
+            }
+            let path = std::path::PathBuf::from(format!("experiments/{name}.toml"));
+            let experiment = dijiang_train::Experiment::load(&path, &overrides)?;
+            println!("experiment  {name}: {}", experiment.description);
+            println!(
+                "stages      {}",
+                experiment
+                    .stages
+                    .iter()
+                    .map(|s| format!("{} ({} steps)", s.name, s.steps))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             anyhow::bail!(
-                "training is not yet available: the trainer (experiments, distillation, checkpoints) \
-                 is being built; `just test` exercises what exists"
+                "the experiment is valid, but the training loop is not yet available (the trainer issue); \
+                 `just test` exercises what exists"
             )
         }
         Command::Inspect { model, json } => commands::inspect::run(&model, json),

@@ -1,0 +1,278 @@
+//! Experiments: TOML files in `experiments/`, parsed into typed configs. Unknown keys and wrong
+//! types are errors naming the key, the file and the line; `key.path=value` overrides (from
+//! `just train experiment=NAME key=value ...`) are applied before parsing, so they are checked the
+//! same way.
+
+use std::path::{Path, PathBuf};
+
+use dijiang_model::DiJiangConfig;
+use serde::{Deserialize, Serialize};
+
+/// What can be wrong with an experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("override `{raw}`: {message}")]
+    Override { raw: String, message: String },
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// One line on what the experiment is for.
+    pub description: String,
+    /// Seed of everything random in the run (data order, new parameters).
+    #[serde(default)]
+    pub seed: u64,
+    pub teacher: ModelSource,
+    /// The student's DiJiang attention (the student is the teacher converted with these options).
+    #[serde(default)]
+    pub student: DiJiangConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// Where a model comes from, and how to get it when it is missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    pub path: PathBuf,
+    /// The command that fetches it (shown when it is missing; `just train` runs it).
+    #[serde(default)]
+    pub fetch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A directory written by `dijiang prepare`.
+    pub path: PathBuf,
+    /// The command that prepares it when missing.
+    #[serde(default)]
+    pub prepare: Option<String>,
+    pub block_size: usize,
+    /// Sequences per optimizer step (split into `grad_accumulation` micro-batches).
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub grad_accumulation: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// AdamW. Defaults are PyTorch's (Burn's differ: see BURN-0.21-NOTES), with the reference recipe's
+/// betas and weight decay; no decay on norms, biases, gains and decays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global-norm gradient clipping over all parameters (0: off).
+    pub clip_grad_norm: f64,
+    /// Abort after this many skipped (non-finite) updates.
+    pub max_nonfinite: usize,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip_grad_norm: 1.0, max_nonfinite: 10 }
+    }
+}
+
+/// Which parameters a stage trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trainable {
+    /// Only the attention kernels' new parameters (attention transfer).
+    Kernel,
+    /// Everything but the frozen feature projections (the reference recipe).
+    All,
+}
+
+/// The loss of a stage: a weighted sum of its terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossWeights {
+    /// Next-token cross-entropy on the data.
+    #[serde(default)]
+    pub lm: f64,
+    /// KL(teacher || student) on the logits, at `temperature`.
+    #[serde(default)]
+    pub kl: f64,
+    /// MSE between teacher and student attention outputs, per layer, for the same layer input.
+    #[serde(default)]
+    pub attention: f64,
+    #[serde(default = "unit")]
+    pub temperature: f64,
+}
+
+fn unit() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    pub steps: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    pub trainable: Trainable,
+    pub loss: LossWeights,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Steps between checkpoints (0: only at the end and on Ctrl-C).
+    pub every: usize,
+    /// How many to keep.
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every: 100, keep: 3 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Steps between evaluations (0: only at the end).
+    pub every: usize,
+    /// Validation batches per evaluation.
+    pub batches: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every: 100, batches: 8 }
+    }
+}
+
+/// Sets a dotted `key` (numbers index arrays: `stages.1.steps`) of a parsed experiment to `raw`'s
+/// value, read as TOML (a bare word that is not TOML is taken as a string).
+pub fn apply_override(root: &mut toml::Value, raw: &str) -> Result<(), ExperimentError> {
+    let fail = |message: String| ExperimentError::Override { raw: raw.into(), message };
+    let (key, value) = raw.split_once('=').ok_or_else(|| fail("expected key=value".into()))?;
+    let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut table) => table.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    set_path(root, &parts, value).map_err(fail)
+}
+
+fn set_path(node: &mut toml::Value, parts: &[&str], value: toml::Value) -> Result<(), String> {
+    let (head, rest) = parts.split_first().expect("a key has at least one part");
+    let child = match node {
+        toml::Value::Table(table) => {
+            if rest.is_empty() {
+                table.insert(head.to_string(), value);
+                return Ok(());
+            }
+            table.entry(head.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        }
+        toml::Value::Array(items) => {
+            let index: usize = head.parse().map_err(|_| format!("`{head}`: an array is indexed by a number"))?;
+            let len = items.len();
+            let item = items.get_mut(index).ok_or_else(|| format!("index {index} is past the {len} entries"))?;
+            if rest.is_empty() {
+                *item = value;
+                return Ok(());
+            }
+            item
+        }
+        _ => return Err(format!("`{head}`: its parent is neither a table nor an array")),
+    };
+    set_path(child, rest, value)
+}
+
+impl Experiment {
+    /// Reads `path`, applies `overrides`, parses and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ExperimentError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ExperimentError::Io { path: path.into(), source })?;
+        let invalid = |message: String| ExperimentError::Invalid { path: path.into(), message };
+        let text = if overrides.is_empty() {
+            text
+        } else {
+            let mut root = toml::Value::Table(toml::from_str(&text).map_err(|e| invalid(e.to_string()))?);
+            for raw in overrides {
+                apply_override(&mut root, raw)?;
+            }
+            toml::to_string(&root).expect("a table serialises")
+        };
+        let experiment: Experiment = toml::from_str(&text).map_err(|e| {
+            // With overrides, positions refer to the re-serialised experiment: say so.
+            let note = if overrides.is_empty() { String::new() } else { format!(" (with overrides {overrides:?})") };
+            invalid(format!("{e}{note}"))
+        })?;
+        experiment.validate().map_err(invalid)?;
+        Ok(experiment)
+    }
+
+    /// Constraints serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let d = &self.data;
+        if d.block_size == 0 || d.batch_size == 0 || d.grad_accumulation == 0 {
+            return Err("data.block_size, data.batch_size and data.grad_accumulation must be positive".into());
+        }
+        if !d.batch_size.is_multiple_of(d.grad_accumulation) {
+            return Err(format!(
+                "data.batch_size ({}) must be a multiple of data.grad_accumulation ({})",
+                d.batch_size, d.grad_accumulation
+            ));
+        }
+        let o = &self.optimizer;
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) || o.eps <= 0.0 || o.weight_decay < 0.0 {
+            return Err("optimizer: betas must be in [0, 1), eps > 0, weight_decay >= 0".into());
+        }
+        if self.stages.is_empty() {
+            return Err("at least one [[stages]] entry is needed".into());
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            let at = format!("stages.{i} (`{}`)", s.name);
+            if s.steps == 0 || s.lr <= 0.0 || s.min_lr < 0.0 || s.min_lr > s.lr {
+                return Err(format!("{at}: steps > 0 and 0 <= min_lr <= lr > 0 are needed"));
+            }
+            if s.warmup_steps > s.steps {
+                return Err(format!("{at}: warmup_steps ({}) exceeds steps ({})", s.warmup_steps, s.steps));
+            }
+            let l = &s.loss;
+            if l.lm < 0.0 || l.kl < 0.0 || l.attention < 0.0 || l.lm + l.kl + l.attention == 0.0 || l.temperature <= 0.0
+            {
+                return Err(format!("{at}: loss weights must be >= 0 with at least one > 0, temperature > 0"));
+            }
+        }
+        if self.checkpoint.keep == 0 {
+            return Err("checkpoint.keep must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Total optimizer steps over all stages.
+    pub fn total_steps(&self) -> usize {
+        self.stages.iter().map(|s| s.steps).sum()
+    }
+}

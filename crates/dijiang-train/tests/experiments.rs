@@ -1,0 +1,68 @@
+//! Every experiment file parses and validates; bad keys, types and overrides are errors that say
+//! where.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use dijiang_train::Experiment;
+use support::repo;
+
+fn experiments() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("experiments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_experiment_file_parses_and_validates() {
+    let files = experiments();
+    assert!(files.iter().any(|f| f.ends_with("default.toml")), "experiments/default.toml exists");
+    for file in files {
+        let e = Experiment::load(&file, &[]).unwrap_or_else(|err| panic!("{err}"));
+        assert!(e.total_steps() > 0, "{}", file.display());
+    }
+}
+
+fn scratch_experiment(tag: &str, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("experiments/default.toml")).unwrap();
+    let path = std::env::temp_dir().join(format!("dijiang-exp-{tag}-{}.toml", std::process::id()));
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_the_key_and_the_file() {
+    let path = scratch_experiment("unknown", |t| t.replace("block_size = 256", "block_size = 256\nblok_size = 3"));
+    let err = Experiment::load(&path, &[]).unwrap_err().to_string();
+    assert!(err.contains("blok_size") && err.contains(&path.display().to_string()), "{err}");
+    let path = scratch_experiment("type", |t| t.replace("batch_size = 4", "batch_size = \"four\""));
+    let err = Experiment::load(&path, &[]).unwrap_err().to_string();
+    assert!(err.contains("batch_size") && err.contains("line"), "{err}");
+    let path = scratch_experiment("constraint", |t| t.replace("grad_accumulation = 1", "grad_accumulation = 3"));
+    let err = Experiment::load(&path, &[]).unwrap_err().to_string();
+    assert!(err.contains("multiple of data.grad_accumulation"), "{err}");
+}
+
+#[test]
+fn dotted_overrides_apply_and_are_checked() {
+    let file = repo().join("experiments/default.toml");
+    let overrides =
+        ["data.batch_size=2".to_string(), "stages.1.steps=70".into(), "student.feature_map=weighted_exp".into()];
+    let e = Experiment::load(&file, &overrides).unwrap();
+    assert_eq!(e.data.batch_size, 2);
+    assert_eq!(e.stages[1].steps, 70);
+    assert_eq!(e.student.feature_map, dijiang_model::config::FeatureMapKind::WeightedExp);
+    for (bad, says) in [
+        ("data.batchsize=2", "batchsize"),
+        ("stages.9.steps=1", "past the 2 entries"),
+        ("data.batch_size=two", "batch_size"),
+        ("nonsense", "key=value"),
+    ] {
+        let err = Experiment::load(&file, &[bad.to_string()]).unwrap_err().to_string();
+        assert!(err.contains(says), "`{bad}`: {err}");
+    }
+}
