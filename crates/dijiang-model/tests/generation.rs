@@ -160,6 +160,9 @@ fn stories260k_tokenizer_and_greedy_generation_match_llama2c() {
         return;
     };
     let tokenizer = Tokenizer::for_model(&bin).unwrap();
+    // The tokenizer file itself is accepted too, and is the same tokenizer.
+    let direct = Tokenizer::for_model(&bin.with_file_name("tok512.bin")).unwrap();
+    assert_eq!(direct.fingerprint(), tokenizer.fingerprint());
     let text: String = std::fs::read_to_string(text).unwrap().chars().take(1200).collect();
     let ids = tokenizer.encode(&text).unwrap();
     let (_, want) = SafetensorsFiles::open(&fixture).unwrap().read_ints("input_ids").unwrap();

@@ -56,13 +56,16 @@ impl Tokenizer {
         if is("gguf") {
             return Self::from_gguf(&Gguf::open(path)?, path);
         }
+        // A llama2.c tokenizer file itself: `tok<vocab>.bin`.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if let Some(vocab) = name.strip_prefix("tok").and_then(|n| n.strip_suffix(".bin")).and_then(|n| n.parse().ok())
+        {
+            return Self::llama2c(path, vocab);
+        }
         if is("bin") {
             let header = crate::import::llama2c::Llama2c::open(path)?.header();
             let tok = dir.join(format!("tok{}.bin", header.vocab_size));
             return Self::llama2c(&tok, header.vocab_size);
-        }
-        if path.is_file() && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tok")) {
-            return Err(ModelError::invalid(path, "a llama2.c tokenizer: pass the model checkpoint (.bin) instead"));
         }
         // A saved model of ours: its manifest knows the special tokens and the vocabulary size.
         let config =
