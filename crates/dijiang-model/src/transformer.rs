@@ -166,8 +166,15 @@ impl<B: Backend> Transformer<B> {
             Some(head) => head.forward(x),
             None => {
                 let [b, t, h] = x.dims();
+                let v = self.config.vocab_size;
                 let table = self.embed.weight.val(); // [vocab, hidden]
-                x.reshape([b * t, h]).matmul(table.transpose()).reshape([b, t, self.config.vocab_size])
+                let x = x.reshape([b * t, h]);
+                // x @ table^T. Backends that materialise a transposed operand would copy the whole
+                // [vocab, hidden] table on every call, which dominates decoding; for few rows,
+                // (table @ x^T)^T copies only the small result instead.
+                let logits =
+                    if b * t <= h { table.matmul(x.transpose()).transpose() } else { x.matmul(table.transpose()) };
+                logits.reshape([b, t, v])
             }
         };
         ForwardOutput { logits, hidden_states }
