@@ -42,6 +42,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Mean next-token NLL and perplexity of a model on a text file.
     Eval(commands::eval::Args),
+    /// Attention fidelity of a DiJiang student against its softmax teacher, per layer and head.
+    Fidelity(commands::fidelity::Args),
     /// Tokenise corpora into packed shards with a train/validation split.
     Prepare(commands::prepare::Args),
     /// Measure and write the numbers to runs/bench/*.json.
@@ -89,6 +91,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Prepare(args) => commands::prepare::run(args),
+        Command::Fidelity(args) => commands::fidelity::run(args),
         Command::Bench(what) => commands::bench::run(what),
         Command::Backend => {
             println!("{}", backend::describe());

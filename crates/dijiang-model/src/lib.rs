@@ -14,6 +14,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod eval;
+pub mod fidelity;
 pub mod generate;
 pub mod import;
 pub mod layers;

@@ -128,3 +128,26 @@ fn parameter_count_matches_the_built_model() {
         }
     }
 }
+
+#[test]
+fn fidelity_distances_are_sane() {
+    use dijiang_model::fidelity::measure;
+    let device = Default::default();
+    let teacher = load::<B>(&fixture("llama-gqa-tiny"), &device).unwrap().model;
+    let student = convert::<B>(&fixture("llama-gqa-tiny"), DiJiangConfig::default(), &device).unwrap().model;
+    let tokens = |t: usize| {
+        let ids: Vec<i64> = (0..t as i64).map(|i| (i * 7) % 300).collect();
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device)
+    };
+    // One token: every attention row is [1], so the distances are exactly 0.
+    for r in measure(&teacher, &student, tokens(1), &[0, 2]) {
+        assert!(r.tv_mean.abs() < 1e-6 && r.tv_uniform.abs() < 1e-6, "{r:?}");
+    }
+    let results = measure(&teacher, &student, tokens(40), &[0, 1, 2]);
+    assert_eq!(results.len(), 3);
+    for r in results {
+        assert_eq!(r.tv_per_head.len(), 6);
+        assert!(r.tv_per_head.iter().all(|tv| *tv > 0.0 && *tv < 1.0), "{r:?}");
+        assert!(r.tv_uniform > 0.0 && r.tv_uniform < 1.0 && r.output_relative_error > 0.0, "{r:?}");
+    }
+}

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod eval;
+pub mod fidelity;
 pub mod generate;
 pub mod inspect;
 pub mod prepare;

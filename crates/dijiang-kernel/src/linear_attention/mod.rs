@@ -70,7 +70,7 @@ pub(crate) fn per_head<B: Backend>(log_decay: Tensor<B, 1>) -> Tensor<B, 4> {
 }
 
 /// The causal decay matrix `G[h, i, j] = gamma_h^(i - j)` for `j <= i`, else 0: `[1, h, t, t]`.
-pub(crate) fn decay_matrix<B: Backend>(log_decay: Tensor<B, 1>, t: usize) -> Tensor<B, 4> {
+pub fn decay_matrix<B: Backend>(log_decay: Tensor<B, 1>, t: usize) -> Tensor<B, 4> {
     let device = log_decay.device();
     let pos = Tensor::<B, 1, Int>::arange(0..t as i64, &device).float();
     // (i - j), clamped at 0 above the diagonal (masked out below) so no exponent is negative.

@@ -90,6 +90,26 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// Queries and keys (rotated) and values, per head.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> q `[b, h_q, t, d]`, k / v `[b, h_kv, t, d]`
+    pub fn heads(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, t, _] = x.dims();
+        let d = self.head_dim;
+        // [b, t, heads*d] -> [b, heads, t, d]
+        let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let q = apply_rope(split(self.q.forward(x.clone()), self.num_heads), cos, sin);
+        let k = apply_rope(split(self.k.forward(x.clone()), self.num_kv_heads), cos, sin);
+        let v = split(self.v.forward(x), self.num_kv_heads);
+        (q, k, v)
+    }
+
     /// A whole sequence from scratch.
     ///
     /// # Shapes
@@ -110,13 +130,7 @@ impl<B: Backend> Attention<B> {
         sin: &Tensor<B, 2>,
         state: &mut Option<LayerState<B>>,
     ) -> Tensor<B, 3> {
-        let [b, t, _] = x.dims();
-        let d = self.head_dim;
-        // [b, t, heads*d] -> [b, heads, t, d]
-        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = apply_rope(heads(self.q.forward(x.clone()), self.num_heads), cos, sin);
-        let k = apply_rope(heads(self.k.forward(x.clone()), self.num_kv_heads), cos, sin);
-        let v = heads(self.v.forward(x.clone()), self.num_kv_heads);
+        let (q, k, v) = self.heads(x.clone(), cos, sin);
         let merged = match &self.kernel {
             AttentionKernel::Softmax(kernel) => {
                 let (k, v) = match state.take() {
