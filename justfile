@@ -7,6 +7,10 @@ backend := "ndarray"
 # The tokenizer `just data` prepares corpora with, and the Pile's path for `just data pile`.
 tokenizer := "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 path := ""
+# Where `just data` writes the tokens (default: datasets/NAME/tokens).
+out := ""
+# The Python virtualenv for TensorBoard (and the bench's PyTorch baseline).
+venv := env_var_or_default("DIJIANG_VENV", home_directory() / ".cache/dijiang-venv")
 
 # List the recipes.
 default:
@@ -22,6 +26,7 @@ train *args:
 data name:
     #!/usr/bin/env bash
     set -euo pipefail
+    out="{{out}}"
     if [ "{{name}}" = pile ]; then
         input="{{path}}"
         [ -n "$input" ] || { echo "the Pile is not redistributable: download its jsonl.zst files, then just path=DIR data pile" >&2; exit 1; }
@@ -30,11 +35,23 @@ data name:
         input="datasets/{{name}}/raw"
     fi
     if [ "{{tokenizer}}" = "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then just fetch-smollm2; fi
-    cargo run --release --no-default-features --features {{backend}} -- prepare --tokenizer "{{tokenizer}}" --input "$input" --out "datasets/{{name}}/tokens"
+    cargo run --release --no-default-features --features {{backend}} -- prepare --tokenizer "{{tokenizer}}" --input "$input" --out "${out:-datasets/{{name}}/tokens}"
+
+# A Python virtualenv with TensorBoard (for `just tensorboard` and the event-file test).
+python-tools:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if "{{venv}}/bin/python" -c 'import tensorboard' 2>/dev/null; then exit 0; fi
+    python3 -m venv "{{venv}}"
+    "{{venv}}/bin/pip" install --quiet --disable-pip-version-check tensorboard==2.20.0
+
+# Open the runs' TensorBoard curves (runs/NAME/tb) at http://localhost:6006.
+tensorboard: python-tools
+    "{{venv}}/bin/tensorboard" --logdir runs --port 6006
 
 # Run the whole test suite (kernel math, model parity, wgpu on software Vulkan, ...).
-test: fetch-smollm2
-    cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests
+test: fetch-smollm2 python-tools
+    DIJIANG_PYTHON="{{venv}}/bin/python" cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests
 
 # Format and lint as CI does.
 lint:

@@ -35,7 +35,10 @@ case $name in
         "$tmp/x/usr/bin/bible" -p "$tmp/x/usr/lib" gen1:1-rev22:21 > "$tmp/raw/kjv.txt" ;;
     tinyshakespeare) from_shared tinyshakespeare.txt ;;
     wikitext2) from_shared wikitext2-valid.txt wikitext2-test.txt ;;
-    tinystories-fragment) from_shared tinystories-fragment.txt ;;
+    tinystories-fragment)
+        from_shared tinystories-fragment.txt
+        # One story per line: a blank line after each makes every story a document.
+        sed -i G "$tmp/raw/tinystories-fragment.txt" ;;
     pile) echo "pile: not fetched; pass your own path: just data pile path=/data/pile/train" >&2; exit 1 ;;
     *) echo "unknown corpus '$name' (see datasets/*.md)" >&2; exit 1 ;;
 esac

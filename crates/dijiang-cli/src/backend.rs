@@ -4,18 +4,58 @@
 mod chosen {
     pub type Backend = burn::backend::Cuda;
     pub const NAME: &str = "cuda";
+
+    /// `cuda` / `cuda:N`.
+    pub fn device(name: &str) -> Option<burn::backend::cuda::CudaDevice> {
+        match name.strip_prefix("cuda") {
+            Some("") => Some(Default::default()),
+            Some(index) => index.strip_prefix(':')?.parse().ok().map(burn::backend::cuda::CudaDevice::new),
+            None => None,
+        }
+    }
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 mod chosen {
+    use burn::backend::wgpu::WgpuDevice;
+
     pub type Backend = burn::backend::Wgpu;
     pub const NAME: &str = "wgpu";
+
+    /// `wgpu` (the default adapter), `wgpu:N` (discrete GPU N), `cpu` (a software adapter).
+    pub fn device(name: &str) -> Option<WgpuDevice> {
+        match name {
+            "wgpu" => Some(WgpuDevice::DefaultDevice),
+            "cpu" => Some(WgpuDevice::Cpu),
+            _ => name.strip_prefix("wgpu:")?.parse().ok().map(WgpuDevice::DiscreteGpu),
+        }
+    }
 }
 
 #[cfg(all(not(feature = "wgpu"), not(feature = "cuda")))]
 mod chosen {
     pub type Backend = burn::backend::NdArray;
     pub const NAME: &str = "ndarray";
+
+    /// `cpu`: NdArray has one device; several `cpu` entries are several workers on it.
+    pub fn device(name: &str) -> Option<burn::backend::ndarray::NdArrayDevice> {
+        (name == "cpu").then_some(burn::backend::ndarray::NdArrayDevice::Cpu)
+    }
+}
+
+/// The devices named in an experiment's `distributed.devices` (empty: the default device).
+pub fn devices(names: &[String]) -> anyhow::Result<Vec<burn::tensor::Device<Backend>>> {
+    if names.is_empty() {
+        return Ok(vec![Default::default()]);
+    }
+    names
+        .iter()
+        .map(|name| {
+            chosen::device(name).ok_or_else(|| {
+                anyhow::anyhow!("distributed.devices: `{name}` is not a device of the {} backend", chosen::NAME)
+            })
+        })
+        .collect()
 }
 
 #[cfg(not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")))]

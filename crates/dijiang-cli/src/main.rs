@@ -23,11 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train an experiment: `dijiang train experiment=NAME [key=value ...]`.
-    Train {
-        /// `experiment=NAME` and dotted-key overrides (`key=value`).
-        args: Vec<String>,
-    },
+    /// Train an experiment: `dijiang train [experiment=NAME] [resume=false] [key=value ...] [--dry-run]`.
+    Train(commands::train::Args),
     /// Architecture, parameter counts and storage of a model (a path or a preset name).
     Inspect {
         /// A model path (HF directory, .gguf, llama2.c .bin, saved model) or a preset (llama2-7b, ...).
@@ -59,33 +56,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Train { args } => {
-            // `experiment=NAME` picks experiments/NAME.toml; every other `key=value` overrides.
-            let mut name = "default".to_string();
-            let mut overrides = Vec::new();
-            for arg in args {
-                match arg.strip_prefix("experiment=") {
-                    Some(n) => name = n.to_string(),
-                    None => overrides.push(arg),
-                }
-            }
-            let path = std::path::PathBuf::from(format!("experiments/{name}.toml"));
-            let experiment = dijiang_train::Experiment::load(&path, &overrides)?;
-            println!("experiment  {name}: {}", experiment.description);
-            println!(
-                "stages      {}",
-                experiment
-                    .stages
-                    .iter()
-                    .map(|s| format!("{} ({} steps)", s.name, s.steps))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            anyhow::bail!(
-                "the experiment is valid, but the training loop is not yet available (the trainer issue); \
-                 `just test` exercises what exists"
-            )
-        }
+        Command::Train(args) => commands::train::run(args),
         Command::Inspect { model, json } => commands::inspect::run(&model, json),
         Command::Convert(args) => commands::convert::run(args),
         Command::Generate(args) => commands::generate::run(args),

@@ -25,4 +25,4 @@ pub mod weights;
 
 pub use config::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
 pub use error::ModelError;
-pub use transformer::{DecodeState, ForwardOutput, Transformer};
+pub use transformer::{DecodeState, ForwardOutput, Trace, Transformer};

@@ -43,14 +43,34 @@ impl<B: Backend> Block<B> {
         sin: &Tensor<B, 2>,
         state: &mut Option<LayerState<B>>,
     ) -> Tensor<B, 3> {
+        self.forward_traced(x, cos, sin, state).0
+    }
+
+    /// The block's output and its attention output (what attention transfer matches).
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        state: &mut Option<LayerState<B>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let attn = self.attn.forward_cached(self.attn_norm.forward(x.clone()), cos, sin, state);
-        if self.parallel_residual {
+        let out = if self.parallel_residual {
             let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
-            x + attn + mlp
+            x + attn.clone() + mlp
         } else {
-            let x = x + attn;
+            let x = x + attn.clone();
             x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
-        }
+        };
+        (out, attn)
+    }
+
+    /// The attention output (after `o`) for the block input `x` at positions `0..t`.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
+    pub fn attention(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+        self.attn.forward(self.attn_norm.forward(x), cos, sin)
     }
 }
 
@@ -87,6 +107,18 @@ impl<B: Backend> DecodeState<B> {
     pub fn shapes(&self) -> Vec<[usize; 4]> {
         self.layers.iter().flatten().flat_map(LayerState::shapes).collect()
     }
+}
+
+/// What distillation needs from a forward pass: every block's input and attention output, and
+/// the logits if asked for.
+#[derive(Debug)]
+pub struct Trace<B: Backend> {
+    /// `[b, t, hidden]` per layer: the input of block `i`.
+    pub layer_inputs: Vec<Tensor<B, 3>>,
+    /// `[b, t, hidden]` per layer: block `i`'s attention output (after `o`).
+    pub attention_outputs: Vec<Tensor<B, 3>>,
+    /// `[b, t, vocab]`
+    pub logits: Option<Tensor<B, 3>>,
 }
 
 /// Logits and the hidden states along the way (HF's `output_hidden_states`).
@@ -144,10 +176,40 @@ impl<B: Backend> Transformer<B> {
         self.run(tokens, state, false).logits
     }
 
+    /// Every block's input and attention output, and the logits if `with_logits`.
+    pub fn trace(&self, tokens: Tensor<B, 2, Int>, with_logits: bool) -> Trace<B> {
+        let [_, t] = tokens.dims();
+        let (cos, sin) = self.rope(0, t, &tokens.device());
+        let mut x = self.embed.forward(tokens);
+        let (mut layer_inputs, mut attention_outputs) = (Vec::new(), Vec::new());
+        for layer in &self.layers {
+            layer_inputs.push(x.clone());
+            let (out, attn) = layer.forward_traced(x, &cos, &sin, &mut None);
+            attention_outputs.push(attn);
+            x = out;
+        }
+        let logits = with_logits.then(|| self.head(self.final_norm.forward(x)));
+        Trace { layer_inputs, attention_outputs, logits }
+    }
+
+    /// Block `layer`'s attention output for the block input `x` at positions `0..t` (the student
+    /// side of attention transfer: the same input as the teacher's block saw).
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
+    pub fn layer_attention(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, t, _] = x.dims();
+        let (cos, sin) = self.rope(0, t, &x.device());
+        self.layers[layer].attention(x, &cos, &sin)
+    }
+
+    fn rope(&self, start: usize, t: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        rope_tables(start, t, self.config.rotary_dims(), self.config.rope_theta, device)
+    }
+
     fn run(&self, tokens: Tensor<B, 2, Int>, state: &mut DecodeState<B>, keep_hidden: bool) -> ForwardOutput<B> {
         let [_, t] = tokens.dims();
-        let device = tokens.device();
-        let (cos, sin) = rope_tables(state.position, t, self.config.rotary_dims(), self.config.rope_theta, &device);
+        let (cos, sin) = self.rope(state.position, t, &tokens.device());
         let mut x = self.embed.forward(tokens);
         let mut hidden_states = Vec::new();
         for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
@@ -162,7 +224,12 @@ impl<B: Backend> Transformer<B> {
         if keep_hidden {
             hidden_states.push(x.clone());
         }
-        let logits = match &self.lm_head {
+        ForwardOutput { logits: self.head(x), hidden_states }
+    }
+
+    /// The output head on final-norm outputs: `[b, t, hidden]` -> `[b, t, vocab]`.
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
                 let [b, t, h] = x.dims();
@@ -176,7 +243,6 @@ impl<B: Backend> Transformer<B> {
                     if b * t <= h { table.matmul(x.transpose()).transpose() } else { x.matmul(table.transpose()) };
                 logits.reshape([b, t, v])
             }
-        };
-        ForwardOutput { logits, hidden_states }
+        }
     }
 }

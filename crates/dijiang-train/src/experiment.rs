@@ -44,6 +44,52 @@ pub struct Experiment {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub distributed: DistributedConfig,
+}
+
+/// Data parallelism: the devices of this node, and the nodes of a multi-node run. Every device holds
+/// a replica of the student and the teacher; each global batch is split evenly across all devices
+/// of all nodes, gradients are averaged before every update (burn-collective's all-reduce between
+/// the devices of one node; across nodes, the hub of [`crate::reducer`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedConfig {
+    /// This node's devices (`cpu`, `cuda:0`, `wgpu:0`, ...); empty: the backend's default device.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Nodes (processes) in the run.
+    #[serde(default = "one_u32")]
+    pub nodes: u32,
+    /// This node's index, 0 ..= nodes - 1 (node 0 writes checkpoints and logs).
+    #[serde(default)]
+    pub node_rank: u32,
+    /// `HOST:PORT` of node 0, where every worker of every node meets to average gradients (node 0
+    /// listens there).
+    #[serde(default)]
+    pub orchestrator: Option<String>,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { devices: Vec::new(), nodes: 1, node_rank: 0, orchestrator: None }
+    }
+}
+
+impl DistributedConfig {
+    /// Devices on this node.
+    pub fn local_devices(&self) -> usize {
+        self.devices.len().max(1)
+    }
+
+    /// Devices in the whole run.
+    pub fn world(&self) -> usize {
+        self.local_devices() * self.nodes as usize
+    }
 }
 
 /// Where a model comes from, and how to get it when it is missing.
@@ -54,6 +100,10 @@ pub struct ModelSource {
     /// The command that fetches it (shown when it is missing; `just train` runs it).
     #[serde(default)]
     pub fetch: Option<String>,
+    /// The architecture preset (`dijiang inspect` names them) that `--dry-run` plans with while the
+    /// weights are not there yet.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,6 +314,20 @@ impl Experiment {
             {
                 return Err(format!("{at}: loss weights must be >= 0 with at least one > 0, temperature > 0"));
             }
+        }
+        let dist = &self.distributed;
+        let world = dist.world();
+        if !d.batch_size.is_multiple_of(d.grad_accumulation * world) {
+            return Err(format!(
+                "data.batch_size ({}) must be a multiple of data.grad_accumulation ({}) x the devices of the run ({world})",
+                d.batch_size, d.grad_accumulation
+            ));
+        }
+        if dist.nodes == 0 || dist.node_rank >= dist.nodes {
+            return Err(format!("distributed: node_rank ({}) must be below nodes ({})", dist.node_rank, dist.nodes));
+        }
+        if dist.nodes > 1 && dist.orchestrator.is_none() {
+            return Err("distributed: a multi-node run needs orchestrator = \"HOST:PORT\" (node 0's address)".into());
         }
         if self.checkpoint.keep == 0 {
             return Err("checkpoint.keep must be at least 1".into());

@@ -7,3 +7,4 @@ pub mod fidelity;
 pub mod generate;
 pub mod inspect;
 pub mod prepare;
+pub mod train;

@@ -1,0 +1,111 @@
+//! `dijiang train [experiment=NAME] [resume=false] [key=value ...] [--dry-run]`: runs
+//! `experiments/NAME.toml` (default: `default`) in `runs/NAME/`, fetching and preparing its inputs
+//! first with the experiment's own commands; the same command resumes after an interruption.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
+use dijiang_train::{Experiment, Plan, RunOptions};
+
+use crate::backend::Backend;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// `experiment=NAME`, `resume=false`, and dotted-key overrides (`stages.0.steps=10`).
+    args: Vec<String>,
+    /// Check everything and print the plan (parameters, tokens, steps, memory), then exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// Directory of the experiment files.
+    #[arg(long, default_value = "experiments")]
+    experiments: PathBuf,
+    /// Directory the runs go to (`RUNS/NAME`).
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+}
+
+/// Runs a fetch / prepare command of an experiment through the shell.
+fn run_shell(command: &str) -> Result<()> {
+    eprintln!("running `{command}`");
+    let status = Command::new("sh").arg("-c").arg(command).status().with_context(|| format!("starting `{command}`"))?;
+    if !status.success() {
+        bail!("`{command}` failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut name = "default".to_string();
+    let mut resume = true;
+    let mut overrides = Vec::new();
+    for arg in args.args {
+        if let Some(n) = arg.strip_prefix("experiment=") {
+            name = n.to_string();
+        } else if let Some(r) = arg.strip_prefix("resume=") {
+            resume = r.parse().with_context(|| format!("`{arg}`: resume is true or false"))?;
+        } else {
+            overrides.push(arg);
+        }
+    }
+    let path = args.experiments.join(format!("{name}.toml"));
+    if !path.exists() {
+        let known: Vec<String> = std::fs::read_dir(&args.experiments)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".toml").map(String::from))
+            .collect();
+        bail!("no experiment `{name}` ({} does not exist); experiments: {}", path.display(), known.join(", "));
+    }
+    let experiment = Experiment::load(&path, &overrides)?;
+    crate::backend::devices(&experiment.distributed.devices)?;
+    let plan = Plan::check(&experiment)?;
+    print!("{}", plan.describe(&experiment));
+    println!("run         {}", args.runs.join(&name).display());
+    if !plan.errors.is_empty() {
+        bail!("cannot start:\n{}", plan.errors.join("\n"));
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    for missing in &plan.missing {
+        run_shell(&missing.command).with_context(|| format!("getting the {}", missing.what))?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: checkpointing after this step (Ctrl-C again to exit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let devices = crate::backend::devices(&experiment.distributed.devices)?;
+    let options = RunOptions { experiment, run_dir: args.runs.join(&name), resume, stop };
+    let outcome = dijiang_train::train::<Autodiff<Backend>>(options, &devices)?;
+    if let (Some((_, first)), Some((step, last))) = (outcome.evaluations.first(), outcome.evaluations.last()) {
+        println!("teacher     perplexity {:.3}", last.teacher_perplexity);
+        println!(
+            "student     perplexity {:.3} at step {}, {:.3} at step {step}",
+            first.perplexity, outcome.evaluations[0].0, last.perplexity
+        );
+    }
+    println!(
+        "trained     {} steps, {} tokens, {:.0} s of training{}",
+        outcome.step,
+        outcome.tokens_seen,
+        outcome.train_seconds,
+        if outcome.interrupted { " (interrupted: run the same command to resume)" } else { "" }
+    );
+    if let Some(model) = &outcome.model {
+        println!("model       {}", model.display());
+    }
+    Ok(())
+}

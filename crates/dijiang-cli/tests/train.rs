@@ -1,0 +1,467 @@
+//! `dijiang train` end to end on the real stories260K (llama2.c) and TinyStories text from
+//! ../shared: a two-stage run (attention transfer, then distillation with KL + LM and gradient
+//! accumulation); exact resume after SIGKILL; a process killed while writing a checkpoint; the
+//! TensorBoard event files read by TensorBoard itself; dry-run and bad-input errors.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::{repo, shared};
+
+const STEPS: usize = 40;
+
+fn dijiang() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dijiang"));
+    command.env_remove("RUST_BACKTRACE").env("RUST_LOG", "info");
+    command
+}
+
+fn text(out: &Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A scratch directory with the prepared data and the experiment file `t.toml`, made once.
+fn setup() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let model = shared("models/stories260K/stories260K.bin")?;
+        let corpus = shared("corpora/tinystories-fragment.txt")?;
+        let dir = std::env::temp_dir().join(format!("dijiang-train-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("raw")).unwrap();
+        std::fs::create_dir_all(dir.join("experiments")).unwrap();
+        // One story per line; the first 8 stories keep the debug-build tokeniser quick.
+        let stories: Vec<&str> = std::fs::read_to_string(&corpus).unwrap().leak().lines().take(8).collect();
+        std::fs::write(dir.join("raw/stories.txt"), stories.join("\n\n")).unwrap();
+        let out = dijiang()
+            .args(["prepare", "--tokenizer", model.to_str().unwrap(), "--input"])
+            .arg(dir.join("raw"))
+            .arg("--out")
+            .arg(dir.join("data"))
+            .args(["--validation-fraction", "0.25", "--seed", "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "prepare failed: {}", text(&out));
+        let experiment = format!(
+            r#"description = "test: stories260K, attention transfer then distillation"
+seed = 3
+
+[teacher]
+path = "{model}"
+
+[student]
+feature_map = "reference"
+sampling = {{ kind = "mc", seed = 0 }}
+chunk_len = 16
+
+[data]
+path = "{data}"
+block_size = 32
+batch_size = 4
+grad_accumulation = 2
+
+[[stages]]
+name = "transfer"
+steps = 10
+lr = 1e-3
+warmup_steps = 2
+trainable = "kernel"
+loss = {{ attention = 1.0 }}
+
+[[stages]]
+name = "distill"
+steps = {distill}
+lr = 3e-4
+min_lr = 3e-5
+warmup_steps = 3
+trainable = "all"
+loss = {{ kl = 1.0, lm = 0.5, temperature = 2.0 }}
+
+[checkpoint]
+every = 5
+keep = 2
+
+[eval]
+every = 10
+batches = 2
+"#,
+            model = model.display(),
+            data = dir.join("data").display(),
+            distill = STEPS - 10,
+        );
+        std::fs::write(dir.join("experiments/t.toml"), experiment).unwrap();
+        Some(dir)
+    })
+    .as_deref()
+}
+
+/// `dijiang train experiment=t` with runs in `dir/runs`.
+fn train(dir: &Path, runs: &str, extra: &[&str]) -> Command {
+    let mut command = dijiang();
+    command
+        .arg("train")
+        .arg("experiment=t")
+        .args(extra)
+        .arg("--experiments")
+        .arg(dir.join("experiments"))
+        .arg("--runs")
+        .arg(dir.join(runs));
+    command
+}
+
+fn run_ok(mut command: Command) -> String {
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{command:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+type Metrics = BTreeMap<(usize, String), f64>;
+
+/// The JSONL metrics of a run, keyed by (step, tag); asserts each appears once.
+fn metrics(run: &Path) -> Metrics {
+    let mut out = Metrics::new();
+    let body = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in body.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (v["step"].as_u64().unwrap() as usize, v["tag"].as_str().unwrap().to_string());
+        let value = v["value"].as_f64().unwrap();
+        assert!(out.insert(key.clone(), value).is_none(), "{key:?} logged twice in {}", run.display());
+    }
+    out
+}
+
+/// The uninterrupted reference run, made once.
+fn reference() -> Option<(&'static Path, &'static Metrics)> {
+    static RUN: OnceLock<Option<Metrics>> = OnceLock::new();
+    let dir = setup()?;
+    let metrics = RUN
+        .get_or_init(|| {
+            let log = run_ok(train(dir, "runs-a", &[]));
+            assert!(log.contains("model       "), "{log}");
+            Some(metrics(&dir.join("runs-a/t")))
+        })
+        .as_ref()?;
+    Some((dir, metrics))
+}
+
+/// Every training and evaluation value of `got` equals the reference's to 1e-6 (timings aside).
+fn assert_same_run(got: &Metrics, want: &Metrics) {
+    let compared: Vec<_> = want.keys().filter(|(_, tag)| tag != "train/tokens_per_s").collect();
+    for key in &compared {
+        let (a, b) = (got.get(*key).unwrap_or_else(|| panic!("{key:?} missing after resume")), want[*key]);
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{key:?}: resumed {a} vs uninterrupted {b}");
+    }
+    let losses = got.keys().filter(|(_, tag)| tag == "train/loss").count();
+    assert_eq!(losses, STEPS, "one train/loss per step");
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before {} appeared", path.display());
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "timed out waiting for {}", path.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn two_stage_run_trains_and_improves_the_student() {
+    let Some((dir, m)) = reference() else { return };
+    let run = dir.join("runs-a/t");
+    // Every step logged loss, lr, gradient norm and throughput; the stages' own terms.
+    for step in 1..=STEPS {
+        for tag in ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"] {
+            assert!(m.contains_key(&(step, tag.into())), "step {step}: {tag}");
+        }
+        let (own, other) = if step <= 10 { ("train/attention", "train/kl") } else { ("train/kl", "train/attention") };
+        assert!(m.contains_key(&(step, own.into())) && !m.contains_key(&(step, other.into())), "step {step}");
+    }
+    // Attention transfer lowers the attention error; distillation the KL and perplexity.
+    let at = |step: usize, tag: &str| m[&(step, tag.to_string())];
+    assert!(at(10, "eval/attention_error") < at(0, "eval/attention_error"), "attention transfer helped");
+    assert!(at(STEPS, "eval/kl") < at(10, "eval/kl"), "distillation lowered the KL");
+    assert!(at(STEPS, "eval/perplexity") < at(0, "eval/perplexity"), "the student recovered");
+    assert_eq!(at(0, "eval/teacher_perplexity"), at(STEPS, "eval/teacher_perplexity"));
+    // Warmup then cosine within each stage.
+    assert!((at(1, "train/lr") - 5e-4).abs() < 1e-12 && (at(11, "train/lr") - 1e-4).abs() < 1e-12);
+    // Checkpoints: the last `keep` = 2, the final one at the last step; the exported model loads.
+    let mut kept: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-00000035", "step-00000040"]);
+    assert!(run.join("experiment.toml").exists() && run.join("outcome.json").exists());
+    let inspected = run_ok({
+        let mut c = dijiang();
+        c.arg("inspect").arg(run.join("model")).arg("--json");
+        c
+    });
+    let inspected: serde_json::Value = serde_json::from_str(inspected.trim()).expect("JSON");
+    assert_eq!(inspected["config"]["attention"]["kind"], "dijiang");
+}
+
+#[test]
+fn resume_after_sigkill_matches_the_uninterrupted_run() {
+    let Some((dir, want)) = reference() else { return };
+    let mut child = train(dir, "runs-b", &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_for(&dir.join("runs-b/t/checkpoints/step-00000005"), &mut child);
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the run was killed before finishing ({status})");
+    let log = run_ok(train(dir, "runs-b", &[]));
+    assert!(log.contains("resuming from"), "{log}");
+    assert_same_run(&metrics(&dir.join("runs-b/t")), want);
+}
+
+#[test]
+fn ctrl_c_checkpoints_stops_and_the_same_command_resumes() {
+    let Some((dir, want)) = reference() else { return };
+    let mut child = train(dir, "runs-e", &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_for(&dir.join("runs-e/t/checkpoints/step-00000005"), &mut child);
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C ends the run cleanly ({status})");
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs-e/t/outcome.json")).unwrap()).unwrap();
+    assert_eq!(outcome["interrupted"], true);
+    let step = outcome["step"].as_u64().unwrap() as usize;
+    assert!(step < STEPS, "interrupted before the end (step {step})");
+    let checkpoint = dir.join(format!("runs-e/t/checkpoints/step-{step:08}"));
+    assert!(checkpoint.join("trainer.json").exists(), "a checkpoint at the step it stopped: {}", checkpoint.display());
+    let log = run_ok(train(dir, "runs-e", &[]));
+    assert!(log.contains(&format!("(step {step})")), "{log}");
+    assert_same_run(&metrics(&dir.join("runs-e/t")), want);
+}
+
+#[test]
+fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
+    let Some((dir, want)) = reference() else { return };
+    let out = train(dir, "runs-c", &[]).env("DIJIANG_FAULT", "abort-in-checkpoint:10").output().unwrap();
+    assert!(!out.status.success(), "the fault should have killed the run: {}", text(&out));
+    let checkpoints = dir.join("runs-c/t/checkpoints");
+    let names: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"step-00000005".to_string()), "{names:?}");
+    assert!(!names.contains(&"step-00000010".to_string()), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with(".step-00000010.tmp-")), "the partial write is there: {names:?}");
+    let log = run_ok(train(dir, "runs-c", &[]));
+    assert!(log.contains("removed the partial checkpoint"), "{log}");
+    assert!(log.contains("step-00000005 (step 5)"), "{log}");
+    assert_same_run(&metrics(&dir.join("runs-c/t")), want);
+
+    // Another architecture in the same run directory is refused...
+    let out = train(dir, "runs-c", &["student.feature_map=performer"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("another architecture") && text(&out).contains("resume=false"), "{}", text(&out));
+    // ... and resume=false starts over, keeping the old run aside.
+    run_ok(train(
+        dir,
+        "runs-c",
+        &["resume=false", "stages.0.steps=1", "stages.0.warmup_steps=0", "stages.1.steps=1", "stages.1.warmup_steps=0"],
+    ));
+    let aside = std::fs::read_dir(dir.join("runs-c")).unwrap().filter_map(|e| {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        name.starts_with("t.old-").then_some(name)
+    });
+    assert_eq!(aside.count(), 1);
+}
+
+#[test]
+fn tensorboard_reads_the_event_files() {
+    let Some((dir, m)) = reference() else { return };
+    let python = std::env::var("DIJIANG_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_tensorboard =
+        Command::new(&python).args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success());
+    if !has_tensorboard {
+        assert!(
+            std::env::var_os("DIJIANG_PYTHON").is_none(),
+            "DIJIANG_PYTHON={python} has no tensorboard: run `just python-tools`"
+        );
+        eprintln!("SKIPPED: {python} has no `tensorboard` package (`just python-tools` installs it)");
+        return;
+    }
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"#;
+    let out = Command::new(&python).args(["-c", script]).arg(dir.join("runs-a/t/tb")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let read: BTreeMap<String, Vec<(usize, f64)>> = serde_json::from_slice(&out.stdout).unwrap();
+    for tag in [
+        "train/loss",
+        "train/lm",
+        "train/kl",
+        "train/attention",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "eval/perplexity",
+        "eval/teacher_perplexity",
+        "eval/kl",
+        "eval/attention_error",
+        "eval/attention_error/layer_04",
+    ] {
+        let events = read.get(tag).unwrap_or_else(|| panic!("TensorBoard has no {tag}: {:?}", read.keys()));
+        let want: Vec<(usize, f64)> =
+            m.iter().filter(|((_, t), _)| t == tag).map(|((step, _), value)| (*step, *value)).collect();
+        assert_eq!(events.len(), want.len(), "{tag}");
+        for ((step, value), (want_step, want_value)) in events.iter().zip(&want) {
+            assert_eq!(step, want_step, "{tag}");
+            assert!((value - want_value).abs() <= 1e-6 * want_value.abs().max(1.0), "{tag} at {step}");
+        }
+    }
+    assert_eq!(read["train/loss"].iter().map(|e| e.0).collect::<Vec<_>>(), (1..=STEPS).collect::<Vec<_>>());
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_missing_inputs_are_named() {
+    let Some(dir) = setup() else { return };
+    let log = run_ok(train(dir, "runs-d", &["--dry-run"]));
+    for needed in
+        ["teacher ", "student ", "stage       transfer: 10 steps", "Kernel", "memory", "tokens      128 per step"]
+    {
+        assert!(log.contains(needed), "{needed}: {log}");
+    }
+    assert!(!dir.join("runs-d").exists(), "a dry run does no work");
+
+    // The big experiments name what is missing and how to provide it.
+    for (name, path) in [("dijiang-7b", "models/llama-2-7b-hf"), ("pythia-70m", "models/pythia-70m")] {
+        let out =
+            dijiang().current_dir(repo()).args(["train", &format!("experiment={name}"), "--dry-run"]).output().unwrap();
+        assert!(!out.status.success(), "{name}");
+        assert!(text(&out).contains(path) && text(&out).contains("teacher.path"), "{}", text(&out));
+    }
+    // Data made with another tokenizer is refused before any work.
+    let smol = repo().join("tests/fixtures/llama-gqa-tiny");
+    let out = train(dir, "runs-d", &[&format!("teacher.path={}", smol.display()), "--dry-run"]).output().unwrap();
+    assert!(!out.status.success());
+    // The default experiment's plan, on the real SmolLM2 (its data is prepared by `just train`).
+    if let Some(_gguf) = support::smollm2_gguf() {
+        let log = run_ok({
+            let mut c = dijiang();
+            c.current_dir(repo()).args(["train", "--dry-run"]);
+            c
+        });
+        assert!(log.contains("30 layers, hidden 576, 134,515,008 parameters"), "{log}");
+        assert!(log.contains("stage       attention-transfer"), "{log}");
+    }
+    let unknown = train(dir, "runs-d", &["stages.0.stepz=3"]).output().unwrap();
+    assert!(!unknown.status.success() && text(&unknown).contains("stepz"), "{}", text(&unknown));
+}
+
+/// A 5-step run (2 attention-transfer steps, 3 distillation steps) and its extra overrides.
+const SHORT: &[&str] = &[
+    "stages.0.steps=2",
+    "stages.0.warmup_steps=1",
+    "stages.1.steps=3",
+    "stages.1.warmup_steps=1",
+    "eval.every=0",
+    "checkpoint.every=0",
+];
+
+fn with(extra: &[&str]) -> Vec<String> {
+    SHORT.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// The 5-step single-device run the data-parallel ones must reproduce, made once.
+fn single_device() -> Option<(&'static Path, &'static Metrics)> {
+    static RUN: OnceLock<Option<Metrics>> = OnceLock::new();
+    let dir = setup()?;
+    let metrics = RUN
+        .get_or_init(|| {
+            let args = with(&[]);
+            run_ok(train(dir, "runs-dp1", &args.iter().map(String::as_str).collect::<Vec<_>>()));
+            Some(metrics(&dir.join("runs-dp1/t")))
+        })
+        .as_ref()?;
+    Some((dir, metrics))
+}
+
+/// The training losses of the 5 steps equal the single-device run's to 1e-5 (relative).
+fn assert_same_losses(got: &Metrics, want: &Metrics) {
+    for step in 1..=5 {
+        for tag in ["train/loss", "train/attention", "train/kl", "train/lm", "train/grad_norm"] {
+            let key = (step, tag.to_string());
+            let (Some(a), Some(b)) = (got.get(&key), want.get(&key)) else {
+                assert_eq!(got.contains_key(&key), want.contains_key(&key), "{key:?}");
+                continue;
+            };
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{key:?}: data-parallel {a} vs one device {b}");
+        }
+    }
+}
+
+/// Waits for `child` at most `limit`, killing it (and failing) past that.
+fn wait_limited(child: &mut std::process::Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            child.kill().ok();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_devices_in_one_process_match_one_device() {
+    let Some((dir, want)) = single_device() else { return };
+    let args = with(&[r#"distributed.devices=["cpu", "cpu"]"#]);
+    let log = run_ok(train(dir, "runs-dp2", &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(log.contains("data parallel: 2 device(s) here, 2 in all"), "{log}");
+    assert_same_losses(&metrics(&dir.join("runs-dp2/t")), want);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn two_processes_on_localhost_match_one_device() {
+    let Some((dir, want)) = single_device() else { return };
+    let hub = format!("127.0.0.1:{}", free_port());
+    let nodes: Vec<std::process::Child> = (0..2)
+        .map(|rank| {
+            let args = with(&[
+                "distributed.nodes=2",
+                &format!("distributed.node_rank={rank}"),
+                &format!("distributed.orchestrator={hub}"),
+            ]);
+            let log = std::fs::File::create(dir.join(format!("node-{rank}.log"))).unwrap();
+            train(dir, "runs-mp", &args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let statuses: Vec<_> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(rank, mut node)| wait_limited(&mut node, Duration::from_secs(300), &format!("node {rank}")))
+        .collect();
+    let logs: Vec<String> =
+        (0..2).map(|r| std::fs::read_to_string(dir.join(format!("node-{r}.log"))).unwrap_or_default()).collect();
+    assert!(statuses.iter().all(|s| s.success()), "nodes ended with {statuses:?}:\n{}", logs.join("\n----\n"));
+    assert!(logs[1].contains("data parallel: 1 device(s) here, 2 in all (node 1 of 2)"), "{}", logs[1]);
+    assert_same_losses(&metrics(&dir.join("runs-mp/t")), want);
+}

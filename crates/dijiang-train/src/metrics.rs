@@ -1,0 +1,75 @@
+//! Where the numbers go: TensorBoard event files (`runs/NAME/tb/`) and a JSONL file beside them
+//! (`runs/NAME/metrics.jsonl`, one `{"step", "tag", "value"}` object per line).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tensorboard_rs::summary_writer::SummaryWriter;
+
+/// One logged value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub step: usize,
+    pub tag: String,
+    pub value: f64,
+}
+
+pub const JSONL: &str = "metrics.jsonl";
+pub const TENSORBOARD: &str = "tb";
+
+pub struct Metrics {
+    tensorboard: SummaryWriter,
+    jsonl: File,
+}
+
+impl Metrics {
+    /// Opens the run's logs. Records after `resumed_step` (written by a process that died after its
+    /// last checkpoint, and about to be recomputed) are dropped from the JSONL file.
+    pub fn open(run: &Path, resumed_step: usize) -> Result<Self> {
+        let path = run.join(JSONL);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+            let kept: String = text
+                .lines()
+                .filter(|line| serde_json::from_str::<Record>(line).is_ok_and(|r| r.step <= resumed_step))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            crate::checkpoint::write_atomic(&path, kept.as_bytes())?;
+        }
+        let jsonl = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { tensorboard: SummaryWriter::new(run.join(TENSORBOARD)), jsonl })
+    }
+
+    pub fn log(&mut self, step: usize, values: &[(&str, f64)]) -> Result<()> {
+        let mut lines = String::new();
+        for &(tag, value) in values {
+            self.tensorboard.add_scalar(tag, value as f32, step);
+            let record = Record { step, tag: tag.to_string(), value };
+            lines.push_str(&serde_json::to_string(&record).expect("a record serialises"));
+            lines.push('\n');
+        }
+        self.jsonl.write_all(lines.as_bytes()).context("writing metrics.jsonl")
+    }
+
+    /// Pushes everything to disk (called at checkpoints and at the end).
+    pub fn flush(&mut self) -> Result<()> {
+        self.tensorboard.flush();
+        self.jsonl.sync_data().context("syncing metrics.jsonl")
+    }
+}
+
+/// Reads a run's JSONL metrics.
+pub fn read(run: &Path) -> Result<Vec<Record>> {
+    let path = run.join(JSONL);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    text.lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("{}: bad line {line}", path.display())))
+        .collect()
+}

@@ -1,0 +1,279 @@
+//! AdamW with PyTorch's semantics (`torch.optim.AdamW`, decoupled weight decay), global-norm
+//! gradient clipping, and state keyed by parameter name.
+//!
+//! Written here rather than taken from burn-optim 0.21 because (a) its state is keyed by
+//! `ParamId`s, which are fresh every time a model is loaded from our checkpoints, so an exact resume
+//! cannot find it again; (b) it has no parameter groups, and the recipe decays only matrices
+//! (not norms, biases, gains or decays); (c) its clipping is per tensor, the recipe's is over all
+//! parameters. The update itself is the ten lines of `update`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::experiment::OptimizerConfig;
+use crate::params::PathTracker;
+
+/// First and second moments of one parameter, flattened.
+#[derive(Debug, Clone)]
+struct Moments<B: Backend> {
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+}
+
+/// The optimizer and its state.
+#[derive(Debug)]
+pub struct AdamW<B: Backend> {
+    config: OptimizerConfig,
+    /// Updates applied so far (the bias-correction step count).
+    updates: u64,
+    moments: BTreeMap<String, Moments<B>>,
+}
+
+/// Whether a parameter gets weight decay: matrices (projections, embeddings, gates) do; vectors
+/// (norm gains and biases, feature weights, decays) do not.
+pub fn decays(shape: &[usize]) -> bool {
+    shape.len() >= 2
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self { config, updates: 0, moments: BTreeMap::new() }
+    }
+
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// A copy of the state on `device` (for another data-parallel replica).
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        let moments = self
+            .moments
+            .iter()
+            .map(|(name, s)| {
+                (name.clone(), Moments { m: s.m.clone().to_device(device), v: s.v.clone().to_device(device) })
+            })
+            .collect();
+        Self { config: self.config.clone(), updates: self.updates, moments }
+    }
+
+    /// The global L2 norm of all gradients in `grads` (those of `module`'s parameters), as PyTorch's
+    /// `clip_grad_norm_` computes it.
+    pub fn grad_norm<AB, M>(module: &M, grads: &GradientsParams) -> f64
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut visitor = SquaredNorms::<B> { grads, parts: Vec::new() };
+        module.visit(&mut visitor);
+        if visitor.parts.is_empty() {
+            return 0.0;
+        }
+        Tensor::cat(visitor.parts, 0).sum().into_scalar().elem::<f64>().sqrt()
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter of `module` that has a gradient
+    /// in `grads`, the gradients first multiplied by `grad_scale` (clipping).
+    pub fn step<AB, M>(&mut self, module: M, grads: GradientsParams, lr: f64, grad_scale: f64) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        self.updates += 1;
+        let mut mapper = Update { optimizer: self, grads, lr, grad_scale, path: PathTracker::default() };
+        module.map(&mut mapper)
+    }
+
+    /// PyTorch's AdamW for one tensor: decoupled decay, then the bias-corrected Adam step.
+    fn update<const D: usize>(&mut self, name: &str, p: Tensor<B, D>, g: Tensor<B, D>, lr: f64) -> Tensor<B, D> {
+        let c = &self.config;
+        let shape = p.shape();
+        let n = shape.num_elements();
+        let g = g.reshape([n]);
+        let state = self
+            .moments
+            .remove(name)
+            .unwrap_or_else(|| Moments { m: Tensor::zeros([n], &g.device()), v: Tensor::zeros([n], &g.device()) });
+        let m = state.m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+        let v = state.v.mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);
+        let t = self.updates as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(c.eps);
+        let delta = m.clone().div(denom).mul_scalar(lr / bc1).reshape(shape.clone());
+        self.moments.insert(name.to_string(), Moments { m, v });
+        let decay = if decays(&p.dims()) { c.weight_decay } else { 0.0 };
+        let p = if decay > 0.0 { p.mul_scalar(1.0 - lr * decay) } else { p };
+        p - delta
+    }
+
+    /// Writes the state to a safetensors file (`m.NAME`, `v.NAME`, f32; the update count in the
+    /// metadata).
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, state) in &self.moments {
+            for (prefix, tensor) in [("m", &state.m), ("v", &state.v)] {
+                let data = tensor.to_data().convert::<f32>();
+                let shape = data.shape.to_vec();
+                let values = data.to_vec::<f32>().map_err(|e| format!("{name}: {e:?}"))?;
+                bytes.push((format!("{prefix}.{name}"), shape, bytemuck::cast_slice(&values).to_vec()));
+            }
+        }
+        let views = bytes
+            .iter()
+            .map(|(name, shape, data)| {
+                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = HashMap::from([("updates".to_string(), self.updates.to_string())]);
+        safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Reads state written by [`AdamW::save`].
+    pub fn load(config: OptimizerConfig, path: &Path, device: &B::Device) -> Result<Self, String> {
+        let fail = |e: String| format!("{}: {e}", path.display());
+        let buffer = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let (_, metadata) = SafeTensors::read_metadata(&buffer).map_err(|e| fail(e.to_string()))?;
+        let updates = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("updates"))
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| fail("no `updates` count in the metadata".into()))?;
+        let tensors = SafeTensors::deserialize(&buffer).map_err(|e| fail(e.to_string()))?;
+        let read = |name: &str| -> Result<Tensor<B, 1>, String> {
+            let view = tensors.tensor(name).map_err(|e| fail(e.to_string()))?;
+            if view.dtype() != Dtype::F32 {
+                return Err(fail(format!("{name} is {:?}, expected F32", view.dtype())));
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let n = values.len();
+            Ok(Tensor::from_data(TensorData::new(values, [n]), device))
+        };
+        let mut moments = BTreeMap::new();
+        for name in tensors.names() {
+            if let Some(param) = name.strip_prefix("m.") {
+                moments.insert(param.to_string(), Moments { m: read(name)?, v: read(&format!("v.{param}"))? });
+            }
+        }
+        Ok(Self { config, updates, moments })
+    }
+}
+
+struct SquaredNorms<'a, B: Backend> {
+    grads: &'a GradientsParams,
+    parts: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for SquaredNorms<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if let Some(g) = self.grads.get::<B, D>(param.id) {
+            self.parts.push(g.square().sum());
+        }
+    }
+}
+
+struct Update<'a, B: Backend> {
+    optimizer: &'a mut AdamW<B>,
+    grads: GradientsParams,
+    lr: f64,
+    grad_scale: f64,
+    path: PathTracker,
+}
+
+impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Update<'_, B> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<B, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let grad = if self.grad_scale == 1.0 { grad } else { grad.mul_scalar(self.grad_scale) };
+        let name = self.path.name();
+        let updated = self.optimizer.update(&name, tensor.inner(), grad, self.lr);
+        Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, NdArray};
+    use burn::nn::{Linear, LinearConfig};
+
+    use super::*;
+
+    type B = Autodiff<NdArray>;
+
+    /// One PyTorch AdamW step by hand, in f64.
+    fn torch_adamw(p: f64, g: f64, lr: f64, wd: f64, c: &OptimizerConfig, t: i32, m: &mut f64, v: &mut f64) -> f64 {
+        *m = c.beta1 * *m + (1.0 - c.beta1) * g;
+        *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;
+        let p = p * (1.0 - lr * wd);
+        let denom = (*v).sqrt() / (1.0 - c.beta2.powi(t)).sqrt() + c.eps;
+        p - lr / (1.0 - c.beta1.powi(t)) * *m / denom
+    }
+
+    #[test]
+    fn matches_pytorch_adamw_with_decay_on_matrices_only_and_global_clipping() {
+        let device = Default::default();
+        let config = OptimizerConfig { weight_decay: 0.1, ..Default::default() };
+        let mut linear: Linear<B> = LinearConfig::new(3, 2).init(&device);
+        let w0: Vec<f64> = linear.weight.val().into_data().convert::<f64>().to_vec().unwrap();
+        let b0: Vec<f64> = linear.bias.as_ref().unwrap().val().into_data().convert::<f64>().to_vec().unwrap();
+        let mut optimizer = AdamW::<NdArray>::new(config.clone());
+        let x = Tensor::<B, 2>::from_data([[1.0, -2.0, 0.5]], &device);
+        let (mut mw, mut vw, mut mb, mut vb) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; 2], vec![0.0; 2]);
+        let (mut w, mut b) = (w0, b0);
+        for t in 1..=3 {
+            // loss = sum(y * c): dL/dW[i][j] = x[i] * c[j], dL/db = c.
+            let c = [3.0 * t as f64, -4.0];
+            let y = linear.forward(x.clone());
+            let loss = (y * Tensor::<B, 2>::from_data([[c[0], c[1]]], &device)).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &linear);
+            let norm = AdamW::grad_norm(&linear, &grads);
+            let xs = [1.0, -2.0, 0.5];
+            let sq: f64 =
+                xs.iter().map(|a| a * a).sum::<f64>() * (c[0] * c[0] + c[1] * c[1]) + c[0] * c[0] + c[1] * c[1];
+            assert!((norm - sq.sqrt()).abs() < 1e-4 * sq.sqrt(), "global norm {norm} vs {}", sq.sqrt());
+            let scale = 1.0 / norm; // clip to norm 1
+            linear = optimizer.step(linear, grads, 1e-2, scale);
+            for i in 0..3 {
+                for j in 0..2 {
+                    let k = i * 2 + j;
+                    w[k] = torch_adamw(w[k], xs[i] * c[j] * scale, 1e-2, 0.1, &config, t, &mut mw[k], &mut vw[k]);
+                }
+            }
+            for j in 0..2 {
+                b[j] = torch_adamw(b[j], c[j] * scale, 1e-2, 0.0, &config, t, &mut mb[j], &mut vb[j]);
+            }
+        }
+        let got_w: Vec<f64> = linear.weight.val().into_data().convert::<f64>().to_vec().unwrap();
+        let got_b: Vec<f64> = linear.bias.as_ref().unwrap().val().into_data().convert::<f64>().to_vec().unwrap();
+        for (a, e) in got_w.iter().zip(&w).chain(got_b.iter().zip(&b)) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+        assert!(linear.weight.val().is_require_grad(), "parameters stay trainable");
+
+        // The state survives a save / load round trip.
+        let path = std::env::temp_dir().join(format!("dijiang-adamw-{}.safetensors", std::process::id()));
+        optimizer.save(&path).unwrap();
+        let loaded = AdamW::<NdArray>::load(config, &path, &device).unwrap();
+        assert_eq!(loaded.updates(), 3);
+        assert_eq!(loaded.moments.keys().collect::<Vec<_>>(), ["bias", "weight"]);
+        let m = |o: &AdamW<NdArray>| o.moments["weight"].v.to_data().to_vec::<f32>().unwrap();
+        assert_eq!(m(&loaded), m(&optimizer));
+        std::fs::remove_file(path).ok();
+    }
+}

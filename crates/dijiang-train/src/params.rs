@@ -1,0 +1,101 @@
+//! Parameters by name. Burn identifies parameters by `ParamId`s, which are fresh every time a model
+//! is loaded; checkpoints, trainable selections and optimizer state need names that survive a
+//! restart: Burn's module paths without enum variants, the names our saved models use.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+/// Tracks the dotted path of the module being visited, leaving out enum variants.
+#[derive(Debug, Default)]
+pub(crate) struct PathTracker(Vec<String>);
+
+impl PathTracker {
+    pub(crate) fn enter(&mut self, name: &str, container: &str) {
+        if !container.starts_with("Enum:") {
+            self.0.push(name.to_string());
+        }
+    }
+
+    pub(crate) fn exit(&mut self, container: &str) {
+        if !container.starts_with("Enum:") {
+            self.0.pop();
+        }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// One float parameter.
+#[derive(Debug, Clone)]
+pub struct ParamInfo {
+    pub name: String,
+    pub id: ParamId,
+    pub shape: Vec<usize>,
+    pub trainable: bool,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+struct Collect {
+    path: PathTracker,
+    out: Vec<ParamInfo>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collect {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        self.out.push(ParamInfo {
+            name: self.path.name(),
+            id: param.id,
+            shape: value.dims().to_vec(),
+            trainable: value.is_require_grad(),
+        });
+    }
+}
+
+/// Every float parameter of `module`, in visiting order (deterministic).
+pub fn params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
+    let mut visitor = Collect { path: PathTracker::default(), out: Vec::new() };
+    module.visit(&mut visitor);
+    visitor.out
+}
+
+struct SetTrainable<'a> {
+    path: PathTracker,
+    trainable: &'a dyn Fn(&str) -> bool,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for SetTrainable<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad((self.trainable)(&self.path.name()))
+    }
+}
+
+/// `module` with exactly the parameters for which `trainable(name)` holds requiring gradients:
+/// the others are constants to autodiff (no gradient is computed for them).
+pub fn set_trainable<B: AutodiffBackend, M: Module<B>>(module: M, trainable: &dyn Fn(&str) -> bool) -> M {
+    module.map(&mut SetTrainable { path: PathTracker::default(), trainable })
+}
