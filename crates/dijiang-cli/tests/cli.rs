@@ -81,3 +81,43 @@ fn generate_streams_stories() {
     let streamed = dijiang(&["generate", "--model", model.to_str().unwrap(), "--max-new-tokens", "30"]);
     assert!(streamed.starts_with(text), "streamed text differs from --json text:\n{streamed}");
 }
+
+#[test]
+fn fidelity_reports_every_layer_and_draws_a_heatmap() {
+    let (Some(model), Some(text)) =
+        (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))
+    else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("dijiang-cli-fidelity-{}", std::process::id()));
+    let student = dir.join("student");
+    dijiang(&["convert", "--teacher", model.to_str().unwrap(), "--out", student.to_str().unwrap()]);
+    let png = dir.join("fidelity.png");
+    let out = json(&dijiang(&[
+        "fidelity",
+        "--teacher",
+        model.to_str().unwrap(),
+        "--student",
+        student.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--max-tokens",
+        "64",
+        "--png",
+        png.to_str().unwrap(),
+    ]));
+    let layers = out["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 5, "stories260K has 5 layers");
+    for layer in layers {
+        assert_eq!(layer["tv_per_head"].as_array().unwrap().len(), 8);
+        let tv = layer["tv_mean"].as_f64().unwrap();
+        assert!(tv > 0.0 && tv < 1.0, "{tv}");
+    }
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+    // Width and height from the IHDR chunk: 8 heads and 5 layers of 28-pixel cells plus margins.
+    let (w, h) =
+        (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (80 + 28 * 8 + 100, 56 + 28 * 5 + 16));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -316,6 +316,8 @@ print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in 
         "eval/kl",
         "eval/attention_error",
         "eval/attention_error/layer_04",
+        "eval/attention_tv",
+        "eval/attention_tv/layer_04",
     ] {
         let events = read.get(tag).unwrap_or_else(|| panic!("TensorBoard has no {tag}: {:?}", read.keys()));
         let want: Vec<(usize, f64)> =

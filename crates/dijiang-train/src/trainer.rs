@@ -21,6 +21,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn_collective::{self as collective, AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
 use dijiang_data::dataset::{BatchOrder, LmBatch, LmBatcher, Split, Windows};
 use dijiang_model::convert::{convert, is_kernel_param};
+use dijiang_model::fidelity::measure;
 use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::import::{Checkpoint, load};
 use dijiang_model::tokenizer::Tokenizer;
@@ -63,6 +64,9 @@ pub struct Evaluation {
     /// Per layer: `||student - teacher|| / ||teacher||` of the attention output on the teacher's
     /// layer input.
     pub attention_error: Vec<f64>,
+    /// Per layer: the mean total-variation distance between the teacher's softmax attention rows
+    /// and the student's normalised rows (`dijiang fidelity`), on the first validation window.
+    pub attention_tv: Vec<f64>,
     pub tokens: usize,
 }
 
@@ -198,7 +202,11 @@ pub fn evaluate<B: Backend>(
             norm2[i] += scalar(&target.square().sum());
         }
     }
+    let first: LmBatch<B> = LmBatcher.batch(vec![validation.get(0).expect("a validation window")], device);
+    let all: Vec<usize> = (0..layers).collect();
+    let attention_tv = measure(teacher, student, first.inputs, &all).into_iter().map(|f| f.tv_mean).collect();
     Evaluation {
+        attention_tv,
         loss,
         perplexity: loss.exp(),
         teacher_loss,
@@ -216,10 +224,13 @@ fn log_evaluation(metrics: &mut Metrics, step: usize, e: &Evaluation) -> Result<
         ("eval/teacher_perplexity", e.teacher_perplexity),
         ("eval/kl", e.kl),
         ("eval/attention_error", e.attention_error_mean()),
+        ("eval/attention_tv", e.attention_tv.iter().sum::<f64>() / e.attention_tv.len().max(1) as f64),
     ];
     let names: Vec<String> =
         (0..e.attention_error.len()).map(|i| format!("eval/attention_error/layer_{i:02}")).collect();
     values.extend(names.iter().map(String::as_str).zip(e.attention_error.iter().copied()));
+    let tv_names: Vec<String> = (0..e.attention_tv.len()).map(|i| format!("eval/attention_tv/layer_{i:02}")).collect();
+    values.extend(tv_names.iter().map(String::as_str).zip(e.attention_tv.iter().copied()));
     metrics.log(step, &values)
 }
 

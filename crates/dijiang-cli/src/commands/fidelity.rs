@@ -1,12 +1,12 @@
 //! `dijiang fidelity --teacher <model> --student <model> --text <file>`: per layer and head, how
 //! far the student's attention rows are from the teacher's (total variation), and the attention
-//! block's output error, as JSON.
+//! block's output error, as JSON, and with `--png` a heatmap (layers x heads).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::prelude::*;
-use dijiang_model::fidelity::measure;
+use dijiang_model::fidelity::{LayerFidelity, measure};
 use dijiang_model::import::load;
 use dijiang_model::tokenizer::Tokenizer;
 use serde_json::json;
@@ -31,6 +31,63 @@ pub struct Args {
     /// Tokenise without BOS even where the model uses one.
     #[arg(long)]
     no_bos: bool,
+    /// Also draw the per-head TV distances as a heatmap (layers x heads) into this PNG file.
+    #[arg(long)]
+    png: Option<std::path::PathBuf>,
+}
+
+/// A font for the heatmap's labels (DejaVu Sans, where the system has it); without one the
+/// heatmap is drawn unlabelled.
+fn register_label_font() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let candidates = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
+        candidates.iter().find_map(|p| std::fs::read(p).ok()).is_some_and(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok()
+        })
+    })
+}
+
+/// The TV distance per layer (rows) and head (columns), white (0) to dark red (1).
+fn heatmap(path: &Path, layers: &[LayerFidelity]) -> Result<()> {
+    use plotters::prelude::*;
+    let labels = register_label_font();
+    let heads = layers.iter().map(|l| l.tv_per_head.len()).max().unwrap_or(0);
+    let (cell, left, top) = (28i32, 80i32, 56i32);
+    let (w, h) = ((left + cell * heads as i32 + 100) as u32, (top + cell * layers.len() as i32 + 16) as u32);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let color = |v: f64| {
+        let v = v.clamp(0.0, 1.0);
+        RGBColor(255 - (115.0 * v) as u8, (255.0 * (1.0 - v)) as u8, (255.0 * (1.0 - v)) as u8)
+    };
+    let style = ("sans-serif", 13).into_font();
+    for (row, layer) in layers.iter().enumerate() {
+        let y = top + cell * row as i32;
+        for (col, tv) in layer.tv_per_head.iter().enumerate() {
+            let x = left + cell * col as i32;
+            root.draw(&Rectangle::new([(x, y), (x + cell - 1, y + cell - 1)], color(*tv).filled()))
+                .map_err(|e| fail(&e))?;
+        }
+        if labels {
+            root.draw_text(&format!("layer {}", layer.layer), &style.color(&BLACK), (8, y + cell / 3))
+                .map_err(|e| fail(&e))?;
+            let x = left + cell * heads as i32 + 8;
+            root.draw_text(&format!("{:.2}", layer.tv_mean), &style.color(&BLACK), (x, y + cell / 3))
+                .map_err(|e| fail(&e))?;
+        }
+    }
+    if labels {
+        let title = "TV distance to the teacher's attention rows (white 0, red 1); right: layer mean";
+        root.draw_text(title, &style.color(&BLACK), (8, 8)).map_err(|e| fail(&e))?;
+        for col in 0..heads {
+            let x = left + cell * col as i32 + cell / 3;
+            root.draw_text(&format!("{col}"), &style.color(&BLACK), (x, top - 18)).map_err(|e| fail(&e))?;
+        }
+    }
+    root.present().map_err(|e| fail(&e))
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -69,5 +126,9 @@ pub fn run(args: Args) -> Result<()> {
         "output_relative_error_mean": mean(|r| r.output_relative_error),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    if let Some(png) = &args.png {
+        heatmap(png, &results)?;
+        eprintln!("heatmap     {}", png.display());
+    }
     Ok(())
 }
