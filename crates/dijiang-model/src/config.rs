@@ -79,6 +79,27 @@ pub struct DiJiangConfig {
     /// Seed for the new parameters (scales, gate) when converting a softmax model.
     #[serde(default)]
     pub seed: u64,
+    /// What of the feature map itself training may change (all variants start as the same map).
+    #[serde(default)]
+    pub feature_training: FeatureTraining,
+}
+
+/// Trainable feature-map variants. Each starts exactly as the frozen map it extends, so a converted
+/// student's outputs at initialisation do not depend on the variant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureTraining {
+    /// The projection is frozen (the reference).
+    #[default]
+    Frozen,
+    /// Trainable per-feature scales T (a multiplier on each projection column, init 1) and
+    /// feature weights D.
+    Scales,
+    /// The whole projection is trainable, initialised at DCT x T.
+    Projection,
+    /// A residual one-layer MLP on the input, `x + relu(x W1) W2` with `W2 = 0` at init, before the
+    /// frozen projection.
+    Mlp,
 }
 
 fn yes() -> bool {
@@ -100,6 +121,7 @@ impl Default for DiJiangConfig {
             learnable_decay: true,
             chunk_len: default_chunk_len(),
             seed: 0,
+            feature_training: FeatureTraining::Frozen,
         }
     }
 }
@@ -115,7 +137,19 @@ impl DiJiangConfig {
 
     /// Whether the kernel has learnable feature weights D.
     pub fn has_feature_weights(&self) -> bool {
-        self.feature_weights || self.feature_map == FeatureMapKind::WeightedExp
+        self.feature_weights
+            || self.feature_map == FeatureMapKind::WeightedExp
+            || self.feature_training == FeatureTraining::Scales
+    }
+
+    /// Parameters the feature-map variant adds, per layer, for heads of size `d`.
+    pub fn variant_params(&self, d: usize) -> usize {
+        let m = self.num_features(d);
+        match self.feature_training {
+            FeatureTraining::Frozen | FeatureTraining::Projection => 0,
+            FeatureTraining::Scales => m,
+            FeatureTraining::Mlp => 2 * d * d,
+        }
     }
 }
 
@@ -296,8 +330,13 @@ impl ModelConfig {
             AttentionKernelConfig::Softmax => 0,
             AttentionKernelConfig::Dijiang(dj) => {
                 let m = dj.num_features(d);
-                // proj, feature weights, decay, gate, group norm
-                d * m + if dj.has_feature_weights() { m } else { 0 } + self.num_heads + h * q + 2 * q
+                // proj, feature weights, decay, gate, group norm, the variant's own
+                d * m
+                    + if dj.has_feature_weights() { m } else { 0 }
+                    + self.num_heads
+                    + h * q
+                    + 2 * q
+                    + dj.variant_params(d)
             }
         };
         let head = if self.tie_embeddings { 0 } else { h * v };

@@ -23,6 +23,6 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
+pub use config::{AttentionKernelConfig, DiJiangConfig, FeatureTraining, ModelConfig};
 pub use error::ModelError;
 pub use transformer::{DecodeState, ForwardOutput, Trace, Transformer};

@@ -151,3 +151,45 @@ fn fidelity_distances_are_sane() {
         assert!(r.tv_uniform > 0.0 && r.tv_uniform < 1.0 && r.output_relative_error > 0.0, "{r:?}");
     }
 }
+
+#[test]
+fn feature_map_variants_start_as_the_frozen_map_and_decode_like_the_full_pass() {
+    use dijiang_model::{DecodeState, FeatureTraining};
+    let device = Default::default();
+    let student = |training| {
+        let config = DiJiangConfig { feature_training: training, chunk_len: 8, ..Default::default() };
+        convert::<B>(&fixture("llama-gqa-tiny"), config, &device).unwrap()
+    };
+    let frozen = logits(&student(FeatureTraining::Frozen).model);
+    for (training, extra) in [
+        (FeatureTraining::Scales, vec!["scale", "feature_weights"]),
+        (FeatureTraining::Projection, vec![]),
+        (FeatureTraining::Mlp, vec!["mlp_in", "mlp_out"]),
+    ] {
+        let converted = student(training);
+        for name in extra {
+            assert!(
+                converted.initialised.iter().any(|n| n.ends_with(&format!("kernel.{name}"))),
+                "{training:?}: has {name}"
+            );
+        }
+        let model = &converted.model;
+        assert_eq!(model.num_params(), model.config().num_params(), "{training:?}: parameter count");
+        // At initialisation every variant is the frozen map.
+        let got = logits(model);
+        let err = got.iter().zip(&frozen).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-5, "{training:?}: differs from the frozen map at init by {err}");
+        // Chunked full pass (20 tokens > chunk 8) == token-by-token recurrent decoding.
+        let ids: Vec<i64> = (0..20).map(|i| (i * 37 % 300) as i64).collect();
+        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, 20]), &device);
+        let full = model.forward(tokens).into_data().to_vec::<f32>().unwrap();
+        let mut state = DecodeState::new(model.layers.len());
+        let mut steps = Vec::new();
+        for id in ids {
+            let token = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![id], [1, 1]), &device);
+            steps.extend(model.forward_cached(token, &mut state).into_data().to_vec::<f32>().unwrap());
+        }
+        let err = full.iter().zip(&steps).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{training:?}: decoding differs by {err}");
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use dijiang_data::manifest::Manifest;
 use dijiang_model::import::Checkpoint;
 use dijiang_model::tokenizer::Tokenizer;
-use dijiang_model::{AttentionKernelConfig, ModelConfig};
+use dijiang_model::{AttentionKernelConfig, FeatureTraining, ModelConfig};
 
 use crate::experiment::{Experiment, Trainable};
 
@@ -40,8 +40,12 @@ pub fn parameter_counts(experiment: &Experiment, teacher: &ModelConfig) -> (usiz
     let kernel = total - teacher.clone().with_attention(AttentionKernelConfig::Softmax).num_params();
     let layers = student.num_layers;
     // Never trained: the frozen feature projections, and the decays unless learnable.
-    let frozen = layers * student.head_dim * dj.num_features(student.head_dim)
-        + if dj.learnable_decay { 0 } else { layers * student.num_heads };
+    let proj = if dj.feature_training == FeatureTraining::Projection {
+        0
+    } else {
+        layers * student.head_dim * dj.num_features(student.head_dim)
+    };
+    let frozen = proj + if dj.learnable_decay { 0 } else { layers * student.num_heads };
     let trainable = experiment
         .stages
         .iter()

@@ -25,7 +25,7 @@ use dijiang_model::fidelity::measure;
 use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::import::{Checkpoint, load};
 use dijiang_model::tokenizer::Tokenizer;
-use dijiang_model::{AttentionKernelConfig, ModelConfig, Transformer};
+use dijiang_model::{AttentionKernelConfig, DiJiangConfig, FeatureTraining, ModelConfig, Transformer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -103,10 +103,13 @@ fn stage_at(experiment: &Experiment, step: usize) -> (usize, usize) {
     (experiment.stages.len() - 1, step - start)
 }
 
-/// Whether a stage trains the parameter `name`. The feature projection is never trained; the
-/// decays only when the experiment makes them learnable.
-fn trains(trainable: Trainable, learnable_decay: bool, name: &str) -> bool {
-    if name.ends_with(".kernel.proj") || (name.ends_with(".kernel.log_decay") && !learnable_decay) {
+/// Whether a stage trains the parameter `name`. The feature projection only with the `projection`
+/// variant; the decays only when the experiment makes them learnable.
+fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool {
+    let frozen_proj = student.feature_training != FeatureTraining::Projection;
+    if (name.ends_with(".kernel.proj") && frozen_proj)
+        || (name.ends_with(".kernel.log_decay") && !student.learnable_decay)
+    {
         return false;
     }
     match trainable {
@@ -611,8 +614,7 @@ fn worker<B: AutodiffBackend>(
         let (stage_index, stage_step) = stage_at(experiment, state.step);
         let stage = &experiment.stages[stage_index];
         if applied_stage != Some(stage_index) {
-            let learnable_decay = experiment.student.learnable_decay;
-            student = set_trainable(student, &|name| trains(stage.trainable, learnable_decay, name));
+            student = set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name));
             applied_stage = Some(stage_index);
         }
         if stage_step == 0 {

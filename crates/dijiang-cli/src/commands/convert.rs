@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use dijiang_kernel::qmc::ScaleSampling;
 use dijiang_model::DiJiangConfig;
-use dijiang_model::config::{DecayKind, FeatureMapKind};
+use dijiang_model::config::{DecayKind, FeatureMapKind, FeatureTraining};
 use dijiang_model::convert::convert;
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::tokenizer::Tokenizer;
@@ -38,6 +38,10 @@ pub struct Args {
     /// Seed for the new parameters.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// What training may change of the feature map: frozen (the reference), scales (T and D),
+    /// projection (the whole DCT x T matrix), mlp (a residual MLP before the map).
+    #[arg(long, default_value = "frozen")]
+    feature_training: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -49,7 +53,15 @@ pub fn run(args: Args) -> Result<()> {
             anyhow::bail!("--feature-map `{other}`: expected reference, weighted-exp or performer")
         }
     };
+    let feature_training = match args.feature_training.as_str() {
+        "frozen" => FeatureTraining::Frozen,
+        "scales" => FeatureTraining::Scales,
+        "projection" => FeatureTraining::Projection,
+        "mlp" => FeatureTraining::Mlp,
+        other => anyhow::bail!("--feature-training `{other}`: expected frozen, scales, projection or mlp"),
+    };
     let dijiang = DiJiangConfig {
+        feature_training,
         feature_map,
         sampling: if args.mc { ScaleSampling::Mc { seed: args.seed } } else { ScaleSampling::Qmc { shift_seed: None } },
         feature_weights: args.feature_weights,

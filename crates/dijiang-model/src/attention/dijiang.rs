@@ -12,7 +12,7 @@
 use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{relu, silu};
 use dijiang_kernel::feature_map::{
     paper_projection, performer_projection, positive_random_features, reference_projection, softmax_features,
     weighted_exp_features,
@@ -20,7 +20,7 @@ use dijiang_kernel::feature_map::{
 use dijiang_kernel::linear_attention::{chunked, recurrent_step};
 
 use super::merge_heads;
-use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, ModelConfig};
+use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, FeatureTraining, ModelConfig};
 use crate::weights::{Init, WeightSource};
 
 /// The reference's gate init: Xavier uniform with gain 2^-2.5.
@@ -47,6 +47,11 @@ pub struct DiJiangKernel<B: Backend> {
     pub feature_weights: Option<Param<Tensor<B, 1>>>,
     /// `ln(gamma)` per query head `[h_q]`.
     pub log_decay: Param<Tensor<B, 1>>,
+    /// `feature_training = scales`: a multiplier per projection column `[m]` (init 1).
+    pub scale: Option<Param<Tensor<B, 1>>>,
+    /// `feature_training = mlp`: `W1 [d, d]` and `W2 [d, d]` (init 0) of `x + relu(x W1) W2`.
+    pub mlp_in: Option<Param<Tensor<B, 2>>>,
+    pub mlp_out: Option<Param<Tensor<B, 2>>>,
     /// Output gate `W_G` `[hidden, heads*d]`, used as `x @ W_G`.
     pub gate: Param<Tensor<B, 2>>,
     pub group_norm: GroupNorm<B>,
@@ -77,15 +82,28 @@ impl<B: Backend> DiJiangKernel<B> {
         let log_decay = src.tensor(&format!("{name}.log_decay"), [config.num_heads], decay_init);
         let gate =
             src.tensor(&format!("{name}.gate"), [config.hidden_size, width], Init::XavierUniform { gain: GATE_GAIN });
+        let training = dj.feature_training;
+        let scale = (training == FeatureTraining::Scales)
+            .then(|| Param::from_tensor(src.tensor(&format!("{name}.scale"), [m], Init::Ones)));
+        let (mlp_in, mlp_out) = if training == FeatureTraining::Mlp {
+            let w1 = src.tensor(&format!("{name}.mlp_in"), [d, d], Init::XavierUniform { gain: 1.0 });
+            let w2 = src.tensor(&format!("{name}.mlp_out"), [d, d], Init::Zeros);
+            (Some(Param::from_tensor(w1)), Some(Param::from_tensor(w2)))
+        } else {
+            (None, None)
+        };
         let mut group_norm = GroupNormConfig::new(d, width).with_epsilon(GROUP_NORM_EPS).init(src.device());
         group_norm.gamma =
             Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.gamma"), [width], Init::Ones)));
         group_norm.beta =
             Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.beta"), [width], Init::Zeros)));
         Self {
-            proj: Param::from_tensor(proj).set_require_grad(false),
+            proj: Param::from_tensor(proj).set_require_grad(training == FeatureTraining::Projection),
             feature_weights,
             log_decay: Param::from_tensor(log_decay).set_require_grad(dj.learnable_decay),
+            scale,
+            mlp_in,
+            mlp_out,
             gate: Param::from_tensor(gate),
             group_norm,
             feature_map: dj.feature_map,
@@ -98,7 +116,20 @@ impl<B: Backend> DiJiangKernel<B> {
     /// # Shapes
     /// - x: `[b, h, t, d]` -> `[b, h, t, m]`
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let proj = self.proj.val();
+        let mut proj = self.proj.val();
+        if let Some(scale) = &self.scale {
+            let [m] = scale.dims();
+            proj = proj * scale.val().reshape([1, m]);
+        }
+        let x = match (&self.mlp_in, &self.mlp_out) {
+            (Some(w1), Some(w2)) => {
+                let [b, h, t, d] = x.dims();
+                let flat = x.clone().reshape([b * h * t, d]);
+                let delta = relu(flat.matmul(w1.val())).matmul(w2.val()).reshape([b, h, t, d]);
+                x + delta
+            }
+            _ => x,
+        };
         let phi = match self.feature_map {
             FeatureMapKind::Reference => softmax_features(x, proj),
             FeatureMapKind::WeightedExp => {
