@@ -427,7 +427,7 @@ fn wait_limited(child: &mut std::process::Child, limit: Duration, what: &str) ->
 #[test]
 fn two_devices_in_one_process_match_one_device() {
     let Some((dir, want)) = single_device() else { return };
-    let args = with(&[r#"distributed.devices=["cpu", "cpu"]"#]);
+    let args = with(&["devices=cpu,cpu"]);
     let log = run_ok(train(dir, "runs-dp2", &args.iter().map(String::as_str).collect::<Vec<_>>()));
     assert!(log.contains("data parallel: 2 device(s) here, 2 in all"), "{log}");
     assert_same_losses(&metrics(&dir.join("runs-dp2/t")), want);

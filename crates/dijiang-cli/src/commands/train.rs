@@ -15,7 +15,8 @@ use crate::backend::Backend;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `experiment=NAME`, `resume=false`, and dotted-key overrides (`stages.0.steps=10`).
+    /// `experiment=NAME`, `resume=false`, `devices=cuda:0,cuda:1`, and dotted-key overrides
+    /// (`stages.0.steps=10`).
     args: Vec<String>,
     /// Check everything and print the plan (parameters, tokens, steps, memory), then exit.
     #[arg(long)]
@@ -45,6 +46,15 @@ pub fn run(args: Args) -> Result<()> {
     for arg in args.args {
         if let Some(n) = arg.strip_prefix("experiment=") {
             name = n.to_string();
+        } else if let Some(d) = arg.strip_prefix("devices=") {
+            // Shorthand: `devices=cuda:0,cuda:1` or `devices=["cuda:0","cuda:1"]`.
+            let list = if d.starts_with('[') {
+                d.to_string()
+            } else {
+                let names: Vec<String> = d.split(',').map(|n| format!("\"{}\"", n.trim())).collect();
+                format!("[{}]", names.join(", "))
+            };
+            overrides.push(format!("distributed.devices={list}"));
         } else if let Some(r) = arg.strip_prefix("resume=") {
             resume = r.parse().with_context(|| format!("`{arg}`: resume is true or false"))?;
         } else {
