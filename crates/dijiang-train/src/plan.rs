@@ -262,7 +262,7 @@ impl Plan {
     }
 }
 
-/// 1234567 -> "1,234,567".
+/// Digits grouped in threes: 6738415616 -> "6,738,415,616".
 pub fn group(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();

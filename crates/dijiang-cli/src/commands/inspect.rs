@@ -9,18 +9,7 @@ use dijiang_model::import::Checkpoint;
 use dijiang_model::{DiJiangConfig, ModelConfig};
 use serde_json::json;
 
-/// Group digits in threes: 6738415616 -> "6,738,415,616".
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use dijiang_train::plan::group as thousands;
 
 pub fn run(model: &str, as_json: bool) -> Result<()> {
     let (config, format, storage) = match ModelConfig::preset(model) {
