@@ -9,8 +9,10 @@ tokenizer := "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 path := ""
 # Where `just data` writes the tokens (default: datasets/NAME/tokens).
 out := ""
-# The Python virtualenv for TensorBoard (and the bench's PyTorch baseline).
+# The Python virtualenv for TensorBoard.
 venv := env_var_or_default("DIJIANG_VENV", home_directory() / ".cache/dijiang-venv")
+# The PyTorch baseline's virtualenv (`just bench-pytorch`).
+bench_venv := env_var_or_default("DIJIANG_BENCH_VENV", home_directory() / ".cache/dijiang-bench-venv")
 
 # List the recipes.
 default:
@@ -19,6 +21,50 @@ default:
 # Train an experiment: `just train experiment=NAME [key=value ...]` (experiments/NAME.toml).
 train *args:
     cargo run --release --no-default-features --features {{backend}} -- train {{args}}
+
+# Speed and memory benchmarks (`dijiang bench`): `just bench` runs attention, decode and train,
+# then writes runs/bench/summary.md and the plots; `just bench decode --contexts 1024` runs one.
+# Run `just bench-pytorch` first (or `just bench report` after it) for the ratios to PyTorch.
+bench *args="all":
+    cargo run --release --no-default-features --features {{backend}} -- bench {{args}}
+
+# The PyTorch baseline on this CPU (HF transformers GPT-NeoX and LLaMA, same shapes as the bench)
+# -> runs/bench/pytorch.json. Not part of CI: its virtualenv (PyPI's torch) takes ~6 GB.
+bench-pytorch:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv="{{bench_venv}}"
+    if ! "$venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check torch==2.15.0 transformers==5.24.0
+    fi
+    "$venv/bin/python" bench/pytorch_baseline.py --out runs/bench/pytorch.json
+
+# Compare the feature-map variants (experiments/variants.toml): train each into
+# runs/variants/VARIANT, measure stage 1's attention fidelity on held-out text (the first 256
+# Moby-Dick tokens, layers 2/10/20), and write the table runs/variants/table.md.
+# `just variants stages.0.steps=60` changes every variant's budget alike.
+variants *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    just fetch-smollm2
+    [ -f datasets/moby-dick/raw/moby-dick.txt ] || datasets/fetch.sh moby-dick
+    cargo build --release --no-default-features --features {{backend}}
+    dijiang="${CARGO_TARGET_DIR:-target}/release/dijiang"
+    teacher=models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf
+    fidelity() { "$dijiang" fidelity --teacher "$teacher" --student "$1" --text datasets/moby-dick/raw/moby-dick.txt --no-bos --layers 2,10,20 > "$2.tmp" && mv "$2.tmp" "$2"; }
+    mkdir -p runs/variants
+    "$dijiang" convert --teacher "$teacher" --out runs/variants/untrained
+    fidelity runs/variants/untrained runs/variants/untrained.json
+    runs=()
+    for variant in frozen scales projection mlp; do
+        "$dijiang" train experiment=variants run=variants/$variant resume=false student.feature_training=$variant {{args}}
+        # Stage 1's student: the checkpoint at the end of the first stage.
+        steps=$(awk '/^\[\[stages\]\]/ { s = 1 } s && $1 == "steps" { print $3; exit }' runs/variants/$variant/experiment.toml)
+        fidelity "runs/variants/$variant/checkpoints/step-$(printf %08d "$steps")/model" runs/variants/$variant/fidelity.json
+        runs+=(runs/variants/$variant)
+    done
+    "$dijiang" compare --before runs/variants/untrained.json --out runs/variants/table.md "${runs[@]}"
 
 # Fetch and tokenise a real corpus into datasets/NAME/tokens (see datasets/NAME.md):
 # sotu, brown, moby-dick, kjv, tinyshakespeare, wikitext2, tinystories-fragment, pile.

@@ -6,6 +6,7 @@
 
 mod backend;
 mod commands;
+mod plot;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Attention fidelity of a DiJiang student against its softmax teacher, per layer and head.
     Fidelity(commands::fidelity::Args),
+    /// One Markdown table row per training run (variant, attention fidelity, perplexity, tokens, time).
+    Compare(commands::compare::Args),
     /// Tokenise corpora into packed shards with a train/validation split.
     Prepare(commands::prepare::Args),
     /// Measure and write the numbers to runs/bench/*.json.
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Prepare(args) => commands::prepare::run(args),
         Command::Fidelity(args) => commands::fidelity::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Bench(what) => commands::bench::run(what),
         Command::Backend => {
             println!("{}", backend::describe());

@@ -121,3 +121,90 @@ fn fidelity_reports_every_layer_and_draws_a_heatmap() {
     assert_eq!((w, h), (80 + 28 * 8 + 100, 56 + 28 * 5 + 16));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_measures_writes_json_and_plots_and_reports() {
+    let dir = std::env::temp_dir().join(format!("dijiang-cli-bench-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    dijiang(&[
+        "bench",
+        "attention",
+        "--lens",
+        "32,64",
+        "--chunks",
+        "8,16",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--reps",
+        "1",
+        "--out",
+        out,
+    ]);
+    let attention = json(&std::fs::read_to_string(dir.join("attention.json")).unwrap());
+    let rows = attention["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        for key in ["softmax_s", "quadratic_s", "chunked_s"] {
+            assert!(row[key].as_f64().unwrap() > 0.0, "{key}: {row}");
+        }
+        assert_eq!(row["chunked_by_chunk"].as_array().unwrap().len(), 2);
+    }
+    dijiang(&[
+        "bench",
+        "decode",
+        "--models",
+        "stories260k",
+        "--contexts",
+        "16,32,64",
+        "--prefill",
+        "16",
+        "--tokens",
+        "2",
+        "--out",
+        out,
+    ]);
+    let decode = json(&std::fs::read_to_string(dir.join("decode.json")).unwrap());
+    let steps = decode["models"][0]["decode"].as_array().unwrap();
+    let bytes = |i: usize, key: &str| steps[i][key].as_u64().unwrap();
+    // stories260K: 5 layers, 4 KV heads of 8: the KV cache grows linearly with the context; the
+    // DiJiang state (5 layers x 8 heads x 8 features x 8, f32) does not.
+    assert_eq!(bytes(0, "softmax_state_bytes"), 5 * 2 * 4 * 16 * 8 * 4);
+    assert_eq!(bytes(2, "softmax_state_bytes"), 4 * bytes(0, "softmax_state_bytes"));
+    assert_eq!(bytes(0, "dijiang_state_bytes"), 5 * 8 * 8 * 8 * 4);
+    assert_eq!(bytes(2, "dijiang_state_bytes"), bytes(0, "dijiang_state_bytes"));
+    // The training bench on an experiment (the stories260K one, with its teacher's preset).
+    let experiment = dir.join("tiny.toml");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/stories260k.toml"))
+        .unwrap()
+        .replace("[teacher]", "[teacher]\npreset = \"stories260k\"");
+    std::fs::write(&experiment, text).unwrap();
+    dijiang(&[
+        "bench",
+        "train",
+        "--model",
+        "stories260k",
+        "--shapes",
+        "16x2",
+        "--experiment",
+        experiment.to_str().unwrap(),
+        "--reps",
+        "1",
+        "--out",
+        out,
+    ]);
+    let train = json(&std::fs::read_to_string(dir.join("train.json")).unwrap());
+    let rows = train["rows"].as_array().unwrap();
+    assert!(rows.len() >= 2, "{train}");
+    assert!(rows.iter().all(|r| r["tokens_per_s"].as_f64().unwrap() > 0.0));
+    assert!(rows[0]["achieved_flops"].as_f64().unwrap() > 0.0);
+    dijiang(&["bench", "report", "--out", out]);
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("## Attention forward + backward") && summary.contains("## Targets"), "{summary}");
+    for png in ["attention.png", "decode.png", "state-memory.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG file");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -73,7 +73,7 @@ steps = 10
 lr = 1e-3
 warmup_steps = 2
 trainable = "kernel"
-loss = {{ attention = 1.0 }}
+loss = {{ attention = 1.0, attention_rows = 0.5 }}
 
 [[stages]]
 name = "distill"
@@ -184,10 +184,12 @@ fn two_stage_run_trains_and_improves_the_student() {
         }
         let (own, other) = if step <= 10 { ("train/attention", "train/kl") } else { ("train/kl", "train/attention") };
         assert!(m.contains_key(&(step, own.into())) && !m.contains_key(&(step, other.into())), "step {step}");
+        assert_eq!(m.contains_key(&(step, "train/attention_rows".into())), step <= 10, "step {step}");
     }
     // Attention transfer lowers the attention error; distillation the KL and perplexity.
     let at = |step: usize, tag: &str| m[&(step, tag.to_string())];
     assert!(at(10, "eval/attention_error") < at(0, "eval/attention_error"), "attention transfer helped");
+    assert!(at(10, "eval/attention_tv") < at(0, "eval/attention_tv"), "the rows moved towards the teacher's");
     assert!(at(STEPS, "eval/kl") < at(10, "eval/kl"), "distillation lowered the KL");
     assert!(at(STEPS, "eval/perplexity") < at(0, "eval/perplexity"), "the student recovered");
     assert_eq!(at(0, "eval/teacher_perplexity"), at(STEPS, "eval/teacher_perplexity"));
@@ -208,6 +210,20 @@ fn two_stage_run_trains_and_improves_the_student() {
     });
     let inspected: serde_json::Value = serde_json::from_str(inspected.trim()).expect("JSON");
     assert_eq!(inspected["config"]["attention"]["kind"], "dijiang");
+    // `dijiang compare` tabulates the run: variant, TV before -> after stage 1, tokens.
+    let table = run_ok({
+        let mut c = dijiang();
+        c.arg("compare").arg(&run);
+        c
+    });
+    let row = format!(
+        "| t | frozen | {:.3} -> {:.3} | - | {:.1} -> {:.1} | 5,120 |",
+        at(0, "eval/attention_tv"),
+        at(10, "eval/attention_tv"),
+        at(10, "eval/perplexity"),
+        at(STEPS, "eval/perplexity")
+    );
+    assert!(table.contains(&row), "{row}\n{table}");
 }
 
 #[test]

@@ -17,13 +17,22 @@ use burn::tensor::{Tensor, activation::softmax, backend::Backend};
 use crate::dct::{dct2_matrix, matrix_tensor};
 use crate::qmc::{ScaleSampling, scales, standard_normals};
 
-/// The reference's `proj_matrix = C @ T`, `[d, d]` row-major: `P[k][j] = C[k][j] t_j`.
-///
-/// `x P` applies the inverse DCT (DCT-III) to `x` and scales output feature j by `t_j`.
-pub fn reference_projection(d: usize, sampling: ScaleSampling) -> Vec<f64> {
+/// The reference's `proj_matrix = C @ T`, `[d, m]` row-major. With `m = d` (the reference) it is
+/// `C T`, `P[k][j] = C[k][j] t_j`: `x P` applies the inverse DCT (DCT-III) to `x` and scales output
+/// feature j by `t_j`. With `m > d`, frequency `j mod d` appears once per block `b = j / d` of `d`
+/// features, each time with its own scale: block b pairs frequency f with scale `t[b d + (f + b)
+/// mod d]`. The rotation matters for quasi-Monte Carlo scales: van der Corput points `n` and
+/// `n + d` (d a power of two) differ by only `1 / 2d`, so without it a frequency's extra scales
+/// would nearly repeat its first one.
+pub fn reference_projection(d: usize, m: usize, sampling: ScaleSampling) -> Vec<f64> {
     let c = dct2_matrix(d);
-    let t = scales(d, sampling);
-    (0..d * d).map(|i| c[i] * t[i % d]).collect()
+    let t = scales(m, sampling);
+    let scale_of = |j: usize| {
+        let (b, f) = (j / d, j % d);
+        let i = b * d + (f + b) % d;
+        if i < m { t[i] } else { t[j] }
+    };
+    (0..d * m).map(|i| (i / m, i % m)).map(|(k, j)| c[k * d + j % d] * scale_of(j)).collect()
 }
 
 /// The paper's `(T C)^T`, `[d, d]` row-major: `P[j][k] = t_k C[k][j]`, so `(x P)_k = t_k (C x)_k`.
@@ -105,12 +114,39 @@ mod tests {
     fn reference_projection_is_dct_times_scales() {
         let d = 8;
         let sampling = ScaleSampling::Mc { seed: 5 };
-        let (c, t, p) = (dct2_matrix(d), scales(d, sampling), reference_projection(d, sampling));
+        let (c, t, p) = (dct2_matrix(d), scales(d, sampling), reference_projection(d, d, sampling));
         // x P with x = e_k picks row k of P: row k of C, feature j scaled by t_j.
         for k in 0..d {
             for j in 0..d {
                 assert_eq!(p[k * d + j], c[k * d + j] * t[j]);
             }
+        }
+    }
+
+    #[test]
+    fn wider_reference_projection_repeats_frequencies_with_spread_scales() {
+        let (d, m) = (8, 16);
+        let sampling = ScaleSampling::default();
+        let (c, t, p) = (dct2_matrix(d), scales(m, sampling), reference_projection(d, m, sampling));
+        assert_eq!(p.len(), d * m);
+        let mut used = vec![false; m];
+        for j in 0..m {
+            // Column j is DCT frequency j mod d times one scale, each scale used once.
+            let k = (0..d).find(|&k| c[k * d + j % d].abs() > 0.1).unwrap();
+            let scale = p[k * m + j] / c[k * d + j % d];
+            let i = t.iter().position(|s| (s - scale).abs() < 1e-12).expect("one of the m scales");
+            assert!(!used[i], "scale {i} used twice");
+            used[i] = true;
+            for k in 0..d {
+                assert!((p[k * m + j] - c[k * d + j % d] * scale).abs() < 1e-12);
+            }
+        }
+        // A frequency's two scales are far apart in probability (not van der Corput neighbours).
+        let u = |s: f64| statrs::distribution::ContinuousCDF::cdf(&statrs::distribution::Normal::standard(), s);
+        for f in 0..d {
+            let k = (0..d).find(|&k| c[k * d + f].abs() > 0.1).unwrap();
+            let (a, b) = (p[k * m + f] / c[k * d + f], p[k * m + d + f] / c[k * d + f]);
+            assert!((u(a) - u(b)).abs() > 1.0 / (2 * m) as f64 + 1e-9, "frequency {f}: {a} vs {b}");
         }
     }
 
@@ -132,7 +168,7 @@ mod tests {
         let device = Default::default();
         let d = 16;
         let x = Tensor::<B, 4>::random([2, 3, 5, d], Distribution::Normal(0.0, 1.0), &device);
-        let proj = projection_tensor(reference_projection(d, ScaleSampling::default()), d, d, &device);
+        let proj = projection_tensor(reference_projection(d, d, ScaleSampling::default()), d, d, &device);
         let phi = softmax_features(x, proj);
         let sums = to_vec(phi.clone().sum_dim(3));
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6));

@@ -63,6 +63,11 @@ pub struct DiJiangConfig {
     /// Number of features for `performer` (the DCT maps use m = head size).
     #[serde(default)]
     pub performer_features: Option<usize>,
+    /// Number of features m of the `reference` map (default: the head size, as the reference):
+    /// feature j is DCT frequency `j mod d` with its own scale `t_j`. More features give a
+    /// trainable projection more capacity and the recurrent state `m x d_v` more room.
+    #[serde(default)]
+    pub features: Option<usize>,
     #[serde(default)]
     pub sampling: ScaleSampling,
     /// Learnable per-feature weights D (init 1) on top of the map; always on for `weighted_exp`.
@@ -115,6 +120,7 @@ impl Default for DiJiangConfig {
         Self {
             feature_map: FeatureMapKind::default(),
             performer_features: None,
+            features: None,
             sampling: ScaleSampling::default(),
             feature_weights: false,
             decay: DecayKind::default(),
@@ -131,7 +137,8 @@ impl DiJiangConfig {
     pub fn num_features(&self, head_dim: usize) -> usize {
         match self.feature_map {
             FeatureMapKind::Performer => self.performer_features.unwrap_or(head_dim),
-            FeatureMapKind::Reference | FeatureMapKind::WeightedExp => head_dim,
+            FeatureMapKind::Reference => self.features.unwrap_or(head_dim),
+            FeatureMapKind::WeightedExp => head_dim,
         }
     }
 
@@ -358,10 +365,16 @@ impl ModelConfig {
         if !(0.0..=1.0).contains(&self.rotary_pct) {
             return fail(format!("rotary_pct must be in [0, 1], got {}", self.rotary_pct));
         }
-        if let AttentionKernelConfig::Dijiang(dj) = &self.attention
-            && dj.chunk_len == 0
-        {
-            return fail("attention.chunk_len must be positive".into());
+        if let AttentionKernelConfig::Dijiang(dj) = &self.attention {
+            if dj.chunk_len == 0 {
+                return fail("attention.chunk_len must be positive".into());
+            }
+            if dj.features == Some(0) || (dj.features.is_some() && dj.feature_map != FeatureMapKind::Reference) {
+                return fail(
+                    "attention.features sets the reference map's feature count (>= 1); other maps: performer_features"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

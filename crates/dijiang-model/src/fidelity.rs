@@ -8,12 +8,18 @@
 //! - The relative error of the attention block's output, `|student - teacher| / |teacher|`.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
-use dijiang_kernel::linear_attention::{decay_matrix, repeat_kv};
 
 use crate::attention::AttentionKernel;
 use crate::rope::rope_tables;
 use crate::transformer::Transformer;
+
+/// Rows divided by their sums (the smallest sum clamped away from 0).
+///
+/// # Shapes
+/// - rows: `[b, h, t, t_k]` -> `[b, h, t, t_k]`
+pub fn normalise_rows<B: Backend>(rows: Tensor<B, 4>) -> Tensor<B, 4> {
+    rows.clone() / rows.sum_dim(3).clamp_min(1e-30)
+}
 
 /// One layer's measurements.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -54,21 +60,15 @@ pub fn measure<B: Backend>(
         .map(|&layer| {
             let (tl, sl) = (&teacher.layers[layer], &student.layers[layer]);
             let x = tl.attn_norm.forward(hidden[layer].clone());
-            let AttentionKernel::DiJiang(kernel) = &sl.attn.kernel else {
-                panic!("layer {layer} of the student is not a DiJiang layer");
-            };
-            // Teacher rows: softmax(q k^T / sqrt(d)) with the causal mask. [1, h, t, t]
-            let (q, k, _) = tl.attn.heads(x.clone(), &cos, &sin);
-            let [_, hq, _, d] = q.dims();
-            let groups = hq / k.dims()[1];
-            let scores = q.matmul(repeat_kv(k, groups).swap_dims(2, 3)).div_scalar((d as f64).sqrt());
-            let p = softmax(scores.mask_fill(causal.clone(), f32::NEG_INFINITY), 3);
-            // Student rows: (phi(q) phi(k)^T) * decay, normalised by their sums.
-            let (q, k, _) = sl.attn.heads(x.clone(), &cos, &sin);
-            let phi_k = repeat_kv(kernel.features(k), groups);
-            let raw = kernel.features(q).matmul(phi_k.swap_dims(2, 3)) * decay_matrix(kernel.log_decay(), t);
-            let s = raw.clone() / raw.sum_dim(3).clamp_min(1e-30);
-            // [1, h, t, t] -> per head mean over rows of 0.5 * sum_j |p - s|
+            assert!(
+                matches!(sl.attn.kernel, AttentionKernel::DiJiang(_)),
+                "layer {layer} of the student is not a DiJiang layer"
+            );
+            // [1, h, t, t]: teacher softmax rows; student rows normalised by their sums.
+            let p = tl.attn.rows(x.clone(), &cos, &sin);
+            let [_, hq, _, _] = p.dims();
+            let s = normalise_rows(sl.attn.rows(x.clone(), &cos, &sin));
+            // Per head: the mean over rows of 0.5 * sum_j |p - s|.
             let tv = (p.clone() - s).abs().sum_dim(3).mul_scalar(0.5).mean_dim(2).reshape([hq]);
             let tv_per_head = tv.into_data().convert::<f64>().to_vec::<f64>().expect("float");
             let ones = Tensor::<B, 4>::ones([1, 1, t, t], &device).mask_fill(causal.clone(), 0.0);

@@ -203,6 +203,17 @@ impl<B: Backend> Transformer<B> {
         self.layers[layer].attention(x, &cos, &sin)
     }
 
+    /// Block `layer`'s attention rows for the block input `x` (see [`Attention::rows`]).
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> `[b, h_q, t, t]`
+    pub fn layer_rows(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [_, t, _] = x.dims();
+        let (cos, sin) = self.rope(0, t, &x.device());
+        let block = &self.layers[layer];
+        block.attn.rows(block.attn_norm.forward(x), &cos, &sin)
+    }
+
     fn rope(&self, start: usize, t: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
         rope_tables(start, t, self.config.rotary_dims(), self.config.rope_theta, device)
     }

@@ -169,6 +169,11 @@ pub struct LossWeights {
     /// MSE between teacher and student attention outputs, per layer, for the same layer input.
     #[serde(default)]
     pub attention: f64,
+    /// KL between the teacher's softmax attention rows and the student's rows (normalised by their
+    /// sums), per layer, for the same layer input; mean over rows, heads and layers (Hedgehog's
+    /// attention distillation). It trains the feature map and decay, not the gate or GroupNorm.
+    #[serde(default)]
+    pub attention_rows: f64,
     #[serde(default = "unit")]
     pub temperature: f64,
 }
@@ -194,7 +199,7 @@ pub struct Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Steps between checkpoints (0: only at the end and on Ctrl-C).
+    /// Steps between checkpoints (0: only at the end of each stage and on Ctrl-C).
     pub every: usize,
     /// How many to keep.
     pub keep: usize,
@@ -209,7 +214,7 @@ impl Default for CheckpointConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Steps between evaluations (0: only at the end).
+    /// Steps between evaluations (0: only at step 0 and at the end of each stage).
     pub every: usize,
     /// Validation batches per evaluation.
     pub batches: usize,
@@ -310,8 +315,8 @@ impl Experiment {
                 return Err(format!("{at}: warmup_steps ({}) exceeds steps ({})", s.warmup_steps, s.steps));
             }
             let l = &s.loss;
-            if l.lm < 0.0 || l.kl < 0.0 || l.attention < 0.0 || l.lm + l.kl + l.attention == 0.0 || l.temperature <= 0.0
-            {
+            let weights = [l.lm, l.kl, l.attention, l.attention_rows];
+            if weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() == 0.0 || l.temperature <= 0.0 {
                 return Err(format!("{at}: loss weights must be >= 0 with at least one > 0, temperature > 0"));
             }
         }

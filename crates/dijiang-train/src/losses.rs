@@ -33,3 +33,47 @@ pub fn kl_divergence<B: Backend>(teacher: Tensor<B, 3>, student: Tensor<B, 3>, t
 pub fn mse<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 1> {
     (a - b).square().mean()
 }
+
+/// KL(p || s) between attention rows, `s` being `raw` divided by its row sums, averaged over rows:
+/// `sum_j p_j (ln p_j - ln raw_j) + ln sum_j raw_j`. Zero entries (masked positions) of `p`
+/// contribute nothing.
+///
+/// # Shapes
+/// - p (rows summing to 1), raw (non-negative): `[b, h, t, t_k]` -> `[1]`
+pub fn row_kl<B: Backend>(p: Tensor<B, 4>, raw: Tensor<B, 4>) -> Tensor<B, 1> {
+    const TINY: f64 = 1e-30;
+    let log_sum = raw.clone().sum_dim(3).clamp_min(TINY).log();
+    let cross = (p.clone() * raw.clamp_min(TINY).log()).sum_dim(3);
+    let neg_entropy = (p.clone() * p.clamp_min(TINY).log()).sum_dim(3);
+    (neg_entropy - cross + log_sum).mean()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::NdArray<f32>;
+
+    #[test]
+    fn row_kl_is_zero_for_equal_rows_and_matches_the_definition() {
+        let device = Default::default();
+        // Two rows of 3 keys; the second row's last key is masked (0 in p and raw).
+        let p = Tensor::<B, 1>::from_floats([0.2, 0.3, 0.5, 0.6, 0.4, 0.0], &device).reshape([1, 1, 2, 3]);
+        let same = row_kl(p.clone(), p.clone().mul_scalar(7.0)).into_scalar();
+        assert!(same.abs() < 1e-6, "{same}");
+        let raw = Tensor::<B, 1>::from_floats([1.0, 1.0, 2.0, 3.0, 1.0, 0.0], &device).reshape([1, 1, 2, 3]);
+        let q: [[f64; 3]; 2] = [[0.25, 0.25, 0.5], [0.75, 0.25, 0.0]];
+        let p_rows: [[f64; 3]; 2] = [[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]];
+        let expected: f64 = (0..2)
+            .map(|r| {
+                (0..3)
+                    .filter(|&j| p_rows[r][j] > 0.0)
+                    .map(|j| p_rows[r][j] * (p_rows[r][j] / q[r][j]).ln())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 2.0;
+        let got = f64::from(row_kl(p, raw).into_scalar());
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+}

@@ -200,7 +200,7 @@ impl Plan {
                     let _ = writeln!(
                         out,
                         "stage       {}: {} steps, lr {:e} -> {:e} (warmup {}), trains {:?} ({} parameters), \
-                         loss lm {} kl {} attention {}",
+                         loss lm {} kl {} attention {} attention_rows {}",
                         stage.name,
                         stage.steps,
                         stage.lr,
@@ -210,7 +210,8 @@ impl Plan {
                         group(n),
                         l.lm,
                         l.kl,
-                        l.attention
+                        l.attention,
+                        l.attention_rows
                     );
                 }
                 let bytes = memory_estimate(experiment, config);

@@ -26,7 +26,7 @@ mod tests {
             min_lr: 1e-4,
             warmup_steps: 10,
             trainable: Trainable::All,
-            loss: LossWeights { lm: 1.0, kl: 0.0, attention: 0.0, temperature: 1.0 },
+            loss: LossWeights { lm: 1.0, kl: 0.0, attention: 0.0, attention_rows: 0.0, temperature: 1.0 },
         }
     }
 

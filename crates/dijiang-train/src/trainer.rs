@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainerState, write_atomic};
 use crate::experiment::{Experiment, LossWeights, Trainable};
-use crate::losses::{cross_entropy, kl_divergence, mse};
+use crate::losses::{cross_entropy, kl_divergence, mse, row_kl};
 use crate::metrics::Metrics;
 use crate::optim::AdamW;
 use crate::params::set_trainable;
@@ -105,7 +105,7 @@ fn stage_at(experiment: &Experiment, step: usize) -> (usize, usize) {
 
 /// Whether a stage trains the parameter `name`. The feature projection only with the `projection`
 /// variant; the decays only when the experiment makes them learnable.
-fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool {
+pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool {
     let frozen_proj = student.feature_training != FeatureTraining::Projection;
     if (name.ends_with(".kernel.proj") && frozen_proj)
         || (name.ends_with(".kernel.log_decay") && !student.learnable_decay)
@@ -120,27 +120,28 @@ fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool {
 
 /// The terms of one micro-batch's loss, as numbers.
 #[derive(Debug, Clone, Copy, Default)]
-struct Terms {
-    lm: f64,
-    kl: f64,
-    attention: f64,
-    total: f64,
+pub struct Terms {
+    pub lm: f64,
+    pub kl: f64,
+    pub attention: f64,
+    pub attention_rows: f64,
+    pub total: f64,
 }
 
 fn scalar<B: Backend>(x: &Tensor<B, 1>) -> f64 {
     x.clone().into_scalar().elem::<f64>()
 }
 
-/// The weighted loss of one micro-batch.
-fn loss<B: AutodiffBackend>(
+/// The weighted loss of one micro-batch: what a training step differentiates.
+pub fn loss<B: AutodiffBackend>(
     student: &Transformer<B>,
     teacher: &Transformer<B::InnerBackend>,
     batch: &LmBatch<B::InnerBackend>,
     weights: &LossWeights,
 ) -> (Tensor<B, 1>, Terms) {
     let mut terms = Terms::default();
-    let trace =
-        (weights.kl > 0.0 || weights.attention > 0.0).then(|| teacher.trace(batch.inputs.clone(), weights.kl > 0.0));
+    let layer_terms = weights.attention > 0.0 || weights.attention_rows > 0.0;
+    let trace = (weights.kl > 0.0 || layer_terms).then(|| teacher.trace(batch.inputs.clone(), weights.kl > 0.0));
     let mut parts: Vec<Tensor<B, 1>> = Vec::new();
     if weights.lm > 0.0 || weights.kl > 0.0 {
         let logits = student.forward(Tensor::from_inner(batch.inputs.clone()));
@@ -168,6 +169,20 @@ fn loss<B: AutodiffBackend>(
         let attention = Tensor::cat(errors, 0).mean();
         terms.attention = scalar(&attention);
         parts.push(attention.mul_scalar(weights.attention));
+    }
+    if weights.attention_rows > 0.0 {
+        let trace = trace.as_ref().expect("traced");
+        let layers = trace.layer_inputs.len();
+        let divergences: Vec<Tensor<B, 1>> = (0..layers)
+            .map(|i| {
+                let x = trace.layer_inputs[i].clone();
+                let p = teacher.layer_rows(i, x.clone());
+                row_kl(Tensor::from_inner(p), student.layer_rows(i, Tensor::from_inner(x)))
+            })
+            .collect();
+        let rows = Tensor::cat(divergences, 0).mean();
+        terms.attention_rows = scalar(&rows);
+        parts.push(rows.mul_scalar(weights.attention_rows));
     }
     let total = parts.into_iter().reduce(|a, b| a + b).expect("a stage has at least one loss term");
     terms.total = scalar(&total);
@@ -638,6 +653,7 @@ fn worker<B: AutodiffBackend>(
             terms.lm += t.lm * scale;
             terms.kl += t.kl * scale;
             terms.attention += t.attention * scale;
+            terms.attention_rows += t.attention_rows * scale;
             terms.total += t.total * scale;
             let grads = loss.mul_scalar(scale).backward();
             accumulator.accumulate(&student, GradientsParams::from_grads(grads, &student));
@@ -645,7 +661,8 @@ fn worker<B: AutodiffBackend>(
         let mut grads = accumulator.grads();
         let mut stop = context.stop.load(Ordering::SeqCst);
         if let Some(reduction) = &context.reduction {
-            let local = vec![terms.lm, terms.kl, terms.attention, terms.total, if stop { 1.0 } else { 0.0 }];
+            let stopping = if stop { 1.0 } else { 0.0 };
+            let local = vec![terms.lm, terms.kl, terms.attention, terms.attention_rows, terms.total, stopping];
             let reduce = |flat: Tensor<B::InnerBackend, 1>| -> Result<Tensor<B::InnerBackend, 1>> {
                 match reduction {
                     Reduction::Local(_) => {
@@ -667,8 +684,8 @@ fn worker<B: AutodiffBackend>(
             };
             let (reduced, v) = all_reduce_step(&student, grads, local, device, reduce)?;
             grads = reduced;
-            terms = Terms { lm: v[0], kl: v[1], attention: v[2], total: v[3] };
-            stop = v[4] > 0.0;
+            terms = Terms { lm: v[0], kl: v[1], attention: v[2], attention_rows: v[3], total: v[4] };
+            stop = v[5] > 0.0;
         }
         let grad_norm = AdamW::grad_norm(&student, &grads);
         let finite = terms.total.is_finite() && grad_norm.is_finite();
@@ -707,6 +724,7 @@ fn worker<B: AutodiffBackend>(
                 ("train/lm", stage.loss.lm, terms.lm),
                 ("train/kl", stage.loss.kl, terms.kl),
                 ("train/attention", stage.loss.attention, terms.attention),
+                ("train/attention_rows", stage.loss.attention_rows, terms.attention_rows),
             ] {
                 if weight > 0.0 {
                     values.push((tag, value));
@@ -739,7 +757,13 @@ fn worker<B: AutodiffBackend>(
             );
         }
 
-        let end = state.step == total_steps;
+        // The end of every stage (the last one's is the run's) is evaluated and checkpointed: stage
+        // 1's student is a result of its own.
+        let mut stage_ends = experiment.stages.iter().scan(0, |sum, s| {
+            *sum += s.steps;
+            Some(*sum)
+        });
+        let end = stage_ends.any(|e| e == state.step);
         let every = |n: usize| n > 0 && state.step.is_multiple_of(n);
         if writer && (every(experiment.eval.every) || end) {
             let e = evaluate_now(&student);

@@ -36,23 +36,10 @@ pub struct Args {
     png: Option<std::path::PathBuf>,
 }
 
-/// A font for the heatmap's labels (DejaVu Sans, where the system has it); without one the
-/// heatmap is drawn unlabelled.
-fn register_label_font() -> bool {
-    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        let candidates = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
-        candidates.iter().find_map(|p| std::fs::read(p).ok()).is_some_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok()
-        })
-    })
-}
-
 /// The TV distance per layer (rows) and head (columns), white (0) to dark red (1).
 fn heatmap(path: &Path, layers: &[LayerFidelity]) -> Result<()> {
     use plotters::prelude::*;
-    let labels = register_label_font();
+    let labels = crate::plot::register_label_font();
     let heads = layers.iter().map(|l| l.tv_per_head.len()).max().unwrap_or(0);
     let (cell, left, top) = (28i32, 80i32, 56i32);
     let (w, h) = ((left + cell * heads as i32 + 100) as u32, (top + cell * layers.len() as i32 + 16) as u32);

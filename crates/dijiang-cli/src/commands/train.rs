@@ -15,8 +15,8 @@ use crate::backend::Backend;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `experiment=NAME`, `resume=false`, `devices=cuda:0,cuda:1`, and dotted-key overrides
-    /// (`stages.0.steps=10`).
+    /// `experiment=NAME`, `run=DIR` (the run's directory under `--runs`; default: the experiment's
+    /// name), `resume=false`, `devices=cuda:0,cuda:1`, and dotted-key overrides (`stages.0.steps=10`).
     args: Vec<String>,
     /// Check everything and print the plan (parameters, tokens, steps, memory), then exit.
     #[arg(long)]
@@ -42,6 +42,7 @@ fn run_shell(command: &str) -> Result<()> {
 pub fn run(args: Args) -> Result<()> {
     let mut name = "default".to_string();
     let mut resume = true;
+    let mut run_name = None;
     let mut overrides = Vec::new();
     for arg in args.args {
         if let Some(n) = arg.strip_prefix("experiment=") {
@@ -55,6 +56,8 @@ pub fn run(args: Args) -> Result<()> {
                 format!("[{}]", names.join(", "))
             };
             overrides.push(format!("distributed.devices={list}"));
+        } else if let Some(r) = arg.strip_prefix("run=") {
+            run_name = Some(r.to_string());
         } else if let Some(r) = arg.strip_prefix("resume=") {
             resume = r.parse().with_context(|| format!("`{arg}`: resume is true or false"))?;
         } else {
@@ -75,7 +78,8 @@ pub fn run(args: Args) -> Result<()> {
     crate::backend::devices(&experiment.distributed.devices)?;
     let plan = Plan::check(&experiment)?;
     print!("{}", plan.describe(&experiment));
-    println!("run         {}", args.runs.join(&name).display());
+    let run_dir = args.runs.join(run_name.as_deref().unwrap_or(&name));
+    println!("run         {}", run_dir.display());
     if !plan.errors.is_empty() {
         bail!("cannot start:\n{}", plan.errors.join("\n"));
     }
@@ -98,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     let devices = crate::backend::devices(&experiment.distributed.devices)?;
-    let options = RunOptions { experiment, run_dir: args.runs.join(&name), resume, stop };
+    let options = RunOptions { experiment, run_dir, resume, stop };
     let outcome = dijiang_train::train::<Autodiff<Backend>>(options, &devices)?;
     if let (Some((_, first)), Some((step, last))) = (outcome.evaluations.first(), outcome.evaluations.last()) {
         println!("teacher     perplexity {:.3}", last.teacher_perplexity);

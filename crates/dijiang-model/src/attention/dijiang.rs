@@ -17,7 +17,7 @@ use dijiang_kernel::feature_map::{
     paper_projection, performer_projection, positive_random_features, reference_projection, softmax_features,
     weighted_exp_features,
 };
-use dijiang_kernel::linear_attention::{chunked, recurrent_step};
+use dijiang_kernel::linear_attention::{chunked, decay_matrix, recurrent_step, repeat_kv};
 
 use super::merge_heads;
 use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, FeatureTraining, ModelConfig};
@@ -67,7 +67,7 @@ impl<B: Backend> DiJiangKernel<B> {
         let m = dj.num_features(d);
         let width = config.num_heads * d;
         let proj_init = match dj.feature_map {
-            FeatureMapKind::Reference => reference_projection(d, dj.sampling),
+            FeatureMapKind::Reference => reference_projection(d, m, dj.sampling),
             FeatureMapKind::WeightedExp => paper_projection(d, dj.sampling),
             FeatureMapKind::Performer => performer_projection(d, m, dj.seed),
         };
@@ -180,6 +180,19 @@ impl<B: Backend> DiJiangKernel<B> {
             }
         };
         (self.output(merge_heads(o), x), state)
+    }
+
+    /// The attention rows of a whole sequence in the quadratic form, `(phi(q) phi(k)^T) * G` with
+    /// `G` the causal decay matrix: non-negative weights that, without a normaliser, need not sum
+    /// to 1 (divide by the row sums to compare them with softmax rows).
+    ///
+    /// # Shapes
+    /// - q: `[b, h_q, t, d]`, k: `[b, h_kv, t, d]` -> `[b, h_q, t, t]`
+    pub fn rows(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, hq, t, _] = q.dims();
+        let groups = hq / k.dims()[1];
+        let phi_k = repeat_kv(self.features(k), groups);
+        self.features(q).matmul(phi_k.swap_dims(2, 3)) * decay_matrix(self.log_decay(), t)
     }
 
     /// `silu(x W_G) * GroupNorm(o)`.

@@ -6,7 +6,7 @@
 mod dijiang;
 mod softmax;
 
-pub use dijiang::DiJiangKernel;
+pub use dijiang::{DiJiangKernel, reference_log_decay};
 pub use softmax::SoftmaxKernel;
 
 use burn::nn::Linear;
@@ -108,6 +108,20 @@ impl<B: Backend> Attention<B> {
         let k = apply_rope(split(self.k.forward(x.clone()), self.num_kv_heads), cos, sin);
         let v = split(self.v.forward(x), self.num_kv_heads);
         (q, k, v)
+    }
+
+    /// The attention rows of a whole sequence (the quadratic form, for diagnostics and attention
+    /// transfer): softmax distributions for the teacher, the kernel's unnormalised non-negative
+    /// weights for DiJiang.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, h_q, t, t]`
+    pub fn rows(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+        let (q, k, _) = self.heads(x, cos, sin);
+        match &self.kernel {
+            AttentionKernel::Softmax(kernel) => kernel.rows(q, k),
+            AttentionKernel::DiJiang(kernel) => kernel.rows(q, k),
+        }
     }
 
     /// A whole sequence from scratch.

@@ -1,0 +1,131 @@
+//! `dijiang bench <what>`: speed and memory measurements, written as JSON (and PNG plots) under
+//! `runs/bench/`, on the backend the binary was built for (`--features cuda` for the GPU).
+//!
+//! - `attention`: one attention layer's forward + backward time against sequence length, for
+//!   softmax attention, DiJiang in the reference's quadratic form and DiJiang chunked (every chunk
+//!   length tried; the best one reported).
+//! - `decode`: decoding tokens/s and state memory against context length, softmax (KV cache) and
+//!   DiJiang (recurrent state), for the pythia-70m and smollm2-135m shapes; prefill tokens/s.
+//! - `train`: training-step throughput (pythia-70m-DiJiang at blocks 512 and 2048, the default
+//!   experiment's two stages) with model FLOPs and achieved FLOP/s against the backend's matmul peak.
+//! - `report`: the table (`runs/bench/summary.md`, with ratios to `runs/bench/pytorch.json` when
+//!   `just bench-pytorch` wrote it) and the plots.
+//! - `all`: the three measurements, then the report.
+//! - `data`: the training data loader's throughput.
+//!
+//! Models have random weights: speed does not depend on the values. Every time is the median of
+//! several runs after a warm-up run, with the device synchronised around each.
+
+mod attention;
+mod data;
+mod decode;
+mod report;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend as _;
+
+use crate::backend::Backend;
+
+#[derive(clap::Subcommand)]
+pub enum What {
+    /// Attention layer forward + backward time against sequence length.
+    Attention(attention::Args),
+    /// Decoding speed and state memory against context length; prefill speed.
+    Decode(decode::Args),
+    /// Training-step throughput and achieved FLOP/s.
+    Train(train::Args),
+    /// The summary table and plots from the JSON files in --out.
+    Report {
+        #[arg(long, default_value = "runs/bench")]
+        out: PathBuf,
+    },
+    /// attention, decode and train with their default settings, then report.
+    All {
+        #[arg(long, default_value = "runs/bench")]
+        out: PathBuf,
+    },
+    /// Data loader throughput on a prepared dataset.
+    Data {
+        /// A directory written by `dijiang prepare`.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        block: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 2000)]
+        batches: usize,
+        #[arg(long, default_value = "runs/bench")]
+        out: PathBuf,
+    },
+}
+
+pub fn run(what: What) -> Result<()> {
+    match what {
+        What::Attention(args) => attention::run(&args),
+        What::Decode(args) => decode::run(&args),
+        What::Train(args) => train::run(&args),
+        What::Report { out } => report::run(&out),
+        What::All { out } => {
+            attention::run(&attention::Args::defaults(&out))?;
+            decode::run(&decode::Args::defaults(&out))?;
+            train::run(&train::Args::defaults(&out))?;
+            report::run(&out)
+        }
+        What::Data { data, block, batch, batches, out } => data::run(&data, block, batch, batches, &out),
+    }
+}
+
+/// Writes `value` as pretty JSON to `dir/name`, atomically.
+pub(crate) fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<PathBuf> {
+    let path = dir.join(name);
+    dijiang_train::checkpoint::write_atomic(&path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Waits for the device's queued work (GPU backends run asynchronously).
+fn sync(device: &burn::tensor::Device<Backend>) {
+    Backend::sync(device).expect("device synchronisation");
+}
+
+/// Median seconds of `f` over `reps` timed runs after one warm-up run; fewer timed runs when one
+/// takes longer than `budget_s` (a slow case is not repeated for minutes).
+fn median_time(device: &burn::tensor::Device<Backend>, reps: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    f();
+    sync(device);
+    let warm = start.elapsed().as_secs_f64();
+    let reps = if warm > budget_s { 1 } else { reps.max(1) };
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            sync(device);
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The backend and machine, for the JSON files.
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "backend": crate::backend::describe(),
+        "cpu": cpu,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    })
+}

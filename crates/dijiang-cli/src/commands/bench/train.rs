@@ -1,0 +1,229 @@
+//! Training-step throughput, with model FLOPs and the achieved FLOP/s against the backend's own
+//! matrix-product peak (the FLOP/s of a large square matmul, measured here).
+//!
+//! - pythia-70m-DiJiang (`--model`), plain LM fine-tuning (the reference recipe): forward,
+//!   cross-entropy, backward, global-norm clipping and an AdamW update, at block 512 x batch 4 and
+//!   2048 x 1 (`--shapes`).
+//! - The default experiment (`experiments/default.toml`: SmolLM2-135M's shape, its batch and both
+//!   stages' losses): teacher forward on the inner backend, the student's loss, backward, AdamW.
+//!
+//! Model FLOPs per token, forward: `2 x` the weights used in matrix products (each feature-map
+//! weight once per head) plus the attention mixing (softmax: `4 t d` per head; chunked DiJiang:
+//! `2 c (m + d) + 4 m d` per head); a training step is 3x its forward. Teacher forwards count once.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use dijiang_data::dataset::LmBatch;
+use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transformer};
+use dijiang_train::experiment::{Experiment, LossWeights, Trainable};
+use dijiang_train::losses::cross_entropy;
+use dijiang_train::optim::AdamW;
+use dijiang_train::params::{params, set_trainable};
+use dijiang_train::trainer::{loss, student_config, trains};
+use serde_json::json;
+
+use super::{machine, median_time, write_json};
+use crate::backend::Backend;
+
+type AB = Autodiff<Backend>;
+type Device = burn::tensor::Device<Backend>;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model shape (a preset) of the LM fine-tuning steps.
+    #[arg(long, default_value = "pythia-70m")]
+    pub model: String,
+    /// Its steps' shapes as BLOCKxBATCH.
+    #[arg(long, value_delimiter = ',', default_value = "512x4,2048x1")]
+    pub shapes: Vec<String>,
+    /// The experiment whose steps are also measured (its teacher shape is its `teacher.preset`).
+    #[arg(long, default_value = "experiments/default.toml")]
+    pub experiment: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long, default_value = "runs/bench")]
+    pub out: PathBuf,
+}
+
+impl Args {
+    pub fn defaults(out: &Path) -> Self {
+        Self {
+            model: "pythia-70m".into(),
+            shapes: vec!["512x4".into(), "2048x1".into()],
+            experiment: PathBuf::from("experiments/default.toml"),
+            reps: 3,
+            out: out.to_path_buf(),
+        }
+    }
+}
+
+/// Forward FLOPs per token of the weight products (see the module docs).
+fn weight_flops_per_token<M: Module<Backend>>(model: &M, config: &ModelConfig) -> f64 {
+    let heads = (config.num_heads + config.num_kv_heads) as f64;
+    let weights: f64 = params(model)
+        .iter()
+        .filter(|p| p.shape.len() == 2)
+        .map(|p| {
+            let n = p.numel() as f64;
+            if p.name == "embed.weight" {
+                if config.tie_embeddings { n } else { 0.0 }
+            } else if p.name.ends_with("kernel.proj") || p.name.contains("kernel.mlp_") {
+                n * heads
+            } else {
+                n
+            }
+        })
+        .sum();
+    2.0 * weights
+}
+
+/// Forward FLOPs of the attention mixing for a sequence of `t` tokens.
+fn mixing_flops(config: &ModelConfig, t: usize) -> f64 {
+    let (t, d, h, layers) = (t as f64, config.head_dim as f64, config.num_heads as f64, config.num_layers as f64);
+    let per_head = match &config.attention {
+        AttentionKernelConfig::Softmax => 4.0 * t * t * d,
+        AttentionKernelConfig::Dijiang(dj) => {
+            let (c, m) = ((dj.chunk_len as f64).min(t), dj.num_features(config.head_dim) as f64);
+            2.0 * t * c * (m + d) + 4.0 * t * m * d
+        }
+    };
+    per_head * h * layers
+}
+
+fn forward_flops<M: Module<Backend>>(model: &M, config: &ModelConfig, block: usize, batch: usize) -> f64 {
+    batch as f64 * (weight_flops_per_token(model, config) * block as f64 + mixing_flops(config, block))
+}
+
+fn random_batch(vocab: usize, block: usize, batch: usize, device: &Device) -> LmBatch<Backend> {
+    let tokens =
+        Tensor::<Backend, 2>::random([batch, block + 1], Distribution::Uniform(0.0, vocab as f64), device).int();
+    LmBatch { inputs: tokens.clone().slice([0..batch, 0..block]), targets: tokens.slice([0..batch, 1..block + 1]) }
+}
+
+/// FLOP/s of a `n x n x n` matrix product on the backend.
+fn matmul_peak(device: &Device) -> (usize, f64) {
+    let n = 4096;
+    let a = Tensor::<Backend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<Backend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let s = median_time(device, 3, 30.0, || {
+        let _ = a.clone().matmul(b.clone());
+    });
+    (n, 2.0 * (n as f64).powi(3) / s)
+}
+
+/// One training step: the loss of `batch`, backward, clipping to norm 1, an AdamW update.
+fn step(
+    student: Transformer<AB>,
+    optimizer: &mut AdamW<Backend>,
+    loss_of: &dyn Fn(&Transformer<AB>) -> Tensor<AB, 1>,
+) -> Transformer<AB> {
+    let loss = loss_of(&student);
+    let grads = GradientsParams::from_grads(loss.backward(), &student);
+    let norm = AdamW::grad_norm(&student, &grads);
+    let scale = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
+    optimizer.step(student, grads, 1e-4, scale)
+}
+
+/// Median seconds of a training step (a warm-up step first).
+fn time_steps(
+    student: Transformer<AB>,
+    reps: usize,
+    device: &Device,
+    loss_of: &dyn Fn(&Transformer<AB>) -> Tensor<AB, 1>,
+) -> f64 {
+    let mut optimizer = AdamW::new(Default::default());
+    let mut student = Some(student);
+    median_time(device, reps, 120.0, || {
+        student = Some(step(student.take().expect("a model"), &mut optimizer, loss_of));
+    })
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let device: Device = Default::default();
+    let (n, peak) = matmul_peak(&device);
+    println!("matmul peak ({n}^3): {:.1} GFLOP/s", peak / 1e9);
+    let mut rows = Vec::new();
+    let mut record = |name: String, block: usize, batch: usize, seconds: f64, flops: Option<f64>| {
+        let model = name.split_whitespace().next().unwrap_or_default().trim_end_matches("-dijiang").to_string();
+        let tokens = (block * batch) as f64;
+        let achieved = flops.map(|f| f / seconds);
+        println!(
+            "train {name}: {:.3} s/step, {:.0} tok/s{}",
+            seconds,
+            tokens / seconds,
+            achieved.map_or(String::new(), |a| format!(
+                ", {:.1} GFLOP/s ({:.0}% of matmul peak)",
+                a / 1e9,
+                100.0 * a / peak
+            ))
+        );
+        rows.push(json!({
+            "name": name, "model": model, "block": block, "batch": batch, "step_s": seconds, "tokens_per_s": tokens / seconds,
+            "flops_per_step": flops, "achieved_flops": achieved, "fraction_of_peak": achieved.map(|a| a / peak),
+        }));
+    };
+
+    // pythia-70m-DiJiang, plain LM fine-tuning (everything but the projection trains).
+    let teacher = ModelConfig::preset(&args.model).with_context(|| format!("`{}` is not a preset", args.model))?;
+    let dj = DiJiangConfig::default();
+    let config = teacher.clone().with_attention(AttentionKernelConfig::Dijiang(dj.clone()));
+    for shape in &args.shapes {
+        let (block, batch) = shape
+            .split_once('x')
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+            .with_context(|| format!("--shapes `{shape}`: expected BLOCKxBATCH, e.g. 512x4"))?;
+        let inner = Transformer::<Backend>::init(&config, 0, &device)?;
+        let flops = 3.0 * forward_flops(&inner, &config, block, batch);
+        let student =
+            set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| trains(Trainable::All, &dj, name));
+        let data = random_batch(config.vocab_size, block, batch, &device);
+        let loss_of = |s: &Transformer<AB>| {
+            cross_entropy(s.forward(Tensor::from_inner(data.inputs.clone())), Tensor::from_inner(data.targets.clone()))
+        };
+        let seconds = time_steps(student, args.reps, &device, &loss_of);
+        record(format!("{}-dijiang LM", args.model), block, batch, seconds, Some(flops));
+    }
+
+    // The default experiment's steps.
+    let experiment = Experiment::load(&args.experiment, &[])
+        .with_context(|| format!("reading {} (run from the repository root)", args.experiment.display()))?;
+    let preset = experiment.teacher.preset.clone().context("the experiment has no teacher.preset")?;
+    let teacher_config = ModelConfig::preset(&preset).with_context(|| format!("`{preset}` is not a preset"))?;
+    let config = student_config(&teacher_config, &experiment);
+    let teacher = Transformer::<Backend>::init(&teacher_config, 0, &device)?;
+    let (block, batch) = (experiment.data.block_size, experiment.data.batch_size / experiment.data.grad_accumulation);
+    let data = random_batch(config.vocab_size, block, batch, &device);
+    for (i, stage) in experiment.stages.iter().enumerate() {
+        let student = set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| {
+            trains(stage.trainable, &experiment.student, name)
+        });
+        let weights: LossWeights = stage.loss.clone();
+        let loss_of = |s: &Transformer<AB>| loss(s, &teacher, &data, &weights).0;
+        let seconds = time_steps(student, args.reps, &device, &loss_of);
+        // FLOPs only for end-to-end stages: the student's forward and backward, and the teacher's
+        // forward where the loss has a KL term.
+        let end_to_end = stage.loss.attention == 0.0 && stage.loss.attention_rows == 0.0;
+        let flops = end_to_end.then(|| {
+            let inner = Transformer::<Backend>::init(&config, 0, &device).expect("the same config");
+            let teacher_flops =
+                if stage.loss.kl > 0.0 { forward_flops(&teacher, &teacher_config, block, batch) } else { 0.0 };
+            teacher_flops + 3.0 * forward_flops(&inner, &config, block, batch)
+        });
+        record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);
+    }
+
+    let result = json!({
+        "bench": "train",
+        "machine": machine(),
+        "matmul_peak": {"n": n, "flops": peak},
+        "rows": rows,
+    });
+    let path = write_json(&args.out, "train.json", &result)?;
+    println!("train -> {}", path.display());
+    Ok(())
+}
