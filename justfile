@@ -1,5 +1,6 @@
 # dijiang: `just train` trains the default experiment, `just test` runs the test suite.
-# Backend: `just backend=wgpu train ...` or `backend=cuda` (default: ndarray, the CPU).
+# Backend: `just backend=wgpu train ...` or `backend=cuda` (default: ndarray, the CPU, one core and
+# bit-reproducible; `backend=ndarray-fast`: every core and SIMD, not bit-reproducible).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
