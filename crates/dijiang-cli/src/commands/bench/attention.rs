@@ -6,7 +6,7 @@
 //! sum of the outputs. The feature map is the reference's (softmax over `x C T`), with the
 //! reference's decays.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Autodiff;
@@ -44,20 +44,6 @@ pub struct Args {
     pub reps: usize,
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
-}
-
-impl Args {
-    pub fn defaults(out: &Path) -> Self {
-        Self {
-            lens: vec![256, 512, 1024, 2048, 4096, 8192],
-            chunks: vec![32, 64, 128, 256],
-            heads: 8,
-            head_dim: 64,
-            max_quadratic: 8192,
-            reps: 3,
-            out: out.to_path_buf(),
-        }
-    }
 }
 
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@
 //! values: the cost of a decoding step does not depend on them, and no `L`-token prefill has to run
 //! first. Then `--tokens` steps are timed, each feeding the previous step's greedy token.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -37,18 +37,6 @@ pub struct Args {
     pub tokens: usize,
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
-}
-
-impl Args {
-    pub fn defaults(out: &Path) -> Self {
-        Self {
-            models: vec!["pythia-70m".into(), "smollm2-135m".into()],
-            contexts: vec![256, 512, 1024, 2048, 4096, 8192],
-            prefill: vec![512, 2048],
-            tokens: 16,
-            out: out.to_path_buf(),
-        }
-    }
 }
 
 /// A decoding state at position `context`, as a prefill would leave it (random contents).

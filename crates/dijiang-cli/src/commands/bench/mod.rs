@@ -71,13 +71,20 @@ pub fn run(what: What) -> Result<()> {
         What::Train(args) => train::run(&args),
         What::Report { out } => report::run(&out),
         What::All { out } => {
-            attention::run(&attention::Args::defaults(&out))?;
-            decode::run(&decode::Args::defaults(&out))?;
-            train::run(&train::Args::defaults(&out))?;
+            attention::run(&defaults(&out))?;
+            decode::run(&defaults(&out))?;
+            train::run(&defaults(&out))?;
             report::run(&out)
         }
         What::Data { data, block, batch, batches, out } => data::run(&data, block, batch, batches, &out),
     }
+}
+
+/// A measurement's arguments as its command line defaults them (one source of defaults), with `--out`.
+fn defaults<A: clap::Args + clap::FromArgMatches>(out: &Path) -> A {
+    let command = A::augment_args(clap::Command::new("bench"));
+    let matches = command.get_matches_from([std::ffi::OsStr::new("bench"), "--out".as_ref(), out.as_os_str()]);
+    A::from_arg_matches(&matches).expect("every argument has a default")
 }
 
 /// Writes `value` as pretty JSON to `dir/name`, atomically.
@@ -128,4 +135,20 @@ fn machine() -> serde_json::Value {
         "cpu": cpu,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_all_uses_the_command_line_defaults() {
+        let out = Path::new("some/dir");
+        let a: attention::Args = defaults(out);
+        assert_eq!((a.lens.len(), a.lens[5], a.reps, a.out.as_path()), (6, 8192, 3, out));
+        let d: decode::Args = defaults(out);
+        assert_eq!((d.models.len(), d.contexts[5], d.tokens), (2, 8192, 16));
+        let t: train::Args = defaults(out);
+        assert_eq!((t.model.as_str(), t.shapes.len(), t.out.as_path()), ("pythia-70m", 2, out));
+    }
 }

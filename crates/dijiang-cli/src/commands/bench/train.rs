@@ -11,7 +11,7 @@
 //! weight once per head) plus the attention mixing (softmax: `4 t d` per head; chunked DiJiang:
 //! `2 c (m + d) + 4 m d` per head); a training step is 3x its forward. Teacher forwards count once.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
@@ -48,18 +48,6 @@ pub struct Args {
     pub reps: usize,
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
-}
-
-impl Args {
-    pub fn defaults(out: &Path) -> Self {
-        Self {
-            model: "pythia-70m".into(),
-            shapes: vec!["512x4".into(), "2048x1".into()],
-            experiment: PathBuf::from("experiments/default.toml"),
-            reps: 3,
-            out: out.to_path_buf(),
-        }
-    }
 }
 
 /// Forward FLOPs per token of the weight products (see the module docs).
