@@ -1,6 +1,9 @@
 //! Decoding speed and state memory against context length, for one model shape with softmax
 //! attention (a KV cache) and with DiJiang attention (a recurrent state), and prefill speed.
 //!
+//! Each context is also timed for block 0's attention alone, the part of a step that grows with the
+//! context.
+//!
 //! Decoding at context `L` starts from a state as a prefill of `L` tokens would leave it (a KV
 //! cache of `L` positions; a recurrent state, whose size does not depend on `L`), filled with random
 //! values: the cost of a decoding step does not depend on them, and no `L`-token prefill has to run
@@ -13,6 +16,7 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_model::attention::LayerState;
+use dijiang_model::rope::rope_tables;
 use dijiang_model::{AttentionKernelConfig, DecodeState, DiJiangConfig, ModelConfig, Transformer};
 use serde_json::json;
 
@@ -60,6 +64,30 @@ fn state_at(model: &Transformer<Backend>, context: usize, device: &Device) -> De
     state
 }
 
+/// Seconds per decoding step of block 0's attention alone (projections, cache or state update,
+/// attention, output projection) from `state`'s layer 0: the part of a decoding step that depends
+/// on the context, without the MLPs and the output head, which cost the same for both kernels.
+fn attention_step(model: &Transformer<Backend>, state: DecodeState<Backend>, steps: usize, device: &Device) -> f64 {
+    let c = model.config();
+    let attention = &model.layers[0].attn;
+    let mut layer = state.layers.into_iter().next().flatten();
+    let x = Tensor::<Backend, 3>::random([1, 1, c.hidden_size], Distribution::Normal(0.0, 1.0), device);
+    let mut position = state.position;
+    let mut step = |layer: &mut Option<LayerState<Backend>>| {
+        let (cos, sin) = rope_tables(position, 1, c.rotary_dims(), c.rope_theta, device);
+        position += 1;
+        attention.forward_cached(x.clone(), &cos, &sin, layer)
+    };
+    let _ = step(&mut layer);
+    sync(device);
+    let start = Instant::now();
+    for _ in 0..steps {
+        let _ = step(&mut layer);
+    }
+    sync(device);
+    start.elapsed().as_secs_f64() / steps as f64
+}
+
 /// Tokens per second of `steps` greedy decoding steps from `state`.
 fn decode_speed(model: &Transformer<Backend>, mut state: DecodeState<Backend>, steps: usize, device: &Device) -> f64 {
     let mut token = Tensor::<Backend, 2, Int>::zeros([1, 1], device);
@@ -93,6 +121,8 @@ pub fn run(args: &Args) -> Result<()> {
             let (s_state, d_state) = (state_at(&softmax, context, &device), state_at(&dijiang, context, &device));
             // f32 elements; the KV cache at `context` positions (it grows by one per step).
             let (s_bytes, d_bytes) = (s_state.num_elements() * 4, d_state.num_elements() * 4);
+            let s_attention = attention_step(&softmax, s_state.clone(), args.tokens, &device);
+            let d_attention = attention_step(&dijiang, d_state.clone(), args.tokens, &device);
             let s_speed = decode_speed(&softmax, s_state, args.tokens, &device);
             let d_speed = decode_speed(&dijiang, d_state, args.tokens, &device);
             println!(
@@ -101,12 +131,20 @@ pub fn run(args: &Args) -> Result<()> {
                 d_bytes as f64 / (1 << 20) as f64,
                 d_speed / s_speed
             );
+            println!(
+                "{name} attention step at {context:5}: softmax {:.3} ms, dijiang {:.3} ms: {:.2}x",
+                s_attention * 1e3,
+                d_attention * 1e3,
+                s_attention / d_attention
+            );
             decode.push(json!({
                 "context": context,
                 "softmax_tokens_per_s": s_speed,
                 "dijiang_tokens_per_s": d_speed,
                 "softmax_state_bytes": s_bytes,
                 "dijiang_state_bytes": d_bytes,
+                "softmax_attention_step_s": s_attention,
+                "dijiang_attention_step_s": d_attention,
             }));
         }
         let mut prefill = Vec::new();

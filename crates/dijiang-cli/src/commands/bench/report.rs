@@ -118,7 +118,7 @@ pub fn run(dir: &Path) -> Result<()> {
             let name = m["model"].as_str().unwrap_or("?").to_string();
             writeln!(
                 md,
-                "## Decoding, {name} (tokens/s, one sequence)\n\n| context | softmax + KV cache | DiJiang recurrent | DiJiang / softmax | KV cache | DiJiang state | PyTorch HF + KV cache | DiJiang / PyTorch |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+                "## Decoding, {name} (tokens/s, one sequence)\n\n| context | softmax + KV cache | DiJiang recurrent | DiJiang / softmax | KV cache | DiJiang state | PyTorch HF + KV cache | DiJiang / PyTorch | attention step, softmax / DiJiang (ms) | ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
             )?;
             let (mut s_series, mut d_series, mut t_series) = (
                 Series::new(&format!("{name} softmax")),
@@ -133,16 +133,21 @@ pub fn run(dir: &Path) -> Result<()> {
                 let (sb, db) = (f(&r["softmax_state_bytes"]), f(&r["dijiang_state_bytes"]));
                 let torch = torch_decode(&name, c);
                 let mib = |b: Option<f64>| b.map(|b| b / (1u64 << 20) as f64);
+                let (sa, da) = (f(&r["softmax_attention_step_s"]), f(&r["dijiang_attention_step_s"]));
+                let ms = |t: Option<f64>| fmt(t.map(|t| t * 1e3), 2);
                 writeln!(
                     md,
-                    "| {c} | {} | {} | {} | {} MiB | {} MiB | {} | {} |",
+                    "| {c} | {} | {} | {} | {} MiB | {} MiB | {} | {} | {} / {} | {} |",
                     fmt(s, 1),
                     fmt(dj, 1),
                     fmt(s.zip(dj).map(|(s, d)| d / s), 2),
                     fmt(mib(sb), 1),
                     fmt(mib(db), 2),
                     fmt(torch, 1),
-                    fmt(torch.zip(dj).map(|(t, d)| d / t), 2)
+                    fmt(torch.zip(dj).map(|(t, d)| d / t), 2),
+                    ms(sa),
+                    ms(da),
+                    fmt(sa.zip(da).map(|(s, d)| s / d), 2)
                 )?;
                 let x = c as f64;
                 for (series, value) in [
@@ -160,6 +165,13 @@ pub fn run(dir: &Path) -> Result<()> {
                     targets.push(target(
                         &format!("{name} decoding at 4096 tokens vs softmax + KV cache"),
                         s.zip(dj).map(|(s, d)| d / s),
+                        5.0,
+                    ));
+                    targets.push(target(
+                        &format!(
+                            "{name} attention layer's decoding step at 4096 tokens vs softmax + KV cache (for scale)"
+                        ),
+                        sa.zip(da).map(|(s, d)| s / d),
                         5.0,
                     ));
                 }
