@@ -8,7 +8,8 @@ carries CUDA libraries; run here on the CPU) and transformers and runs this; it 
 Measured, with all cores (torch.set_num_threads(os.cpu_count())):
 - train: one AdamW step (forward, LM loss, backward, update) at block 512 x batch 4 and 2048 x 1;
 - prefill: a forward pass over 512 and 2048 tokens, tokens/s;
-- decode: one token at a time with the KV cache after a prefill of 256..8192 tokens, tokens/s.
+- decode: one token at a time with the KV cache after a prefill of 256..8192 tokens, tokens/s;
+- the FLOP/s of a 4096^3 matrix product (PyTorch's BLAS), against `dijiang bench train`'s own.
 """
 
 import argparse
@@ -54,6 +55,12 @@ def timed(fn, reps):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_peak(n, reps):
+    """FLOP/s of one n x n x n f32 matrix product: the CPU's practical peak through PyTorch's BLAS."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return {"n": n, "flops": 2 * n**3 / timed(lambda: a @ b, reps)}
 
 
 def bench_train(model, vocab, block, batch, reps):
@@ -109,8 +116,10 @@ def main():
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
+        "matmul_peak": matmul_peak(4096, args.reps),
         "models": {},
     }
+    print("matmul peak (4096^3):", round(result["matmul_peak"]["flops"] / 1e9, 1), "GFLOP/s", flush=True)
     for name, build in MODELS.items():
         model = build(max(contexts) + args.decode_steps + 2)
         vocab = model.config.vocab_size

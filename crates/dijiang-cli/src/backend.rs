@@ -35,7 +35,10 @@ mod chosen {
 #[cfg(all(not(feature = "wgpu"), not(feature = "cuda")))]
 mod chosen {
     pub type Backend = burn::backend::NdArray;
+    #[cfg(not(feature = "ndarray-fast"))]
     pub const NAME: &str = "ndarray";
+    #[cfg(feature = "ndarray-fast")]
+    pub const NAME: &str = "ndarray-fast";
 
     /// `cpu`: NdArray has one device; several `cpu` entries are several workers on it.
     pub fn device(name: &str) -> Option<burn::backend::ndarray::NdArrayDevice> {

@@ -56,13 +56,22 @@ pub fn line_chart(
     if labels {
         builder.caption(title, ("sans-serif", 22));
     }
-    let x_range = (x_min / 1.2..x_max * 1.2).log_scale();
+    // Ticks at the measured x values (the bench's powers of two), not at plotters' log ticks,
+    // which crowd into each other near the top of a decade.
+    let mut ticks = xs.clone();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    let x_range = (x_min / 1.2..x_max * 1.2).log_scale().with_key_points(ticks);
+    let legend_at = emptiest_corner(&xs, &ys, log_y);
     macro_rules! finish {
         ($chart:expr) => {{
             let mut chart = $chart;
             let mut mesh = chart.configure_mesh();
             if labels {
-                mesh.x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 14));
+                mesh.x_desc(x_label)
+                    .y_desc(y_label)
+                    .label_style(("sans-serif", 14))
+                    .x_label_formatter(&|x| format!("{x:.0}"));
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
@@ -82,6 +91,7 @@ pub fn line_chart(
             if labels {
                 chart
                     .configure_series_labels()
+                    .position(legend_at)
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
                     .label_font(("sans-serif", 14))
@@ -96,4 +106,40 @@ pub fn line_chart(
         finish!(builder.build_cartesian_2d(x_range, 0.0..y_max * 1.1).map_err(|e| fail(&e))?);
     }
     root.present().map_err(|e| fail(&e))
+}
+
+/// The corner of the plot with the fewest points near it (positions scaled as the axes are), so
+/// that the legend covers as little of the data as it can.
+fn emptiest_corner(xs: &[f64], ys: &[f64], log_y: bool) -> plotters::chart::SeriesLabelPosition {
+    use plotters::chart::SeriesLabelPosition::*;
+    let scale = |v: &[f64], log: bool| -> Vec<f64> {
+        let v: Vec<f64> = v.iter().map(|&x| if log { x.ln() } else { x }).collect();
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        v.iter().map(|x| if hi > lo { (x - lo) / (hi - lo) } else { 0.5 }).collect()
+    };
+    let (u, w) = (scale(xs, true), scale(ys, log_y));
+    // In the corner's half of each axis, the middle tenth left out.
+    let near = |v: f64, low: bool| if low { v < 0.45 } else { v > 0.55 };
+    let count = |left: bool, top: bool| u.iter().zip(&w).filter(|&(&x, &y)| near(x, left) && near(y, !top)).count();
+    [(UpperLeft, true, true), (UpperRight, false, true), (LowerLeft, true, false), (LowerRight, false, false)]
+        .into_iter()
+        .min_by_key(|&(_, left, top)| count(left, top))
+        .map(|(corner, ..)| corner)
+        .unwrap_or(UpperLeft)
+}
+
+#[cfg(test)]
+mod tests {
+    use plotters::chart::SeriesLabelPosition;
+
+    use super::emptiest_corner;
+
+    #[test]
+    fn the_legend_goes_where_the_data_is_not() {
+        let xs = [256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
+        let rising = [0.02, 0.1, 0.4, 1.7, 7.7, 53.0];
+        assert!(matches!(emptiest_corner(&xs, &rising, true), SeriesLabelPosition::UpperLeft));
+        let falling: Vec<f64> = rising.iter().map(|y| 1.0 / y).collect();
+        assert!(matches!(emptiest_corner(&xs, &falling, true), SeriesLabelPosition::UpperRight));
+    }
 }

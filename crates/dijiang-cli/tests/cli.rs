@@ -174,6 +174,11 @@ fn bench_measures_writes_json_and_plots_and_reports() {
     assert_eq!(bytes(2, "softmax_state_bytes"), 4 * bytes(0, "softmax_state_bytes"));
     assert_eq!(bytes(0, "dijiang_state_bytes"), 5 * 8 * 8 * 8 * 4);
     assert_eq!(bytes(2, "dijiang_state_bytes"), bytes(0, "dijiang_state_bytes"));
+    for step in steps {
+        for key in ["softmax_attention_step_s", "dijiang_attention_step_s"] {
+            assert!(step[key].as_f64().unwrap() > 0.0, "{key}: {step}");
+        }
+    }
     // The training bench on an experiment (the stories260K one, with its teacher's preset).
     let experiment = dir.join("tiny.toml");
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/stories260k.toml"))
@@ -202,6 +207,7 @@ fn bench_measures_writes_json_and_plots_and_reports() {
     dijiang(&["bench", "report", "--out", out]);
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(summary.contains("## Attention forward + backward") && summary.contains("## Targets"), "{summary}");
+    assert!(summary.contains("attention step, softmax / DiJiang (ms)"), "{summary}");
     for png in ["attention.png", "decode.png", "state-memory.png"] {
         let bytes = std::fs::read(dir.join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG file");

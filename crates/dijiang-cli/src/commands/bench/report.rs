@@ -222,11 +222,13 @@ pub fn run(dir: &Path) -> Result<()> {
 
     if let Some(t) = &train {
         let peak = f(&t["matmul_peak"]["flops"]);
+        let torch_peak = pytorch.as_ref().and_then(|p| f(&p["matmul_peak"]["flops"]));
         writeln!(
             md,
-            "## Training steps\n\nMatmul peak of this backend ({}^3): {} GFLOP/s.\n\n| step | tokens | s/step | tokens/s | GFLOP/s (% of matmul peak) | PyTorch HF tokens/s | ours / PyTorch |\n| --- | --- | --- | --- | --- | --- | --- |",
+            "## Training steps\n\nMatmul peak of this backend ({}^3): {} GFLOP/s; PyTorch's on the same CPU: {} GFLOP/s.\n\n| step | tokens | s/step | tokens/s | GFLOP/s (% of matmul peak) | PyTorch HF tokens/s | ours / PyTorch |\n| --- | --- | --- | --- | --- | --- | --- |",
             t["matmul_peak"]["n"],
-            fmt(peak.map(|p| p / 1e9), 1)
+            fmt(peak.map(|p| p / 1e9), 1),
+            fmt(torch_peak.map(|p| p / 1e9), 1)
         )?;
         for r in rows(t, "rows") {
             let name = r["name"].as_str().unwrap_or("?");
