@@ -15,13 +15,16 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// `../shared/<rel>` (public downloads that must not be copied into the repo), or `None` with a
-/// printed reason where the shared folder is absent.
+/// printed reason where the shared folder is absent; a failure when `DIJIANG_REQUIRE_SHARED` is set
+/// (CI), so that no test passes silently without its data.
 pub fn shared(rel: &str) -> Option<PathBuf> {
     let path = repo().join("../shared").join(rel);
     if path.exists() {
         return Some(path);
     }
-    eprintln!("SKIPPED: {} is absent (the shared data folder is not beside this checkout)", path.display());
+    let reason = format!("{} is absent (the shared data folder is not beside this checkout)", path.display());
+    assert!(std::env::var_os("DIJIANG_REQUIRE_SHARED").is_none(), "{reason} (DIJIANG_REQUIRE_SHARED is set)");
+    eprintln!("SKIPPED: {reason}");
     None
 }
 

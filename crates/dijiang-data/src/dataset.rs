@@ -24,13 +24,19 @@ pub enum Split {
     Validation,
 }
 
-/// One split's shards, memory-mapped, as one token stream.
+/// One split's tokens as one stream: its shards memory-mapped, or tokens held in memory (tests,
+/// small in-process runs).
 #[derive(Debug)]
 pub struct TokenStream {
-    shards: Vec<Mmap>,
+    storage: Storage,
     /// Token offset where each shard starts, plus the total at the end.
     starts: Vec<usize>,
-    dtype: TokenType,
+}
+
+#[derive(Debug)]
+enum Storage {
+    Mapped { shards: Vec<Mmap>, dtype: TokenType },
+    Memory(Vec<u32>),
 }
 
 #[allow(unsafe_code)]
@@ -62,7 +68,12 @@ impl TokenStream {
             starts.push(starts.last().expect("nonempty") + shard.tokens);
             shards.push(mmap);
         }
-        Ok(Self { shards, starts, dtype: manifest.dtype })
+        Ok(Self { storage: Storage::Mapped { shards, dtype: manifest.dtype }, starts })
+    }
+
+    /// A stream of `tokens` held in memory.
+    pub fn from_tokens(tokens: Vec<u32>) -> Self {
+        Self { starts: vec![0, tokens.len()], storage: Storage::Memory(tokens) }
     }
 
     pub fn len(&self) -> usize {
@@ -75,16 +86,19 @@ impl TokenStream {
 
     /// Tokens `[start, start + n)`, across shard boundaries.
     pub fn read(&self, start: usize, n: usize) -> Vec<u32> {
+        let (shards, dtype) = match &self.storage {
+            Storage::Memory(tokens) => return tokens[start..start + n].to_vec(),
+            Storage::Mapped { shards, dtype } => (shards, *dtype),
+        };
         let mut out = Vec::with_capacity(n);
         let mut pos = start;
         while out.len() < n {
             let shard = self.starts.partition_point(|s| *s <= pos) - 1;
             let local = pos - self.starts[shard];
             let take = (n - out.len()).min(self.starts[shard + 1] - pos);
-            let bytes = &self.shards[shard];
-            let b = self.dtype.bytes();
-            let slice = &bytes[local * b..(local + take) * b];
-            match self.dtype {
+            let b = dtype.bytes();
+            let slice = &shards[shard][local * b..(local + take) * b];
+            match dtype {
                 TokenType::U16 => out.extend(slice.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)),
                 TokenType::U32 => {
                     out.extend(slice.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])))

@@ -1,5 +1,5 @@
 //! The orthonormal DCT-II matrix, DiJiang's frequency-domain transform (paper section 3,
-//! DIJIANG.md section 2).
+//! docs/method.md section 2).
 //!
 //! `C[k][j] = s_k cos(pi (2j + 1) k / (2d))` with `s_0 = sqrt(1/d)` and `s_k = sqrt(2/d)` for k > 0:
 //! rows are frequencies, `C x` is the DCT-II of a column vector `x`, and `C` is orthogonal

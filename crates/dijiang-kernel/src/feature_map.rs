@@ -1,4 +1,4 @@
-//! Feature maps phi: R^d -> R^m for kernelised attention (DIJIANG.md sections 2, 3 and 5).
+//! Feature maps phi: R^d -> R^m for kernelised attention (docs/method.md sections 2, 3 and 5).
 //!
 //! Each map is "project, then a positive nonlinearity": `phi(x) = f(x P)` for a row vector `x` and a
 //! projection `P` of shape `[d, m]`. The projections are built here as plain matrices (seeded, no

@@ -1,5 +1,5 @@
 //! DiJiang's frequency-domain kernelised linear attention, as pure tensor math generic over Burn's
-//! `Backend` (DIJIANG.md; Chen et al., ICML 2024, arXiv 2403.19928).
+//! `Backend` (docs/method.md; Chen et al., ICML 2024, arXiv 2403.19928).
 //!
 //! - [`dct`]: the orthonormal DCT-II matrix.
 //! - [`qmc`]: the scales `T = diag(Phi^{-1}(u))`, from quasi-Monte Carlo or Monte Carlo points.

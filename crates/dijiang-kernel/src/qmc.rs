@@ -1,5 +1,5 @@
 //! Scales for the DCT feature map: `t_i = Phi^{-1}(u_i)`, the diagonal of T (paper section 3.2,
-//! DIJIANG.md sections 2, 3 and 5).
+//! docs/method.md sections 2, 3 and 5).
 //!
 //! The paper samples the `u_i` by quasi-Monte Carlo; the reference code draws them i.i.d. uniform
 //! (plain Monte Carlo). Both are here:

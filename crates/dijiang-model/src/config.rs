@@ -25,7 +25,7 @@ pub enum Architecture {
 pub enum AttentionKernelConfig {
     /// Scaled dot-product softmax attention, causal.
     Softmax,
-    /// DiJiang's kernelised linear attention (DIJIANG.md sections 3 and 5).
+    /// DiJiang's kernelised linear attention (docs/method.md sections 3 and 5).
     Dijiang(DiJiangConfig),
 }
 
@@ -149,6 +149,20 @@ impl DiJiangConfig {
             || self.feature_training == FeatureTraining::Scales
     }
 
+    /// Whether the kernel parameter `name` (a full name such as `layers.0.attn.kernel.proj`) may be
+    /// trained at all: the feature projection only in the `projection` variant, the decay only when
+    /// learnable. Every other parameter may. The one rule the model's build and the trainer's
+    /// selection of trainable parameters both follow.
+    pub fn is_trainable(&self, name: &str) -> bool {
+        if name.ends_with(".kernel.proj") {
+            return self.feature_training == FeatureTraining::Projection;
+        }
+        if name.ends_with(".kernel.log_decay") {
+            return self.learnable_decay;
+        }
+        true
+    }
+
     /// Parameters the feature-map variant adds, per layer, for heads of size `d`.
     pub fn variant_params(&self, d: usize) -> usize {
         let m = self.num_features(d);
@@ -258,6 +272,16 @@ impl ModelConfig {
             eos_token_id: Some(2),
             ..Self::llama(49152, 576, 1536, 30, 9, 3, 100000.0, true, 8192)
         }
+    }
+
+    /// A tiny model of `arch` for tests and examples with random weights: 2 layers, hidden 32,
+    /// 4 heads of 8 (LLaMA: 2 key/value heads, grouped-query), vocabulary 512.
+    pub fn tiny(arch: Architecture) -> Self {
+        let base = match arch {
+            Architecture::Llama => Self::llama(512, 32, 48, 2, 4, 2, 10000.0, true, 512),
+            Architecture::GptNeox => Self::pythia(32, 2, 4),
+        };
+        Self { vocab_size: 512, intermediate_size: 48, ..base }
     }
 
     /// Karpathy's stories260K (TinyStories), the llama2.c model in `../shared/models`.

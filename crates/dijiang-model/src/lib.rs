@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: [`ModelConfig`] with presets and HF `config.json` parsing.
 //! - [`transformer`], [`attention`], [`layers`], [`rope`]: the modules.
-//! - [`weights`]: how modules get their parameters (fresh init or a checkpoint).
+//! - [`weights`]: how modules get their parameters (fresh init or a checkpoint); [`store`]: what a
+//!   checkpoint format provides (host tensors under our names).
 //! - [`import`]: HF safetensors (single and sharded), GGUF, llama2.c, reference DiJiang checkpoints,
 //!   and our own format.
 //! - [`tokenizer`]: HF `tokenizer.json`, GGUF-embedded BPE and llama2.c tokenizers.
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod import;
 pub mod layers;
 pub mod rope;
+pub mod store;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

@@ -9,7 +9,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::layers::{Mlp, Norm, embedding, linear};
 use crate::rope::rope_tables;
-use crate::weights::{Fresh, WeightSource};
+use crate::weights::{Fresh, Skeleton, WeightSource};
 
 /// One Transformer block.
 #[derive(Module, Debug)]
@@ -72,6 +72,16 @@ impl<B: Backend> Block<B> {
     pub fn attention(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
         self.attn.forward(self.attn_norm.forward(x), cos, sin)
     }
+}
+
+/// Every parameter's name and shape in a model of `config`, as [`Transformer::build`] asks for them
+/// (recorded, not allocated: cheap for any size). The one list that parameter counts by name (which
+/// parameters a stage trains) are computed from.
+pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let device = Default::default();
+    let mut skeleton = Skeleton::<burn::backend::NdArray> { device: &device, shapes: Vec::new() };
+    Transformer::build(&mut skeleton, config);
+    skeleton.shapes
 }
 
 /// A decoder-only language model.

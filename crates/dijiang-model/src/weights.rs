@@ -3,7 +3,7 @@
 //! Modules are built by asking a [`WeightSource`] for each parameter by its name (our names, e.g.
 //! `layers.3.attn.q.weight`), its shape in our layout and how to initialise it. [`Fresh`]
 //! initialises everything (seeded from the parameter's name, so no global RNG and the same values
-//! on every backend); [`Loaded`] reads from a checkpoint ([`crate::import::TensorStore`]) and
+//! on every backend); [`Loaded`] reads from a checkpoint ([`crate::store::TensorStore`]) and
 //! initialises only the parameters it is told are new (a DiJiang student built from a softmax
 //! teacher), recording which those were. Nothing is allocated twice: a 7B model never exists as a
 //! random init before its weights are read.
@@ -12,48 +12,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::error::{ModelError, name_list};
-use crate::import::TensorStore;
-
-/// A tensor in host memory: f32 values, row-major, with its shape.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl HostTensor {
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Self { shape, data }
-    }
-
-    /// The transpose of a 2-D tensor (`[r, c]` -> `[c, r]`).
-    pub fn transpose(&self) -> Self {
-        let [r, c] = [self.shape[0], self.shape[1]];
-        let mut data = vec![0.0; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                data[j * r + i] = self.data[i * c + j];
-            }
-        }
-        Self::new(vec![c, r], data)
-    }
-
-    /// Rows `[start, start + len)` of a 2-D (or the entries of a 1-D) tensor.
-    pub fn rows(&self, start: usize, len: usize) -> Self {
-        let row: usize = self.shape[1..].iter().product();
-        let mut shape = self.shape.clone();
-        shape[0] = len;
-        Self::new(shape, self.data[start * row..(start + len) * row].to_vec())
-    }
-
-    /// Concatenation along the first dimension.
-    pub fn cat_rows(parts: &[HostTensor]) -> Self {
-        let mut shape = parts[0].shape.clone();
-        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
-        Self::new(shape, parts.iter().flat_map(|p| p.data.iter().copied()).collect())
-    }
-}
+use crate::store::TensorStore;
 
 /// How a parameter is initialised when no checkpoint provides it.
 #[derive(Debug, Clone)]
@@ -124,6 +83,26 @@ pub struct Fresh<'a, B: Backend> {
 impl<B: Backend> WeightSource<B> for Fresh<'_, B> {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<B, D> {
         to_tensor(init.values(name, &shape, self.seed), shape, self.device)
+    }
+
+    fn device(&self) -> &B::Device {
+        self.device
+    }
+}
+
+/// Records each parameter's name and shape instead of making it: the model built from it is a
+/// skeleton of one-element tensors, as cheap for a 7B preset as for a tiny one.
+#[derive(Debug)]
+pub struct Skeleton<'a, B: Backend> {
+    pub device: &'a B::Device,
+    /// `(name, shape)` in the order the model asked for them.
+    pub shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl<B: Backend> WeightSource<B> for Skeleton<'_, B> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], _: Init) -> Tensor<B, D> {
+        self.shapes.push((name.to_string(), shape.to_vec()));
+        Tensor::zeros([1; D], self.device)
     }
 
     fn device(&self) -> &B::Device {

@@ -98,16 +98,7 @@ fn saved_models_load_back_bit_identically() {
 #[test]
 fn parameter_count_matches_the_built_model() {
     let device = Default::default();
-    let tiny_neox = ModelConfig {
-        vocab_size: 97,
-        hidden_size: 32,
-        intermediate_size: 48,
-        num_layers: 2,
-        num_heads: 4,
-        head_dim: 8,
-        num_kv_heads: 4,
-        ..ModelConfig::pythia_70m()
-    };
+    let tiny_neox = ModelConfig::tiny(Architecture::GptNeox);
     let tiny_llama =
         ModelConfig { num_kv_heads: 2, tie_embeddings: false, arch: Architecture::Llama, ..ModelConfig::stories260k() };
     let performer = DiJiangConfig {

@@ -10,13 +10,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use dijiang_data::dataset::Cursor;
 use dijiang_model::Transformer;
 use dijiang_model::import::native::{self, Manifest};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
 use crate::optim::AdamW;
 
@@ -45,6 +45,24 @@ pub struct TrainerState {
     pub experiment: Experiment,
 }
 
+impl TrainerState {
+    /// The state of a fresh run.
+    pub fn start(experiment: Experiment) -> Self {
+        Self { step: 0, tokens_seen: 0, cursor: Cursor::default(), skipped: 0, train_seconds: 0.0, experiment }
+    }
+
+    /// After a step of `tokens` tokens that took `seconds` and left the data order at `cursor`.
+    pub fn advance(&mut self, applied: bool, tokens: u64, seconds: f64, cursor: Cursor) {
+        self.step += 1;
+        self.tokens_seen += tokens;
+        self.train_seconds += seconds;
+        self.cursor = cursor;
+        if !applied {
+            self.skipped += 1;
+        }
+    }
+}
+
 /// A checkpoint found on disk.
 #[derive(Debug)]
 pub struct Found {
@@ -53,7 +71,7 @@ pub struct Found {
 }
 
 fn io<T>(result: std::io::Result<T>, path: &Path) -> Result<T> {
-    result.with_context(|| path.display().to_string())
+    result.map_err(|e| TrainError::io(path, e))
 }
 
 fn fsync(path: &Path) -> Result<()> {
@@ -64,7 +82,10 @@ fn fsync(path: &Path) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     io(std::fs::create_dir_all(parent), parent)?;
-    let name = path.file_name().context("a file name")?.to_string_lossy();
+    let name = path
+        .file_name()
+        .ok_or_else(|| TrainError::Input(format!("{}: not a file name", path.display())))?
+        .to_string_lossy();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     io(std::fs::write(&tmp, bytes), &tmp)?;
     fsync(&tmp)?;
@@ -105,7 +126,7 @@ pub fn save<B: Backend>(
     }
     io(std::fs::create_dir_all(&tmp), &tmp)?;
     native::save(model, manifest, &tmp.join(MODEL))?;
-    optimizer.save(&tmp.join(OPTIMIZER)).map_err(anyhow::Error::msg)?;
+    optimizer.save(&tmp.join(OPTIMIZER))?;
     fsync(&tmp.join(OPTIMIZER))?;
     if fault_injected(state.step) {
         eprintln!("DIJIANG_FAULT: aborting while writing the checkpoint of step {}", state.step);
@@ -166,12 +187,16 @@ pub fn remove_partial(run: &Path) -> Result<Vec<PathBuf>> {
 pub fn read(dir: &Path) -> Result<TrainerState> {
     for needed in [MODEL, OPTIMIZER, TRAINER_STATE] {
         if !dir.join(needed).exists() {
-            bail!("{}: incomplete checkpoint, {needed} is missing", dir.display());
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: format!("incomplete checkpoint, {needed} is missing"),
+            });
         }
     }
     let path = dir.join(TRAINER_STATE);
     let text = io(std::fs::read_to_string(&path), &path)?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a trainer state", path.display()))
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: format!("not a trainer state: {e}") })
 }
 
 /// The newest readable checkpoint of the run, skipping (and reporting) unreadable ones.
@@ -179,7 +204,7 @@ pub fn latest(run: &Path) -> Option<Found> {
     for (_, dir) in step_dirs(&checkpoints_dir(run)) {
         match read(&dir) {
             Ok(state) => return Some(Found { dir, state }),
-            Err(e) => tracing::warn!("skipping checkpoint: {e:#}"),
+            Err(e) => tracing::warn!("skipping checkpoint: {e}"),
         }
     }
     None

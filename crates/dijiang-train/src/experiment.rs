@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use dijiang_model::DiJiangConfig;
+use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::objective::Objective;
 
 /// What can be wrong with an experiment.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +127,14 @@ fn one() -> usize {
     1
 }
 
-/// AdamW. Defaults are PyTorch's (Burn's differ: see BURN-0.21-NOTES), with the reference recipe's
+impl DataConfig {
+    /// Tokens of one optimizer step (all micro-batches, all devices).
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.batch_size * self.block_size) as u64
+    }
+}
+
+/// AdamW. Defaults are PyTorch's (Burn's differ: see docs/burn-0.21.md), with the reference recipe's
 /// betas and weight decay; no decay on norms, biases, gains and decays.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,32 +165,6 @@ pub enum Trainable {
     All,
 }
 
-/// The loss of a stage: a weighted sum of its terms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LossWeights {
-    /// Next-token cross-entropy on the data.
-    #[serde(default)]
-    pub lm: f64,
-    /// KL(teacher || student) on the logits, at `temperature`.
-    #[serde(default)]
-    pub kl: f64,
-    /// MSE between teacher and student attention outputs, per layer, for the same layer input.
-    #[serde(default)]
-    pub attention: f64,
-    /// KL between the teacher's softmax attention rows and the student's rows (normalised by their
-    /// sums), per layer, for the same layer input; mean over rows, heads and layers (Hedgehog's
-    /// attention distillation). It trains the feature map and decay, not the gate or GroupNorm.
-    #[serde(default)]
-    pub attention_rows: f64,
-    #[serde(default = "unit")]
-    pub temperature: f64,
-}
-
-fn unit() -> f64 {
-    1.0
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
@@ -193,7 +176,8 @@ pub struct Stage {
     #[serde(default)]
     pub warmup_steps: usize,
     pub trainable: Trainable,
-    pub loss: LossWeights,
+    /// The stage's loss: `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }` (see [`crate::objective::Term`]).
+    pub loss: Objective,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,11 +298,7 @@ impl Experiment {
             if s.warmup_steps > s.steps {
                 return Err(format!("{at}: warmup_steps ({}) exceeds steps ({})", s.warmup_steps, s.steps));
             }
-            let l = &s.loss;
-            let weights = [l.lm, l.kl, l.attention, l.attention_rows];
-            if weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() == 0.0 || l.temperature <= 0.0 {
-                return Err(format!("{at}: loss weights must be >= 0 with at least one > 0, temperature > 0"));
-            }
+            s.loss.validate().map_err(|m| format!("{at}: {m}"))?;
         }
         let dist = &self.distributed;
         let world = dist.world();
@@ -343,5 +323,34 @@ impl Experiment {
     /// Total optimizer steps over all stages.
     pub fn total_steps(&self) -> usize {
         self.stages.iter().map(|s| s.steps).sum()
+    }
+
+    /// The stage that optimizer step `step` (0-based, over all stages) belongs to, and the step
+    /// within that stage.
+    pub fn stage_at(&self, step: usize) -> (usize, usize) {
+        let mut start = 0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            if step < start + stage.steps {
+                return (i, step - start);
+            }
+            start += stage.steps;
+        }
+        (self.stages.len() - 1, step - start)
+    }
+
+    /// Whether `step` steps complete a stage (the last stage's end is the run's).
+    pub fn ends_a_stage(&self, step: usize) -> bool {
+        self.stages
+            .iter()
+            .scan(0, |end, s| {
+                *end += s.steps;
+                Some(*end)
+            })
+            .any(|end| end == step)
+    }
+
+    /// The student's architecture: the teacher's, with this experiment's DiJiang attention.
+    pub fn student_config(&self, teacher: &ModelConfig) -> ModelConfig {
+        teacher.clone().with_attention(AttentionKernelConfig::Dijiang(self.student.clone()))
     }
 }

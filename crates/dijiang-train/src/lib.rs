@@ -1,22 +1,42 @@
-//! Training: experiments (typed TOML), the learning-rate schedule, and the step-based distillation /
+//! Training: experiments (typed TOML), the checked plan, and the step-based distillation /
 //! fine-tuning loop with atomic checkpoints, exact resume and TensorBoard logs.
 //!
-//! - [`experiment`]: the experiment files and `key=value` overrides.
+//! - [`experiment`]: the experiment files and `key=value` overrides; [`objective`]: a stage's loss
+//!   terms; [`trainable`]: which parameters a stage trains.
 //! - [`plan`]: what a run needs and will do, checked before any work (`--dry-run`).
-//! - [`trainer`]: the loop; [`losses`], [`optim`] (AdamW, global-norm clipping), [`schedule`].
-//! - [`checkpoint`], [`metrics`]: what a run leaves in `runs/NAME/`.
+//! - [`trainer`]: the loop, from the rooms below it:
+//!   - [`start`]: inputs, run directory, resume or convert;
+//!   - [`batches`]: each worker's share of each step's micro-batches;
+//!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`]);
+//!   - [`distributed`]: ranks, averaging across devices and nodes ([`reducer`]: the TCP hub);
+//!   - [`recorder`]: the writer's logs ([`metrics`]), evaluations ([`evaluation`], [`losses`]),
+//!     checkpoints ([`checkpoint`]) by the [`cadence`], and the run's end.
+//! - [`params`]: parameters by name. [`error`]: what can stop a run.
 
+pub mod batches;
+pub mod cadence;
 pub mod checkpoint;
+pub mod distributed;
+pub mod error;
+pub mod evaluation;
 pub mod experiment;
 pub mod losses;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod plan;
+pub mod recorder;
 pub mod reducer;
 pub mod schedule;
+pub mod start;
+pub mod step;
+pub mod trainable;
 pub mod trainer;
 
+pub use error::TrainError;
+pub use evaluation::Evaluation;
 pub use experiment::{Experiment, ExperimentError};
 pub use plan::Plan;
-pub use trainer::{Evaluation, Outcome, RunOptions, train};
+pub use recorder::Outcome;
+pub use trainer::{RunOptions, train, train_with};

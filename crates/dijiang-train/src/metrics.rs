@@ -5,9 +5,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tensorboard_rs::summary_writer::SummaryWriter;
+
+use crate::error::{Result, TrainError};
 
 /// One logged value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ impl Metrics {
     pub fn open(run: &Path, resumed_step: usize) -> Result<Self> {
         let path = run.join(JSONL);
         if path.exists() {
-            let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+            let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
             let kept: String = text
                 .lines()
                 .filter(|line| serde_json::from_str::<Record>(line).is_ok_and(|r| r.step <= resumed_step))
@@ -39,37 +40,37 @@ impl Metrics {
                 .collect();
             crate::checkpoint::write_atomic(&path, kept.as_bytes())?;
         }
-        let jsonl = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let jsonl = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
         Ok(Self { tensorboard: SummaryWriter::new(run.join(TENSORBOARD)), jsonl })
     }
 
-    pub fn log(&mut self, step: usize, values: &[(&str, f64)]) -> Result<()> {
+    pub fn log<S: AsRef<str>>(&mut self, step: usize, values: &[(S, f64)]) -> Result<()> {
         let mut lines = String::new();
-        for &(tag, value) in values {
+        for (tag, value) in values {
+            let (tag, value) = (tag.as_ref(), *value);
             self.tensorboard.add_scalar(tag, value as f32, step);
             let record = Record { step, tag: tag.to_string(), value };
             lines.push_str(&serde_json::to_string(&record).expect("a record serialises"));
             lines.push('\n');
         }
-        self.jsonl.write_all(lines.as_bytes()).context("writing metrics.jsonl")
+        self.jsonl.write_all(lines.as_bytes()).map_err(|e| TrainError::io(JSONL, e))
     }
 
     /// Pushes everything to disk (called at checkpoints and at the end).
     pub fn flush(&mut self) -> Result<()> {
         self.tensorboard.flush();
-        self.jsonl.sync_data().context("syncing metrics.jsonl")
+        self.jsonl.sync_data().map_err(|e| TrainError::io(JSONL, e))
     }
 }
 
 /// Reads a run's JSONL metrics.
 pub fn read(run: &Path) -> Result<Vec<Record>> {
     let path = run.join(JSONL);
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     text.lines()
-        .map(|line| serde_json::from_str(line).with_context(|| format!("{}: bad line {line}", path.display())))
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| TrainError::Input(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
         .collect()
 }

@@ -16,6 +16,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::error::{Result, TrainError};
 use crate::experiment::OptimizerConfig;
 use crate::params::PathTracker;
 
@@ -113,30 +114,33 @@ impl<B: Backend> AdamW<B> {
 
     /// Writes the state to a safetensors file (`m.NAME`, `v.NAME`, f32; the update count in the
     /// metadata).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
         let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, state) in &self.moments {
             for (prefix, tensor) in [("m", &state.m), ("v", &state.v)] {
                 let data = tensor.to_data().convert::<f32>();
                 let shape = data.shape.to_vec();
-                let values = data.to_vec::<f32>().map_err(|e| format!("{name}: {e:?}"))?;
+                let values = data.to_vec::<f32>().map_err(|e| fail(format!("{name}: {e:?}")))?;
                 bytes.push((format!("{prefix}.{name}"), shape, bytemuck::cast_slice(&values).to_vec()));
             }
         }
         let views = bytes
             .iter()
             .map(|(name, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| e.to_string())
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| fail(e.to_string()))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let metadata = HashMap::from([("updates".to_string(), self.updates.to_string())]);
-        safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| format!("{}: {e}", path.display()))
+        safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| fail(e.to_string()))
     }
 
     /// Reads state written by [`AdamW::save`].
-    pub fn load(config: OptimizerConfig, path: &Path, device: &B::Device) -> Result<Self, String> {
-        let fail = |e: String| format!("{}: {e}", path.display());
-        let buffer = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    pub fn load(config: OptimizerConfig, path: &Path, device: &B::Device) -> Result<Self> {
+        let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
+        let buffer = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
         let (_, metadata) = SafeTensors::read_metadata(&buffer).map_err(|e| fail(e.to_string()))?;
         let updates = metadata
             .metadata()
@@ -145,7 +149,7 @@ impl<B: Backend> AdamW<B> {
             .and_then(|u| u.parse().ok())
             .ok_or_else(|| fail("no `updates` count in the metadata".into()))?;
         let tensors = SafeTensors::deserialize(&buffer).map_err(|e| fail(e.to_string()))?;
-        let read = |name: &str| -> Result<Tensor<B, 1>, String> {
+        let read = |name: &str| -> Result<Tensor<B, 1>> {
             let view = tensors.tensor(name).map_err(|e| fail(e.to_string()))?;
             if view.dtype() != Dtype::F32 {
                 return Err(fail(format!("{name} is {:?}, expected F32", view.dtype())));

@@ -4,13 +4,14 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result, bail};
 use dijiang_data::manifest::Manifest;
 use dijiang_model::import::Checkpoint;
 use dijiang_model::tokenizer::Tokenizer;
-use dijiang_model::{AttentionKernelConfig, FeatureTraining, ModelConfig};
+use dijiang_model::{AttentionKernelConfig, ModelConfig};
 
-use crate::experiment::{Experiment, Trainable};
+use crate::error::{Result, TrainError};
+use crate::experiment::Experiment;
+use crate::trainable::parameter_counts;
 
 /// Something the run needs that is not there yet, and the command that makes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,31 +31,6 @@ pub struct Plan {
     pub missing: Vec<Missing>,
     /// Inputs missing that the user must provide: the run cannot start.
     pub errors: Vec<String>,
-}
-
-/// Parameter counts of the student: (total, trainable per stage).
-pub fn parameter_counts(experiment: &Experiment, teacher: &ModelConfig) -> (usize, Vec<usize>) {
-    let dj = &experiment.student;
-    let student = teacher.clone().with_attention(AttentionKernelConfig::Dijiang(dj.clone()));
-    let total = student.num_params();
-    let kernel = total - teacher.clone().with_attention(AttentionKernelConfig::Softmax).num_params();
-    let layers = student.num_layers;
-    // Never trained: the frozen feature projections, and the decays unless learnable.
-    let proj = if dj.feature_training == FeatureTraining::Projection {
-        0
-    } else {
-        layers * student.head_dim * dj.num_features(student.head_dim)
-    };
-    let frozen = proj + if dj.learnable_decay { 0 } else { layers * student.num_heads };
-    let trainable = experiment
-        .stages
-        .iter()
-        .map(|s| match s.trainable {
-            Trainable::Kernel => kernel - frozen,
-            Trainable::All => total - frozen,
-        })
-        .collect();
-    (total, trainable)
 }
 
 /// A rough peak-memory estimate per device in bytes (f32): both models' weights, gradients and
@@ -85,94 +61,96 @@ impl Plan {
     /// Checks the experiment's inputs. Inputs that are missing but have a fetch / prepare command are
     /// listed in `missing`; missing without one is an error saying what to provide.
     pub fn check(experiment: &Experiment) -> Result<Self> {
-        let mut missing = Vec::new();
-        let mut errors = Vec::new();
-        let teacher_path = &experiment.teacher.path;
-        let mut tokenizer = None;
-        let teacher = if teacher_path.exists() {
-            let checkpoint =
-                Checkpoint::open(teacher_path).with_context(|| format!("teacher.path = {}", teacher_path.display()))?;
-            if checkpoint.config.attention != AttentionKernelConfig::Softmax {
-                bail!(
-                    "teacher.path = {}: a DiJiang model; the teacher must be a softmax model",
-                    teacher_path.display()
-                );
-            }
-            let student =
-                checkpoint.config.clone().with_attention(AttentionKernelConfig::Dijiang(experiment.student.clone()));
-            student.validate().context("the student's configuration")?;
-            tokenizer = Some(
-                Tokenizer::for_model(teacher_path)
-                    .with_context(|| format!("the tokenizer of the teacher {}", teacher_path.display()))?,
-            );
-            Some(checkpoint.config)
-        } else {
-            if let Some(fetch) = &experiment.teacher.fetch {
-                missing.push(Missing { what: format!("teacher {}", teacher_path.display()), command: fetch.clone() });
-            } else {
-                errors.push(format!(
-                    "teacher.path = {}: not found. Put the teacher there (an HF model directory with config.json \
-                     and safetensors, a GGUF file or a llama2.c .bin), or point to it with teacher.path=PATH",
-                    teacher_path.display()
-                ));
-            }
-            match &experiment.teacher.preset {
-                Some(name) => Some(ModelConfig::preset(name).with_context(|| {
-                    format!("teacher.preset = {name}: unknown (known: {})", ModelConfig::PRESETS.join(", "))
-                })?),
-                None => None,
-            }
-        };
+        let mut plan = Self { teacher: None, data: None, missing: Vec::new(), errors: Vec::new() };
+        let tokenizer = plan.check_teacher(experiment)?;
+        plan.check_data(experiment, tokenizer.as_ref())?;
+        Ok(plan)
+    }
 
-        let data_dir = &experiment.data.path;
-        let data = if data_dir.join(dijiang_data::manifest::MANIFEST).exists() {
-            let manifest = Manifest::read(data_dir).with_context(|| format!("data.path = {}", data_dir.display()))?;
-            if let Some(tokenizer) = &tokenizer {
-                manifest.check_tokenizer(&tokenizer.fingerprint(), data_dir)?;
+    /// The teacher's architecture and tokenizer (from its preset while its weights are missing).
+    fn check_teacher(&mut self, experiment: &Experiment) -> Result<Option<Tokenizer>> {
+        let path = &experiment.teacher.path;
+        let at = || format!("teacher.path = {}", path.display());
+        if !path.exists() {
+            match &experiment.teacher.fetch {
+                Some(fetch) => {
+                    self.missing.push(Missing { what: format!("teacher {}", path.display()), command: fetch.clone() })
+                }
+                None => self.errors.push(format!(
+                    "{}: not found. Put the teacher there (an HF model directory with config.json and \
+                     safetensors, a GGUF file or a llama2.c .bin), or point to it with teacher.path=PATH",
+                    at()
+                )),
             }
-            if let Some(config) = &teacher
-                && manifest.tokenizer.vocab_size > config.vocab_size
-            {
-                bail!(
-                    "data.path = {}: tokenised with a vocabulary of {} but the teacher has {} embeddings",
-                    data_dir.display(),
-                    manifest.tokenizer.vocab_size,
-                    config.vocab_size
-                );
+            if let Some(name) = &experiment.teacher.preset {
+                let known = ModelConfig::PRESETS.join(", ");
+                let unknown = || TrainError::Input(format!("teacher.preset = {name}: unknown (known: {known})"));
+                self.teacher = Some(ModelConfig::preset(name).ok_or_else(unknown)?);
             }
-            let block = experiment.data.block_size;
-            let train_windows = manifest.train.tokens.saturating_sub(1) / block;
-            if train_windows < experiment.data.batch_size {
-                bail!(
-                    "data.path = {}: the training split has {} tokens, {train_windows} windows of {block}; \
-                     a step needs {}: use more data or a smaller data.block_size / data.batch_size",
-                    data_dir.display(),
-                    manifest.train.tokens,
-                    experiment.data.batch_size
-                );
+            return Ok(None);
+        }
+        let checkpoint = Checkpoint::open(path).map_err(|e| TrainError::context(at(), e))?;
+        if checkpoint.config.attention != AttentionKernelConfig::Softmax {
+            return Err(TrainError::Input(format!("{}: a DiJiang model; the teacher must be a softmax model", at())));
+        }
+        experiment
+            .student_config(&checkpoint.config)
+            .validate()
+            .map_err(|e| TrainError::context("the student's configuration", e))?;
+        let tokenizer = Tokenizer::for_model(path)
+            .map_err(|e| TrainError::context(format!("the tokenizer of the teacher {}", path.display()), e))?;
+        self.teacher = Some(checkpoint.config);
+        Ok(Some(tokenizer))
+    }
+
+    /// The prepared data: made with the teacher's tokenizer, enough windows in both splits.
+    fn check_data(&mut self, experiment: &Experiment, tokenizer: Option<&Tokenizer>) -> Result<()> {
+        let dir = &experiment.data.path;
+        let at = || format!("data.path = {}", dir.display());
+        if !dir.join(dijiang_data::manifest::MANIFEST).exists() {
+            match &experiment.data.prepare {
+                Some(prepare) => {
+                    self.missing.push(Missing { what: format!("data {}", dir.display()), command: prepare.clone() })
+                }
+                None => self.errors.push(format!(
+                    "{}: no prepared dataset there (manifest.json). Make one with \
+                     `dijiang prepare --tokenizer <teacher> --input <text, jsonl or jsonl.zst> --out {}`",
+                    at(),
+                    dir.display()
+                )),
             }
-            if manifest.validation.tokens.saturating_sub(1) / block == 0 {
-                bail!(
-                    "data.path = {}: the validation split has {} tokens, less than one block of {block}: \
-                     prepare with a larger validation fraction or use a smaller data.block_size",
-                    data_dir.display(),
-                    manifest.validation.tokens
-                );
-            }
-            Some((manifest.train.tokens, manifest.validation.tokens))
-        } else if let Some(prepare) = &experiment.data.prepare {
-            missing.push(Missing { what: format!("data {}", data_dir.display()), command: prepare.clone() });
-            None
-        } else {
-            errors.push(format!(
-                "data.path = {}: no prepared dataset there (manifest.json). Make one with \
-                 `dijiang prepare --tokenizer <teacher> --input <text, jsonl or jsonl.zst> --out {}`",
-                data_dir.display(),
-                data_dir.display()
-            ));
-            None
-        };
-        Ok(Self { teacher, data, missing, errors })
+            return Ok(());
+        }
+        let manifest = Manifest::read(dir).map_err(|e| TrainError::context(at(), e))?;
+        if let Some(tokenizer) = tokenizer {
+            manifest.check_tokenizer(&tokenizer.fingerprint(), dir)?;
+        }
+        let (vocab, block, batch) =
+            (manifest.tokenizer.vocab_size, experiment.data.block_size, experiment.data.batch_size);
+        if let Some(config) = self.teacher.as_ref().filter(|c| vocab > c.vocab_size) {
+            let embeddings = config.vocab_size;
+            let message =
+                format!("{}: tokenised with a vocabulary of {vocab} but the teacher has {embeddings} embeddings", at());
+            return Err(TrainError::Input(message));
+        }
+        let (train, validation) = (manifest.train.tokens, manifest.validation.tokens);
+        let windows = train.saturating_sub(1) / block;
+        if windows < batch {
+            return Err(TrainError::Input(format!(
+                "{}: the training split has {train} tokens, {windows} windows of {block}; a step needs {batch}: \
+                 use more data or a smaller data.block_size / data.batch_size",
+                at()
+            )));
+        }
+        if validation.saturating_sub(1) / block == 0 {
+            return Err(TrainError::Input(format!(
+                "{}: the validation split has {validation} tokens, less than one block of {block}: prepare with \
+                 a larger validation fraction or use a smaller data.block_size",
+                at()
+            )));
+        }
+        self.data = Some((train, validation));
+        Ok(())
     }
 
     /// The plan as printed by `--dry-run` and at the start of a run.
@@ -196,11 +174,9 @@ impl Plan {
                 );
                 let _ = writeln!(out, "student     {} parameters", group(total));
                 for (stage, n) in experiment.stages.iter().zip(trainable) {
-                    let l = &stage.loss;
                     let _ = writeln!(
                         out,
-                        "stage       {}: {} steps, lr {:e} -> {:e} (warmup {}), trains {:?} ({} parameters), \
-                         loss lm {} kl {} attention {} attention_rows {}",
+                        "stage       {}: {} steps, lr {:e} -> {:e} (warmup {}), trains {:?} ({} parameters), loss {}",
                         stage.name,
                         stage.steps,
                         stage.lr,
@@ -208,10 +184,7 @@ impl Plan {
                         stage.warmup_steps,
                         stage.trainable,
                         group(n),
-                        l.lm,
-                        l.kl,
-                        l.attention,
-                        l.attention_rows
+                        stage.loss.describe()
                     );
                 }
                 let bytes = memory_estimate(experiment, config);

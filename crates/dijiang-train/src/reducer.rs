@@ -16,7 +16,12 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Result, TrainError};
+
+/// A failure of the hub's transport, with what was being done.
+fn net(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> TrainError {
+    move |e| TrainError::Distributed(format!("{what}: {e}"))
+}
 
 fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
     let mut b = [0; 8];
@@ -48,7 +53,7 @@ pub struct Hub {
 impl Hub {
     pub fn bind(address: &str, world: usize) -> Result<Self> {
         let listener = TcpListener::bind(address)
-            .with_context(|| format!("distributed.orchestrator = {address}: cannot listen there (node 0 hosts it)"))?;
+            .map_err(net(format!("distributed.orchestrator = {address}: cannot listen there (node 0 hosts it)")))?;
         Ok(Self { listener, world })
     }
 
@@ -57,12 +62,15 @@ impl Hub {
         let mut peers: Vec<Option<(BufReader<TcpStream>, BufWriter<TcpStream>)>> =
             (0..self.world).map(|_| None).collect();
         for _ in 0..self.world {
-            let (stream, from) = self.listener.accept().context("accepting a worker")?;
+            let (stream, from) = self.listener.accept().map_err(net("accepting a worker"))?;
             stream.set_nodelay(true).ok();
-            let mut reader = BufReader::new(stream.try_clone()?);
-            let rank = read_u64(&mut reader)? as usize;
+            let mut reader = BufReader::new(stream.try_clone().map_err(net(from))?);
+            let rank = read_u64(&mut reader).map_err(net(from))? as usize;
             if rank >= self.world || peers[rank].is_some() {
-                bail!("worker from {from} says rank {rank}: expected a new rank below {}", self.world);
+                return Err(TrainError::Distributed(format!(
+                    "worker from {from} says rank {rank}: expected a new rank below {}",
+                    self.world
+                )));
             }
             peers[rank] = Some((reader, BufWriter::new(stream)));
         }
@@ -74,19 +82,23 @@ impl Hub {
                     Ok(v) => v,
                     // A worker closing its connection at a step boundary: training is over.
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && rank == 0 => return Ok(()),
-                    Err(e) => return Err(e).context(format!("reading from worker {rank}")),
+                    Err(e) => return Err(net(format!("reading from worker {rank}"))(e)),
                 };
                 if sum.is_empty() {
                     sum = vec![0.0; v.len()];
                 }
                 if v.len() != sum.len() {
-                    bail!("worker {rank} sent {} values, worker 0 {}", v.len(), sum.len());
+                    return Err(TrainError::Distributed(format!(
+                        "worker {rank} sent {} values, worker 0 {}",
+                        v.len(),
+                        sum.len()
+                    )));
                 }
                 sum.iter_mut().zip(&v).for_each(|(s, x)| *s += *x as f64);
             }
             let mean: Vec<f32> = sum.iter().map(|s| (*s / self.world as f64) as f32).collect();
             for (rank, (_, writer)) in peers.iter_mut().enumerate() {
-                write_vec(writer, &mean).with_context(|| format!("writing to worker {rank}"))?;
+                write_vec(writer, &mean).map_err(net(format!("writing to worker {rank}")))?;
             }
         }
     }
@@ -109,19 +121,18 @@ impl Link {
                     tracing::debug!("waiting for node 0 at {address}: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(e).context(format!("connecting to node 0 at {address}")),
+                Err(e) => return Err(net(format!("connecting to node 0 at {address}"))(e)),
             }
         };
         stream.set_nodelay(true).ok();
-        let mut writer = BufWriter::new(stream.try_clone()?);
-        writer.write_all(&(rank as u64).to_le_bytes())?;
-        writer.flush()?;
+        let mut writer = BufWriter::new(stream.try_clone().map_err(net(address))?);
+        writer.write_all(&(rank as u64).to_le_bytes()).and_then(|()| writer.flush()).map_err(net(address))?;
         Ok(Self { reader: BufReader::new(stream), writer })
     }
 
     /// The mean of `values` over all workers.
     pub fn all_reduce_mean(&mut self, values: &[f32]) -> Result<Vec<f32>> {
-        write_vec(&mut self.writer, values).context("sending to node 0")?;
-        read_vec(&mut self.reader).context("receiving from node 0")
+        write_vec(&mut self.writer, values).map_err(net("sending to node 0"))?;
+        read_vec(&mut self.reader).map_err(net("receiving from node 0"))
     }
 }

@@ -16,7 +16,8 @@ pub fn learning_rate(stage: &Stage, step: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiment::{LossWeights, Trainable};
+    use crate::experiment::Trainable;
+    use crate::objective::{Objective, Term};
 
     fn stage() -> Stage {
         Stage {
@@ -26,7 +27,7 @@ mod tests {
             min_lr: 1e-4,
             warmup_steps: 10,
             trainable: Trainable::All,
-            loss: LossWeights { lm: 1.0, kl: 0.0, attention: 0.0, attention_rows: 0.0, temperature: 1.0 },
+            loss: Objective::new([(Term::Lm, 1.0)]),
         }
     }
 

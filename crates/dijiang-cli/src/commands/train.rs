@@ -2,14 +2,14 @@
 //! `experiments/NAME.toml` (default: `default`) in `runs/NAME/`, fetching and preparing its inputs
 //! first with the experiment's own commands; the same command resumes after an interruption.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Autodiff;
-use dijiang_train::{Experiment, Plan, RunOptions};
+use dijiang_train::{Experiment, Outcome, Plan, RunOptions};
 
 use crate::backend::Backend;
 
@@ -39,34 +39,46 @@ fn run_shell(command: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let mut name = "default".to_string();
-    let mut resume = true;
-    let mut run_name = None;
-    let mut overrides = Vec::new();
-    for arg in args.args {
-        if let Some(n) = arg.strip_prefix("experiment=") {
-            name = n.to_string();
-        } else if let Some(d) = arg.strip_prefix("devices=") {
-            // Shorthand: `devices=cuda:0,cuda:1` or `devices=["cuda:0","cuda:1"]`.
-            let list = if d.starts_with('[') {
-                d.to_string()
+/// The command line's words: the experiment's name, the run's, whether to resume, and overrides.
+struct Words {
+    name: String,
+    run: Option<String>,
+    resume: bool,
+    overrides: Vec<String>,
+}
+
+impl Words {
+    fn parse(args: Vec<String>) -> Result<Self> {
+        let mut words = Self { name: "default".into(), run: None, resume: true, overrides: Vec::new() };
+        for arg in args {
+            if let Some(n) = arg.strip_prefix("experiment=") {
+                words.name = n.to_string();
+            } else if let Some(d) = arg.strip_prefix("devices=") {
+                // Shorthand: `devices=cuda:0,cuda:1` or `devices=["cuda:0","cuda:1"]`.
+                let list = if d.starts_with('[') {
+                    d.to_string()
+                } else {
+                    let names: Vec<String> = d.split(',').map(|n| format!("\"{}\"", n.trim())).collect();
+                    format!("[{}]", names.join(", "))
+                };
+                words.overrides.push(format!("distributed.devices={list}"));
+            } else if let Some(r) = arg.strip_prefix("run=") {
+                words.run = Some(r.to_string());
+            } else if let Some(r) = arg.strip_prefix("resume=") {
+                words.resume = r.parse().with_context(|| format!("`{arg}`: resume is true or false"))?;
             } else {
-                let names: Vec<String> = d.split(',').map(|n| format!("\"{}\"", n.trim())).collect();
-                format!("[{}]", names.join(", "))
-            };
-            overrides.push(format!("distributed.devices={list}"));
-        } else if let Some(r) = arg.strip_prefix("run=") {
-            run_name = Some(r.to_string());
-        } else if let Some(r) = arg.strip_prefix("resume=") {
-            resume = r.parse().with_context(|| format!("`{arg}`: resume is true or false"))?;
-        } else {
-            overrides.push(arg);
+                words.overrides.push(arg);
+            }
         }
+        Ok(words)
     }
-    let path = args.experiments.join(format!("{name}.toml"));
+}
+
+/// `DIR/NAME.toml` with `overrides`, or an error listing the experiments there.
+fn load_experiment(dir: &Path, name: &str, overrides: &[String]) -> Result<Experiment> {
+    let path = dir.join(format!("{name}.toml"));
     if !path.exists() {
-        let known: Vec<String> = std::fs::read_dir(&args.experiments)
+        let known: Vec<String> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
@@ -74,22 +86,11 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         bail!("no experiment `{name}` ({} does not exist); experiments: {}", path.display(), known.join(", "));
     }
-    let experiment = Experiment::load(&path, &overrides)?;
-    crate::backend::devices(&experiment.distributed.devices)?;
-    let plan = Plan::check(&experiment)?;
-    print!("{}", plan.describe(&experiment));
-    let run_dir = args.runs.join(run_name.as_deref().unwrap_or(&name));
-    println!("run         {}", run_dir.display());
-    if !plan.errors.is_empty() {
-        bail!("cannot start:\n{}", plan.errors.join("\n"));
-    }
-    if args.dry_run {
-        return Ok(());
-    }
-    for missing in &plan.missing {
-        run_shell(&missing.command).with_context(|| format!("getting the {}", missing.what))?;
-    }
+    Ok(Experiment::load(&path, overrides)?)
+}
 
+/// A flag set by the first Ctrl-C (checkpoint and stop after this step); the second exits at once.
+fn ctrl_c_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -100,15 +101,39 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("\nCtrl-C: checkpointing after this step (Ctrl-C again to exit at once)");
     })
     .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
 
+pub fn run(args: Args) -> Result<()> {
+    let words = Words::parse(args.args)?;
+    let experiment = load_experiment(&args.experiments, &words.name, &words.overrides)?;
+    crate::backend::devices(&experiment.distributed.devices)?;
+    let plan = Plan::check(&experiment)?;
+    print!("{}", plan.describe(&experiment));
+    let run_dir = args.runs.join(words.run.as_deref().unwrap_or(&words.name));
+    println!("run         {}", run_dir.display());
+    if !plan.errors.is_empty() {
+        bail!("cannot start:\n{}", plan.errors.join("\n"));
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    for missing in &plan.missing {
+        run_shell(&missing.command).with_context(|| format!("getting the {}", missing.what))?;
+    }
     let devices = crate::backend::devices(&experiment.distributed.devices)?;
-    let options = RunOptions { experiment, run_dir, resume, stop };
+    let options = RunOptions { experiment, run_dir, resume: words.resume, stop: ctrl_c_flag()? };
     let outcome = dijiang_train::train::<Autodiff<Backend>>(options, &devices)?;
-    if let (Some((_, first)), Some((step, last))) = (outcome.evaluations.first(), outcome.evaluations.last()) {
+    print_outcome(&outcome);
+    Ok(())
+}
+
+fn print_outcome(outcome: &Outcome) {
+    if let (Some((first_step, first)), Some((step, last))) = (outcome.evaluations.first(), outcome.evaluations.last()) {
         println!("teacher     perplexity {:.3}", last.teacher_perplexity);
         println!(
-            "student     perplexity {:.3} at step {}, {:.3} at step {step}",
-            first.perplexity, outcome.evaluations[0].0, last.perplexity
+            "student     perplexity {:.3} at step {first_step}, {:.3} at step {step}",
+            first.perplexity, last.perplexity
         );
     }
     println!(
@@ -121,5 +146,4 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(model) = &outcome.model {
         println!("model       {}", model.display());
     }
-    Ok(())
 }

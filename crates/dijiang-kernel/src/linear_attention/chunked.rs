@@ -1,4 +1,4 @@
-//! The chunked form (DIJIANG.md section 4): for chunk `t` with local positions `i, j` in `0..c`,
+//! The chunked form (docs/method.md section 4): for chunk `t` with local positions `i, j` in `0..c`,
 //!
 //! `O_t = ((Q_t K_t^T) * G) V_t + gamma^(i+1) Q_t S_{t-1}`,
 //! `S_t = gamma^c S_{t-1} + sum_j gamma^(c-1-j) k_j v_j^T`,

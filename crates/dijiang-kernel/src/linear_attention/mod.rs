@@ -1,5 +1,5 @@
 //! Causal linear attention with per-head exponential decay, without a normaliser
-//! (DIJIANG.md sections 3 and 4), in three equivalent forms:
+//! (docs/method.md sections 3 and 4), in three equivalent forms:
 //!
 //! - [`parallel`]: `o_n = sum_{m <= n} gamma^(n-m) (phi(q_n) . phi(k_m)) v_m`, the masked quadratic
 //!   form the reference computes; the slow, obviously-correct twin the others are tested against.

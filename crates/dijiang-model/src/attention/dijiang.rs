@@ -1,4 +1,4 @@
-//! The DiJiang attention kernel (DIJIANG.md section 3, with the options of section 5):
+//! The DiJiang attention kernel (docs/method.md section 3, with the options of section 5):
 //!
 //! `out = silu(x W_G) * GroupNorm(merge_heads(LinearAttention(phi(q), phi(k), v; gamma)))`
 //!
@@ -71,7 +71,8 @@ impl<B: Backend> DiJiangKernel<B> {
             FeatureMapKind::WeightedExp => paper_projection(d, dj.sampling),
             FeatureMapKind::Performer => performer_projection(d, m, dj.seed),
         };
-        let proj = src.tensor(&format!("{name}.proj"), [d, m], Init::Values(proj_init));
+        let proj_name = format!("{name}.proj");
+        let proj = src.tensor(&proj_name, [d, m], Init::Values(proj_init));
         let feature_weights = dj
             .has_feature_weights()
             .then(|| Param::from_tensor(src.tensor(&format!("{name}.feature_weights"), [m], Init::Ones)));
@@ -79,7 +80,8 @@ impl<B: Backend> DiJiangKernel<B> {
             DecayKind::Reference => Init::Values(reference_log_decay(config.num_heads)),
             DecayKind::None => Init::Zeros,
         };
-        let log_decay = src.tensor(&format!("{name}.log_decay"), [config.num_heads], decay_init);
+        let decay_name = format!("{name}.log_decay");
+        let log_decay = src.tensor(&decay_name, [config.num_heads], decay_init);
         let gate =
             src.tensor(&format!("{name}.gate"), [config.hidden_size, width], Init::XavierUniform { gain: GATE_GAIN });
         let training = dj.feature_training;
@@ -98,9 +100,9 @@ impl<B: Backend> DiJiangKernel<B> {
         group_norm.beta =
             Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.beta"), [width], Init::Zeros)));
         Self {
-            proj: Param::from_tensor(proj).set_require_grad(training == FeatureTraining::Projection),
+            proj: Param::from_tensor(proj).set_require_grad(dj.is_trainable(&proj_name)),
             feature_weights,
-            log_decay: Param::from_tensor(log_decay).set_require_grad(dj.learnable_decay),
+            log_decay: Param::from_tensor(log_decay).set_require_grad(dj.is_trainable(&decay_name)),
             scale,
             mlp_in,
             mlp_out,

@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::TensorStore;
 use super::llama2c::interleaved_to_half;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::ModelError;
-use crate::weights::HostTensor;
+use crate::store::{HostTensor, TensorStore};
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,11 +6,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::TensorStore;
 use super::safetensors::SafetensorsFiles;
 use crate::config::{Architecture, AttentionKernelConfig, DiJiangConfig, ModelConfig};
 use crate::error::ModelError;
-use crate::weights::HostTensor;
+use crate::store::{HostTensor, TensorStore};
 
 /// How one of our parameters is read from HF tensors.
 #[derive(Debug, Clone, PartialEq)]

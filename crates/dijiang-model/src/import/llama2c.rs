@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::TensorStore;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::weights::HostTensor;
+use crate::store::{HostTensor, TensorStore};
 
 /// The header's seven fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

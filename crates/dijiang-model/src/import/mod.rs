@@ -7,7 +7,7 @@
 //! | GGUF v3, llama architecture (F32/F16/BF16/Q8_0/Q4_0/Q4_1) | a file starting with `GGUF` |
 //! | llama2.c legacy checkpoint | a `.bin` file whose header and size agree |
 //!
-//! A format is a [`TensorStore`]: it answers for our parameter names in our layout and reports the
+//! A format is a [`TensorStore`](crate::store::TensorStore): it answers for our parameter names in our layout and reports the
 //! tensors nobody asked for, so unknown and missing tensors are both errors listing them.
 
 pub mod gguf;
@@ -24,22 +24,9 @@ use memmap2::Mmap;
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::store::TensorStore;
 use crate::transformer::Transformer;
-use crate::weights::{HostTensor, Loaded};
-
-/// A checkpoint seen through our parameter names.
-pub trait TensorStore {
-    /// The checkpoint's path, for messages.
-    fn path(&self) -> &Path;
-    /// Our parameter `name` in our layout, as f32; `None` when the checkpoint has no such tensor.
-    fn fetch(&mut self, name: &str) -> Result<Option<HostTensor>, ModelError>;
-    /// The checkpoint's own name(s) for one of ours, for messages.
-    fn source_name(&self, name: &str) -> String;
-    /// The stored shape of the (first) checkpoint tensor behind one of ours, for messages.
-    fn source_shape(&self, name: &str) -> Vec<usize>;
-    /// Checkpoint tensors not fetched so far (buffers known to be ignorable excepted).
-    fn unused(&self) -> Vec<String>;
-}
+use crate::weights::Loaded;
 
 /// Maps a file read-only. The one unsafe operation of the crate: the mapping is sound as long as no
 /// one truncates the file while we read it, the contract of every mmap-based loader.

@@ -13,12 +13,11 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
-use super::TensorStore;
 use super::safetensors::SafetensorsFiles;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::store::{HostTensor, TensorStore};
 use crate::transformer::Transformer;
-use crate::weights::HostTensor;
 
 pub const MANIFEST: &str = "dijiang.json";
 pub const WEIGHTS: &str = "model.safetensors";

@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
-use crate::weights::HostTensor;
+use crate::store::HostTensor;
 
 /// Where one tensor lives.
 #[derive(Debug, Clone)]

@@ -15,16 +15,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_data::dataset::LmBatch;
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transformer};
-use dijiang_train::experiment::{Experiment, LossWeights, Trainable};
-use dijiang_train::losses::cross_entropy;
+use dijiang_train::distributed::Reducer;
+use dijiang_train::experiment::{Experiment, Trainable};
+use dijiang_train::objective::{Objective, Term};
 use dijiang_train::optim::AdamW;
 use dijiang_train::params::{params, set_trainable};
-use dijiang_train::trainer::{loss, student_config, trains};
+use dijiang_train::step::{Signals, StepInputs, step};
+use dijiang_train::trainable::trains;
 use serde_json::json;
 
 use super::{machine, median_time, write_json};
@@ -104,30 +105,30 @@ fn matmul_peak(device: &Device) -> (usize, f64) {
     (n, 2.0 * (n as f64).powi(3) / s)
 }
 
-/// One training step: the loss of `batch`, backward, clipping to norm 1, an AdamW update.
-fn step(
-    student: Transformer<AB>,
-    optimizer: &mut AdamW<Backend>,
-    loss_of: &dyn Fn(&Transformer<AB>) -> Tensor<AB, 1>,
-) -> Transformer<AB> {
-    let loss = loss_of(&student);
-    let grads = GradientsParams::from_grads(loss.backward(), &student);
-    let norm = AdamW::grad_norm(&student, &grads);
-    let scale = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
-    optimizer.step(student, grads, 1e-4, scale)
-}
-
-/// Median seconds of a training step (a warm-up step first).
+/// Median seconds of a training step of `objective` on `data` (the trainer's own step: loss,
+/// backward, clipping to norm 1, an AdamW update), after a warm-up step.
 fn time_steps(
     student: Transformer<AB>,
+    objective: &Objective,
+    teacher: Option<&Transformer<Backend>>,
+    data: &LmBatch<Backend>,
     reps: usize,
     device: &Device,
-    loss_of: &dyn Fn(&Transformer<AB>) -> Tensor<AB, 1>,
 ) -> f64 {
     let mut optimizer = AdamW::new(Default::default());
     let mut student = Some(student);
     median_time(device, reps, 120.0, || {
-        student = Some(step(student.take().expect("a model"), &mut optimizer, loss_of));
+        let inputs = StepInputs {
+            objective,
+            teacher,
+            micro_batches: vec![data.clone()],
+            lr: 1e-4,
+            clip: 1.0,
+            signals: Signals::default(),
+        };
+        let (next, _) = step(student.take().expect("a model"), &mut optimizer, inputs, &mut Reducer::Single)
+            .expect("a single worker's step cannot fail");
+        student = Some(next);
     })
 }
 
@@ -170,10 +171,7 @@ pub fn run(args: &Args) -> Result<()> {
         let student =
             set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| trains(Trainable::All, &dj, name));
         let data = random_batch(config.vocab_size, block, batch, &device);
-        let loss_of = |s: &Transformer<AB>| {
-            cross_entropy(s.forward(Tensor::from_inner(data.inputs.clone())), Tensor::from_inner(data.targets.clone()))
-        };
-        let seconds = time_steps(student, args.reps, &device, &loss_of);
+        let seconds = time_steps(student, &Objective::new([(Term::Lm, 1.0)]), None, &data, args.reps, &device);
         record(format!("{}-dijiang LM", args.model), block, batch, seconds, Some(flops));
     }
 
@@ -182,7 +180,7 @@ pub fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("reading {} (run from the repository root)", args.experiment.display()))?;
     let preset = experiment.teacher.preset.clone().context("the experiment has no teacher.preset")?;
     let teacher_config = ModelConfig::preset(&preset).with_context(|| format!("`{preset}` is not a preset"))?;
-    let config = student_config(&teacher_config, &experiment);
+    let config = experiment.student_config(&teacher_config);
     let teacher = Transformer::<Backend>::init(&teacher_config, 0, &device)?;
     let (block, batch) = (experiment.data.block_size, experiment.data.batch_size / experiment.data.grad_accumulation);
     let data = random_batch(config.vocab_size, block, batch, &device);
@@ -190,16 +188,16 @@ pub fn run(args: &Args) -> Result<()> {
         let student = set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| {
             trains(stage.trainable, &experiment.student, name)
         });
-        let weights: LossWeights = stage.loss.clone();
-        let loss_of = |s: &Transformer<AB>| loss(s, &teacher, &data, &weights).0;
-        let seconds = time_steps(student, args.reps, &device, &loss_of);
+        let seconds = time_steps(student, &stage.loss, Some(&teacher), &data, args.reps, &device);
         // FLOPs only for end-to-end stages: the student's forward and backward, and the teacher's
-        // forward where the loss has a KL term.
-        let end_to_end = stage.loss.attention == 0.0 && stage.loss.attention_rows == 0.0;
-        let flops = end_to_end.then(|| {
+        // forward where the loss reads its logits.
+        let flops = (!stage.loss.has_layer_local_terms()).then(|| {
             let inner = Transformer::<Backend>::init(&config, 0, &device).expect("the same config");
-            let teacher_flops =
-                if stage.loss.kl > 0.0 { forward_flops(&teacher, &teacher_config, block, batch) } else { 0.0 };
+            let teacher_flops = if stage.loss.needs_teacher_logits() {
+                forward_flops(&teacher, &teacher_config, block, batch)
+            } else {
+                0.0
+            };
             teacher_flops + 3.0 * forward_flops(&inner, &config, block, batch)
         });
         record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);

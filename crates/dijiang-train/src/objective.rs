@@ -1,0 +1,328 @@
+//! What a stage minimises: a weighted sum of loss terms.
+//!
+//! Every term is a variant of [`Term`]: its name (the key in an experiment's `loss = { ... }` and
+//! the metric tag `train/NAME`), what it reads from the two models, and its computation. A new term
+//! is a new variant here (the compiler then points at every `match` to complete, all in this file);
+//! the experiment parser, the plan, the trainer's logs and the benchmark read terms only through
+//! this module.
+
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use dijiang_data::dataset::LmBatch;
+use dijiang_model::{Trace, Transformer};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::losses::{cross_entropy, kl_divergence, mse, row_kl};
+
+/// One loss term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Term {
+    /// Next-token cross-entropy on the data.
+    Lm,
+    /// KL(teacher || student) of the next-token distributions at the objective's temperature.
+    Kl,
+    /// MSE between the teacher's and the student's attention outputs (after `o`), per layer, on
+    /// the teacher's layer input; mean over layers.
+    Attention,
+    /// KL between the teacher's softmax attention rows and the student's rows (normalised by their
+    /// sums), per layer, on the teacher's layer input; mean over rows, heads and layers (Hedgehog's
+    /// attention distillation). It trains the feature map and decay, not the gate or GroupNorm.
+    AttentionRows,
+}
+
+impl Term {
+    /// Every term, in the order a loss sums them.
+    pub const ALL: [Term; 4] = [Term::Lm, Term::Kl, Term::Attention, Term::AttentionRows];
+
+    /// The term's key in experiment files and its metric tag (`train/NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Term::Lm => "lm",
+            Term::Kl => "kl",
+            Term::Attention => "attention",
+            Term::AttentionRows => "attention_rows",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Whether the term reads the frozen teacher at all.
+    pub fn needs_teacher(self) -> bool {
+        match self {
+            Term::Lm => false,
+            Term::Kl | Term::Attention | Term::AttentionRows => true,
+        }
+    }
+
+    /// Whether the term reads the teacher's logits (a full teacher forward with its LM head).
+    pub fn needs_teacher_logits(self) -> bool {
+        matches!(self, Term::Kl)
+    }
+
+    /// Whether the term is computed layer by layer on the teacher's layer inputs, without an
+    /// end-to-end student forward.
+    pub fn is_layer_local(self) -> bool {
+        match self {
+            Term::Lm | Term::Kl => false,
+            Term::Attention | Term::AttentionRows => true,
+        }
+    }
+
+    /// The term's value on one micro-batch (differentiable through the student).
+    fn loss<B: AutodiffBackend>(self, f: &Forward<'_, B>, temperature: f64) -> Tensor<B, 1> {
+        let inner = |x: &Tensor<B::InnerBackend, 3>| Tensor::<B, 3>::from_inner(x.clone());
+        match self {
+            Term::Lm => cross_entropy(f.student_logits().clone(), Tensor::from_inner(f.batch.targets.clone())),
+            Term::Kl => {
+                let teacher = f.trace().logits.as_ref().expect("traced with logits: Kl needs them");
+                kl_divergence(inner(teacher), f.student_logits().clone(), temperature)
+            }
+            Term::Attention => f.mean_over_layers(|i, x| {
+                let out = f.student.layer_attention(i, inner(x));
+                mse(out, inner(&f.trace().attention_outputs[i]))
+            }),
+            Term::AttentionRows => f.mean_over_layers(|i, x| {
+                let p = f.teacher().layer_rows(i, x.clone());
+                row_kl(Tensor::from_inner(p), f.student.layer_rows(i, inner(x)))
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The forward passes the terms of one micro-batch read, each computed once, on first use.
+struct Forward<'a, B: AutodiffBackend> {
+    student: &'a Transformer<B>,
+    teacher: Option<&'a Transformer<B::InnerBackend>>,
+    batch: &'a LmBatch<B::InnerBackend>,
+    /// Whether the teacher's trace carries its logits (some term needs them).
+    teacher_logits: bool,
+    trace: OnceCell<Trace<B::InnerBackend>>,
+    logits: OnceCell<Tensor<B, 3>>,
+}
+
+impl<B: AutodiffBackend> Forward<'_, B> {
+    fn teacher(&self) -> &Transformer<B::InnerBackend> {
+        self.teacher.expect("checked by Objective::loss: a term that needs the teacher has one")
+    }
+
+    fn trace(&self) -> &Trace<B::InnerBackend> {
+        self.trace.get_or_init(|| self.teacher().trace(self.batch.inputs.clone(), self.teacher_logits))
+    }
+
+    fn student_logits(&self) -> &Tensor<B, 3> {
+        self.logits.get_or_init(|| self.student.forward(Tensor::from_inner(self.batch.inputs.clone())))
+    }
+
+    /// The mean over layers of `per_layer(layer, the teacher's input to that layer)`.
+    fn mean_over_layers(&self, per_layer: impl Fn(usize, &Tensor<B::InnerBackend, 3>) -> Tensor<B, 1>) -> Tensor<B, 1> {
+        let inputs = &self.trace().layer_inputs;
+        let parts: Vec<Tensor<B, 1>> = inputs.iter().enumerate().map(|(i, x)| per_layer(i, x)).collect();
+        Tensor::cat(parts, 0).mean()
+    }
+}
+
+/// The numbers of one loss: each term's value (unweighted) and the weighted total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TermValues {
+    pub terms: Vec<(Term, f64)>,
+    pub total: f64,
+}
+
+impl TermValues {
+    /// Zeros for `objective`'s terms (the start of an accumulation).
+    pub fn zeros(objective: &Objective) -> Self {
+        Self { terms: objective.terms().map(|(t, _)| (t, 0.0)).collect(), total: 0.0 }
+    }
+
+    /// Adds `other` (of the same objective) times `scale`.
+    pub fn add_scaled(&mut self, other: &TermValues, scale: f64) {
+        for ((_, a), (_, b)) in self.terms.iter_mut().zip(&other.terms) {
+            *a += b * scale;
+        }
+        self.total += other.total * scale;
+    }
+
+    /// The values as one vector (terms in order, then the total), for averaging across workers.
+    pub fn to_vec(&self) -> Vec<f64> {
+        self.terms.iter().map(|(_, v)| *v).chain([self.total]).collect()
+    }
+
+    /// The inverse of [`TermValues::to_vec`] for the same terms.
+    pub fn with_values(&self, values: &[f64]) -> Self {
+        assert_eq!(values.len(), self.terms.len() + 1, "one value per term and the total");
+        let terms = self.terms.iter().zip(values).map(|((t, _), v)| (*t, *v)).collect();
+        Self { terms, total: values[self.terms.len()] }
+    }
+
+    /// `(train/NAME, value)` for each term.
+    pub fn tagged(&self) -> Vec<(String, f64)> {
+        self.terms.iter().map(|(t, v)| (format!("train/{t}"), *v)).collect()
+    }
+}
+
+/// A stage's loss: term weights (only terms with a positive weight are computed) and the KL
+/// temperature. In experiment files: `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Objective {
+    weights: BTreeMap<Term, f64>,
+    temperature: f64,
+}
+
+impl Objective {
+    /// An objective of the given term weights, temperature 1.
+    pub fn new(weights: impl IntoIterator<Item = (Term, f64)>) -> Self {
+        Self { weights: weights.into_iter().collect(), temperature: 1.0 }
+    }
+
+    pub fn with_temperature(self, temperature: f64) -> Self {
+        Self { temperature, ..self }
+    }
+
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
+    /// The terms that count (positive weight), in summation order, with their weights.
+    pub fn terms(&self) -> impl Iterator<Item = (Term, f64)> + '_ {
+        self.weights.iter().filter(|(_, w)| **w > 0.0).map(|(t, w)| (*t, *w))
+    }
+
+    pub fn weight(&self, term: Term) -> f64 {
+        self.weights.get(&term).copied().unwrap_or(0.0)
+    }
+
+    pub fn needs_teacher(&self) -> bool {
+        self.terms().any(|(t, _)| t.needs_teacher())
+    }
+
+    pub fn needs_teacher_logits(&self) -> bool {
+        self.terms().any(|(t, _)| t.needs_teacher_logits())
+    }
+
+    /// Whether any term is computed layer by layer (attention transfer).
+    pub fn has_layer_local_terms(&self) -> bool {
+        self.terms().any(|(t, _)| t.is_layer_local())
+    }
+
+    /// Constraints serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.weights.values().any(|w| !(*w >= 0.0)) || self.terms().next().is_none() || !(self.temperature > 0.0) {
+            return Err("loss weights must be >= 0 with at least one > 0, temperature > 0".into());
+        }
+        Ok(())
+    }
+
+    /// `kl 1 + lm 0.1 (temperature 2)`, for plans and logs.
+    pub fn describe(&self) -> String {
+        let terms: Vec<String> = self.terms().map(|(t, w)| format!("{t} {w}")).collect();
+        let temperature =
+            if self.needs_teacher_logits() { format!(" (temperature {})", self.temperature) } else { String::new() };
+        format!("{}{temperature}", terms.join(" + "))
+    }
+
+    /// The weighted loss of one micro-batch, what a training step differentiates, and its terms as
+    /// numbers. `teacher` may be `None` only when no term needs it.
+    pub fn loss<B: AutodiffBackend>(
+        &self,
+        student: &Transformer<B>,
+        teacher: Option<&Transformer<B::InnerBackend>>,
+        batch: &LmBatch<B::InnerBackend>,
+    ) -> (Tensor<B, 1>, TermValues) {
+        assert!(teacher.is_some() || !self.needs_teacher(), "the objective {} needs the teacher", self.describe());
+        let forward = Forward {
+            student,
+            teacher,
+            batch,
+            teacher_logits: self.needs_teacher_logits(),
+            trace: OnceCell::new(),
+            logits: OnceCell::new(),
+        };
+        let mut values = TermValues { terms: Vec::new(), total: 0.0 };
+        let mut total: Option<Tensor<B, 1>> = None;
+        for (term, weight) in self.terms() {
+            let loss = term.loss(&forward, self.temperature);
+            values.terms.push((term, scalar(&loss)));
+            let weighted = loss.mul_scalar(weight);
+            total = Some(match total {
+                Some(sum) => sum + weighted,
+                None => weighted,
+            });
+        }
+        let total = total.expect("validated: at least one term");
+        values.total = scalar(&total);
+        (total, values)
+    }
+}
+
+fn scalar<B: Backend>(x: &Tensor<B, 1>) -> f64 {
+    x.clone().into_scalar().elem::<f64>()
+}
+
+const TEMPERATURE: &str = "temperature";
+
+impl Serialize for Objective {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map: BTreeMap<&str, f64> = self.weights.iter().map(|(t, w)| (t.name(), *w)).collect();
+        map.insert(TEMPERATURE, self.temperature);
+        map.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Objective {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, f64>::deserialize(deserializer)?;
+        let mut objective = Objective::new([]);
+        for (key, value) in map {
+            if key == TEMPERATURE {
+                objective.temperature = value;
+                continue;
+            }
+            let term = Term::from_name(&key).ok_or_else(|| {
+                let known: Vec<&str> = Term::ALL.iter().map(|t| t.name()).collect();
+                D::Error::custom(format!("unknown loss term `{key}` (terms: {}; and {TEMPERATURE})", known.join(", ")))
+            })?;
+            objective.weights.insert(term, value);
+        }
+        Ok(objective)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_rejects_unknown_terms() {
+        let o: Objective =
+            toml::from_str::<toml::Table>("loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }").unwrap()["loss"]
+                .clone()
+                .try_into()
+                .unwrap();
+        assert_eq!(o.terms().collect::<Vec<_>>(), [(Term::Lm, 0.1), (Term::Kl, 1.0)], "summation order");
+        assert_eq!(o.temperature(), 2.0);
+        assert_eq!(o.describe(), "lm 0.1 + kl 1 (temperature 2)");
+        let back: Objective = toml::Value::try_from(&o).unwrap().try_into().unwrap();
+        assert_eq!(back, o);
+        let err = toml::from_str::<toml::Table>("loss = { klx = 1.0 }").unwrap()["loss"]
+            .clone()
+            .try_into::<Objective>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown loss term `klx`") && err.contains("attention_rows"), "{err}");
+        assert!(Objective::new([(Term::Lm, 0.0)]).validate().is_err(), "a zero weight turns a term off");
+        assert!(Objective::new([(Term::Lm, 1.0)]).with_temperature(0.0).validate().is_err());
+    }
+}

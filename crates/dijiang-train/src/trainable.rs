@@ -1,0 +1,38 @@
+//! Which parameters a stage trains: the one rule the trainer applies, the plan counts with and the
+//! benchmark uses. A parameter trains when the stage selects it ([`Trainable`]) and the model lets it
+//! train at all ([`DiJiangConfig::is_trainable`]: frozen projections, fixed decays).
+
+use dijiang_model::convert::is_kernel_param;
+use dijiang_model::transformer::parameter_shapes;
+use dijiang_model::{DiJiangConfig, ModelConfig};
+
+use crate::experiment::{Experiment, Trainable};
+
+/// Whether a stage that trains `trainable` trains the parameter `name` of a student with kernel
+/// options `student`.
+pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool {
+    student.is_trainable(name)
+        && match trainable {
+            Trainable::Kernel => is_kernel_param(name),
+            Trainable::All => true,
+        }
+}
+
+/// The student's parameter count and, per stage, how many of them train.
+pub fn parameter_counts(experiment: &Experiment, teacher: &ModelConfig) -> (usize, Vec<usize>) {
+    let shapes = parameter_shapes(&experiment.student_config(teacher));
+    let numel = |shape: &Vec<usize>| shape.iter().product::<usize>();
+    let total = shapes.iter().map(|(_, s)| numel(s)).sum();
+    let per_stage = experiment
+        .stages
+        .iter()
+        .map(|stage| {
+            shapes
+                .iter()
+                .filter(|(name, _)| trains(stage.trainable, &experiment.student, name))
+                .map(|(_, s)| numel(s))
+                .sum()
+        })
+        .collect();
+    (total, per_stage)
+}

@@ -1,0 +1,197 @@
+//! The trainer in process, on tiny random LLaMA and GPT-NeoX models and a few hundred tokens held in
+//! memory (this README's bytes): nothing outside the repository. Two stages over every loss term,
+//! gradient accumulation, checkpoints, an exact resume after a stop, two CPU workers against one,
+//! and the plan's trainable counts against the trainer's.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
+use dijiang_model::config::Architecture;
+use dijiang_model::import::native::{self, Manifest};
+use dijiang_model::{ModelConfig, Transformer};
+use dijiang_train::experiment::Experiment;
+use dijiang_train::objective::Term;
+use dijiang_train::params::{params, set_trainable};
+use dijiang_train::start::Inputs;
+use dijiang_train::trainable::{parameter_counts, trains};
+use dijiang_train::{Outcome, RunOptions, train_with};
+
+type I = NdArray;
+type B = Autodiff<NdArray>;
+
+const BLOCK: usize = 16;
+const STEPS: usize = 6;
+
+/// A scratch directory holding a tiny random teacher of `arch` (saved in our format) and the
+/// experiment for it: attention transfer on the attention terms, then distillation on KL + LM with
+/// 2 micro-batches per step.
+fn setup(name: &str, arch: Architecture) -> (PathBuf, Experiment) {
+    let dir = std::env::temp_dir().join(format!("dijiang-trainer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = ModelConfig::tiny(arch);
+    let teacher = Transformer::<I>::init(&config, 7, &Default::default()).unwrap();
+    native::save(&teacher, &Manifest::new(config), &dir.join("teacher")).unwrap();
+    let text = format!(
+        r#"description = "in-process trainer test"
+seed = 5
+teacher = {{ path = "{teacher}" }}
+student = {{ chunk_len = 8, sampling = {{ kind = "mc", seed = 1 }} }}
+data = {{ path = "unused: in memory", block_size = {BLOCK}, batch_size = 4, grad_accumulation = 2 }}
+checkpoint = {{ every = 2, keep = 2 }}
+eval = {{ every = 3, batches = 1 }}
+
+[[stages]]
+name = "transfer"
+steps = 3
+lr = 1e-2
+warmup_steps = 1
+trainable = "kernel"
+loss = {{ attention = 1.0, attention_rows = 0.5 }}
+
+[[stages]]
+name = "distill"
+steps = 3
+lr = 1e-3
+min_lr = 1e-4
+trainable = "all"
+loss = {{ kl = 1.0, lm = 0.5, temperature = 2.0 }}
+"#,
+        teacher = dir.join("teacher").display()
+    );
+    std::fs::write(dir.join("t.toml"), text).unwrap();
+    let experiment = Experiment::load(&dir.join("t.toml"), &[]).unwrap();
+    (dir, experiment)
+}
+
+/// The teacher and this repository's README as tokens (bytes), 3/4 for training.
+fn inputs(dir: &Path) -> Inputs<I> {
+    let teacher = dijiang_model::import::load::<I>(&dir.join("teacher"), &Default::default()).unwrap().model;
+    let text = std::fs::read(support::repo().join("README.md")).unwrap();
+    let tokens: Vec<u32> = text.iter().take(1200).map(|b| u32::from(*b)).collect();
+    let (train, validation) = tokens.split_at(900);
+    Inputs::in_memory(teacher, train.to_vec(), validation.to_vec(), BLOCK)
+}
+
+fn run(dir: &Path, experiment: &Experiment, run: &str, stop: bool, workers: usize) -> Outcome {
+    let experiment = Experiment {
+        distributed: dijiang_train::experiment::DistributedConfig {
+            devices: vec!["cpu".into(); workers],
+            ..Default::default()
+        },
+        ..experiment.clone()
+    };
+    let options =
+        RunOptions { experiment, run_dir: dir.join(run), resume: true, stop: Arc::new(AtomicBool::new(stop)) };
+    train_with::<B>(options, inputs(dir), &vec![Default::default(); workers]).unwrap()
+}
+
+type Metrics = BTreeMap<(usize, String), f64>;
+
+fn metrics(run: &Path) -> Metrics {
+    let records = dijiang_train::metrics::read(run).unwrap();
+    let mut out = Metrics::new();
+    for r in records {
+        assert!(out.insert((r.step, r.tag.clone()), r.value).is_none(), "{} at {} logged twice", r.tag, r.step);
+    }
+    out
+}
+
+fn two_stages_and_an_exact_resume(arch: Architecture) {
+    let (dir, experiment) = setup(&format!("{arch:?}"), arch);
+    let full = run(&dir, &experiment, "a", false, 1);
+    assert!(!full.interrupted && full.step == STEPS, "{full:?}");
+    let m = metrics(&dir.join("a"));
+    for step in 1..=STEPS {
+        let stage = &experiment.stages[usize::from(step > 3)];
+        let logged: Vec<Term> =
+            Term::ALL.into_iter().filter(|t| m.contains_key(&(step, format!("train/{t}")))).collect();
+        let wanted: Vec<Term> = stage.loss.terms().map(|(t, _)| t).collect();
+        assert_eq!(logged, wanted, "step {step}: each stage logs exactly its own terms");
+        assert!(m[&(step, "train/loss".into())].is_finite() && m.contains_key(&(step, "train/grad_norm".into())));
+    }
+    let at = |step: usize, tag: &str| m[&(step, tag.to_string())];
+    assert!(at(3, "eval/attention_error") < at(0, "eval/attention_error"), "attention transfer helped");
+    // A random teacher predicts nearly uniformly: the LM term leads the distillation stage.
+    assert!(at(6, "eval/perplexity") < at(3, "eval/perplexity"), "distillation lowered the perplexity");
+    // Checkpoints at 2, 3 (a stage end), 4 and 6: the newest 2 kept; the student exported.
+    let kept: Vec<String> = std::fs::read_dir(dir.join("a/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(kept, ["step-00000004", "step-00000006"]);
+    assert!(dijiang_model::import::load::<I>(&dir.join("a/model"), &Default::default()).is_ok());
+
+    // Stopped after its first step (as Ctrl-C does), then resumed: the same run, bit for bit.
+    let stopped = run(&dir, &experiment, "b", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    let resumed = run(&dir, &experiment, "b", false, 1);
+    assert_eq!(resumed.resumed_from, Some(1));
+    let b = metrics(&dir.join("b"));
+    let timing = |tag: &str| tag == "train/tokens_per_s";
+    let keys = |m: &Metrics| m.keys().filter(|(_, t)| !timing(t)).cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&b), keys(&m));
+    for key in keys(&m) {
+        assert_eq!(b[&key].to_bits(), m[&key].to_bits(), "{key:?}: resumed {} vs uninterrupted {}", b[&key], m[&key]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn llama_two_stages_every_term_and_an_exact_resume() {
+    two_stages_and_an_exact_resume(Architecture::Llama);
+}
+
+#[test]
+fn gpt_neox_two_stages_every_term_and_an_exact_resume() {
+    two_stages_and_an_exact_resume(Architecture::GptNeox);
+}
+
+#[test]
+fn two_workers_match_one() {
+    let (dir, experiment) = setup("workers", Architecture::Llama);
+    run(&dir, &experiment, "one", false, 1);
+    run(&dir, &experiment, "two", false, 2);
+    let (one, two) = (metrics(&dir.join("one")), metrics(&dir.join("two")));
+    let mut compared = 0;
+    for ((step, tag), want) in &one {
+        if tag.starts_with("train/") && tag != "train/tokens_per_s" {
+            let got = two[&(*step, tag.clone())];
+            // Relative 1e-5, absolute 1e-7 for small values: a KL near 0 is a difference of terms of
+            // size ~ln(vocab), whose f32 round-off does not shrink with it.
+            let tolerance = 1e-5 * want.abs().max(1e-2);
+            assert!((got - want).abs() <= tolerance, "{tag} at {step}: two workers {got} vs one {want}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= STEPS * 4, "{compared} values compared");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_plan_counts_what_the_trainer_trains() {
+    for arch in [Architecture::Llama, Architecture::GptNeox] {
+        let (dir, experiment) = setup(&format!("counts-{arch:?}"), arch);
+        let teacher = ModelConfig::tiny(arch);
+        let (total, per_stage) = parameter_counts(&experiment, &teacher);
+        let device = Default::default();
+        let student = dijiang_model::convert::convert::<B>(&dir.join("teacher"), experiment.student.clone(), &device)
+            .unwrap()
+            .model;
+        assert_eq!(total, student.num_params());
+        for (stage, planned) in experiment.stages.iter().zip(per_stage) {
+            let student = set_trainable(student.clone(), &|name| trains(stage.trainable, &experiment.student, name));
+            let trained: usize = params(&student).iter().filter(|p| p.trainable).map(|p| p.numel()).sum();
+            assert_eq!(planned, trained, "{arch:?} stage {}", stage.name);
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
