@@ -219,7 +219,9 @@ impl Objective {
 
     /// Constraints serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        if self.weights.values().any(|w| !(*w >= 0.0)) || self.terms().next().is_none() || !(self.temperature > 0.0) {
+        // NaN fails every check: `w >= 0.0` is false for it.
+        let valid_weights = self.weights.values().all(|w| *w >= 0.0) && self.terms().next().is_some();
+        if !valid_weights || self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err("loss weights must be >= 0 with at least one > 0, temperature > 0".into());
         }
         Ok(())
