@@ -49,6 +49,9 @@ enum Command {
     /// Measure and write the numbers to runs/bench/*.json.
     #[command(subcommand)]
     Bench(commands::bench::What),
+    /// Check a run's checkpoints against their recorded digests.
+    #[command(subcommand)]
+    Checkpoint(commands::checkpoint::What),
     /// Print the compiled-in backend and its device.
     Backend,
 }
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
         Command::Fidelity(args) => commands::fidelity::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Bench(what) => commands::bench::run(what),
+        Command::Checkpoint(what) => commands::checkpoint::run(what),
         Command::Backend => {
             println!("{}", backend::describe());
             Ok(())

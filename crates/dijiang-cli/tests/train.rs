@@ -240,6 +240,29 @@ fn resume_after_sigkill_matches_the_uninterrupted_run() {
 }
 
 #[test]
+fn a_second_trainer_on_the_same_run_is_refused_until_the_first_dies() {
+    let Some((dir, want)) = reference() else { return };
+    let mut first = train(dir, "runs-l", &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_for(&dir.join("runs-l/t/checkpoints/step-00000005"), &mut first);
+    let out = train(dir, "runs-l", &[]).output().unwrap();
+    assert!(!out.status.success(), "a second trainer must be refused: {}", text(&out));
+    let pid = format!("PID {}", first.id());
+    assert!(text(&out).contains("in use by another trainer") && text(&out).contains(&pid), "{}", text(&out));
+    first.kill().unwrap(); // SIGKILL: the lock goes with the process
+    first.wait().unwrap();
+    let log = run_ok(train(dir, "runs-l", &[]));
+    assert!(log.contains("resuming from"), "{log}");
+    assert_same_run(&metrics(&dir.join("runs-l/t")), want);
+    // `dijiang checkpoint verify` finds every kept checkpoint intact and names the resume point.
+    let verified = run_ok({
+        let mut c = dijiang();
+        c.args(["checkpoint", "verify"]).arg(dir.join("runs-l/t"));
+        c
+    });
+    assert!(verified.contains("ok       ") && verified.contains("resume   from"), "{verified}");
+}
+
+#[test]
 fn ctrl_c_checkpoints_stops_and_the_same_command_resumes() {
     let Some((dir, want)) = reference() else { return };
     let mut child = train(dir, "runs-e", &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
@@ -263,7 +286,7 @@ fn ctrl_c_checkpoints_stops_and_the_same_command_resumes() {
 #[test]
 fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
     let Some((dir, want)) = reference() else { return };
-    let out = train(dir, "runs-c", &[]).env("DIJIANG_FAULT", "abort-in-checkpoint:10").output().unwrap();
+    let out = train(dir, "runs-c", &[]).env("DIJIANG_FAULT", "abort:checkpoint:10").output().unwrap();
     assert!(!out.status.success(), "the fault should have killed the run: {}", text(&out));
     let checkpoints = dir.join("runs-c/t/checkpoints");
     let names: Vec<String> = std::fs::read_dir(&checkpoints)

@@ -61,7 +61,9 @@ impl ShardWriter {
                 TokenType::U16 => rest[..take].iter().flat_map(|t| (*t as u16).to_le_bytes()).collect(),
                 TokenType::U32 => rest[..take].iter().flat_map(|t| t.to_le_bytes()).collect(),
             };
-            writer.write_all(&bytes).map_err(|e| DataError::io(&self.dir, e))?;
+            crate::fault::check("prepare", None)
+                .and_then(|()| writer.write_all(&bytes))
+                .map_err(|e| DataError::io(&self.dir, e))?;
             hash.update(&bytes);
             *count += take;
             rest = &rest[take..];
@@ -87,6 +89,58 @@ impl ShardWriter {
 /// Documents waiting to be tokenised together.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// A directory beside the output that becomes it when everything succeeded, and is removed
+/// otherwise: an interrupted or failed `prepare` leaves nothing that looks like a dataset.
+struct Staging {
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn beside(out: &Path) -> Result<Self, DataError> {
+        let name =
+            out.file_name().ok_or_else(|| DataError::Invalid(format!("{}: not a directory name", out.display())))?;
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+        let dir = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
+        Ok(Self { dir, committed: false })
+    }
+
+    /// Writes the manifest last and moves the directory to `out` (replacing what was there).
+    fn commit(mut self, manifest: &Manifest, out: &Path) -> Result<(), DataError> {
+        let path = self.dir.join(MANIFEST);
+        std::fs::write(&path, serde_json::to_string_pretty(manifest).expect("manifest serialises"))
+            .and_then(|()| File::open(&path)?.sync_all())
+            .map_err(|e| DataError::io(&path, e))?;
+        if out.exists() {
+            std::fs::remove_dir_all(out).map_err(|e| DataError::io(out, e))?;
+        }
+        std::fs::rename(&self.dir, out).map_err(|e| DataError::io(out, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+}
+
+/// What tokenising the inputs produced.
+struct Tokenised {
+    train: SplitInfo,
+    validation: SplitInfo,
+    bad: usize,
+    bad_examples: Vec<String>,
+}
+
 /// Prepares the dataset; returns its manifest.
 pub fn prepare(tokenizer: &Tokenizer, config: &PrepareConfig) -> Result<Manifest, DataError> {
     let eos = tokenizer.eos.ok_or_else(|| {
@@ -99,99 +153,11 @@ pub fn prepare(tokenizer: &Tokenizer, config: &PrepareConfig) -> Result<Manifest
         )));
     }
     let files = input_files(&config.inputs)?;
-    let total_bytes: u64 = files.iter().map(|f| file_bytes(f)).sum();
     let dtype = TokenType::for_vocab(tokenizer.vocab_size());
-
-    let out = &config.out;
-    let name = out.file_name().ok_or_else(|| DataError::Invalid(format!("{}: not a directory name", out.display())))?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
-    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-
-    let bar = if config.progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .expect("valid template"),
-    );
-
-    let mut writers = [
-        ShardWriter::new(&tmp, "train", dtype, config.shard_tokens),
-        ShardWriter::new(&tmp, "val", dtype, config.shard_tokens),
-    ];
-    let mut batch: Vec<(u64, String)> = Vec::new();
-    let mut batch_bytes = 0;
-    let mut next_doc: u64 = 0;
-    let (mut bad, mut bad_examples) = (0usize, Vec::new());
-    let mut failure: Option<DataError> = None;
-    let start = std::time::Instant::now();
-
-    let flush = |batch: &mut Vec<(u64, String)>, writers: &mut [ShardWriter; 2]| -> Result<(), DataError> {
-        let encoded: Vec<Result<Vec<u32>, DataError>> =
-            batch.par_iter().map(|(_, text)| tokenizer.encode_with(text, false).map_err(DataError::from)).collect();
-        for ((doc, _), ids) in batch.drain(..).zip(encoded) {
-            let mut ids = ids?;
-            ids.push(eos);
-            let split = usize::from(config.split.is_validation(doc));
-            writers[split].info.documents += 1;
-            writers[split].write(&ids)?;
-        }
-        Ok(())
-    };
-
-    for file in &files {
-        read_file(file, |record| {
-            if failure.is_some() {
-                return;
-            }
-            match record {
-                Record::Doc(text) => {
-                    batch_bytes += text.len();
-                    batch.push((next_doc, text));
-                    next_doc += 1;
-                    if batch_bytes >= BATCH_BYTES {
-                        bar.inc(batch_bytes as u64);
-                        batch_bytes = 0;
-                        if let Err(e) = flush(&mut batch, &mut writers) {
-                            failure = Some(e);
-                        }
-                        let tokens = writers[0].info.tokens + writers[1].info.tokens;
-                        let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                        bar.set_message(format!("{next_doc} docs, {:.0}k tokens/s", rate / 1e3));
-                    }
-                }
-                Record::Bad { path, line, reason } => {
-                    if config.strict {
-                        failure = Some(DataError::BadInput { path, line, reason: format!("{reason} (--strict)") });
-                        return;
-                    }
-                    bad += 1;
-                    if bad_examples.len() < 20 {
-                        let example = format!("{}:{line}: {reason}", path.display());
-                        bar.suspend(|| tracing::warn!("skipped {example}"));
-                        bad_examples.push(example);
-                    }
-                }
-            }
-        })?;
-        if let Some(e) = failure.take() {
-            std::fs::remove_dir_all(&tmp).ok();
-            return Err(e);
-        }
-    }
-    flush(&mut batch, &mut writers)?;
-    for w in &mut writers {
-        w.close()?;
-    }
-    bar.finish_and_clear();
-    let [train, validation] = writers.map(|w| w.info);
+    let staging = Staging::beside(&config.out)?;
+    let Tokenised { train, validation, bad, bad_examples } =
+        tokenise(tokenizer, config, &files, dtype, eos, &staging.dir)?;
     if train.tokens + validation.tokens == 0 {
-        std::fs::remove_dir_all(&tmp).ok();
         return Err(DataError::Invalid(format!(
             "the inputs ({}) yield no tokens{}: nothing to prepare",
             config.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
@@ -215,13 +181,95 @@ pub fn prepare(tokenizer: &Tokenizer, config: &PrepareConfig) -> Result<Manifest
         bad_records: bad,
         bad_examples,
     };
-    let path = tmp.join(MANIFEST);
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest).expect("manifest serialises"))
-        .map_err(|e| DataError::io(&path, e))?;
-    File::open(&path).and_then(|f| f.sync_all()).map_err(|e| DataError::io(&path, e))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| DataError::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| DataError::io(out, e))?;
+    staging.commit(&manifest, &config.out)?;
     Ok(manifest)
+}
+
+/// A progress bar over `bytes` of input (hidden unless `shown`).
+fn progress_bar(bytes: u64, shown: bool) -> ProgressBar {
+    let bar = if shown { ProgressBar::new(bytes) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Tokenises `files` in parallel batches into train and validation shards in `dir`.
+fn tokenise(
+    tokenizer: &Tokenizer,
+    config: &PrepareConfig,
+    files: &[PathBuf],
+    dtype: TokenType,
+    eos: u32,
+    dir: &Path,
+) -> Result<Tokenised, DataError> {
+    let bar = progress_bar(files.iter().map(|f| file_bytes(f)).sum(), config.progress);
+    let mut writers = [
+        ShardWriter::new(dir, "train", dtype, config.shard_tokens),
+        ShardWriter::new(dir, "val", dtype, config.shard_tokens),
+    ];
+    let mut batch: Vec<(u64, String)> = Vec::new();
+    let (mut batch_bytes, mut next_doc) = (0, 0u64);
+    let (mut bad, mut bad_examples) = (0usize, Vec::new());
+    let mut failure: Option<DataError> = None;
+    let start = std::time::Instant::now();
+    let flush = |batch: &mut Vec<(u64, String)>, writers: &mut [ShardWriter; 2]| -> Result<(), DataError> {
+        let encoded: Vec<Result<Vec<u32>, DataError>> =
+            batch.par_iter().map(|(_, text)| tokenizer.encode_with(text, false).map_err(DataError::from)).collect();
+        for ((doc, _), ids) in batch.drain(..).zip(encoded) {
+            let mut ids = ids?;
+            ids.push(eos);
+            let split = usize::from(config.split.is_validation(doc));
+            writers[split].info.documents += 1;
+            writers[split].write(&ids)?;
+        }
+        Ok(())
+    };
+    for file in files {
+        read_file(file, |record| {
+            if failure.is_some() {
+                return;
+            }
+            match record {
+                Record::Doc(text) => {
+                    batch_bytes += text.len();
+                    batch.push((next_doc, text));
+                    next_doc += 1;
+                    if batch_bytes >= BATCH_BYTES {
+                        bar.inc(batch_bytes as u64);
+                        batch_bytes = 0;
+                        failure = flush(&mut batch, &mut writers).err();
+                        let tokens = writers[0].info.tokens + writers[1].info.tokens;
+                        let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                        bar.set_message(format!("{next_doc} docs, {:.0}k tokens/s", rate / 1e3));
+                    }
+                }
+                Record::Bad { path, line, reason } => {
+                    if config.strict {
+                        failure = Some(DataError::BadInput { path, line, reason: format!("{reason} (--strict)") });
+                        return;
+                    }
+                    bad += 1;
+                    if bad_examples.len() < 20 {
+                        let example = format!("{}:{line}: {reason}", path.display());
+                        bar.suspend(|| tracing::warn!("skipped {example}"));
+                        bad_examples.push(example);
+                    }
+                }
+            }
+        })?;
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
+    }
+    flush(&mut batch, &mut writers)?;
+    for w in &mut writers {
+        w.close()?;
+    }
+    bar.finish_and_clear();
+    let [train, validation] = writers.map(|w| w.info);
+    Ok(Tokenised { train, validation, bad, bad_examples })
 }

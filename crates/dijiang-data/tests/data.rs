@@ -223,3 +223,39 @@ fn data_from_another_tokenizer_is_refused() {
     assert!(err.contains("prepare the data with the model's tokenizer"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `prepare` on a disk that fills up (`DIJIANG_FAULT=disk-full:prepare`, in a child process):
+/// a clear error naming the file, and nothing left that looks like a dataset, nor any leftover.
+#[test]
+fn a_full_disk_leaves_no_dataset_behind() {
+    let dir = scratch("disk-full");
+    let Some(text) = shakespeare_part(&dir) else { return };
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "prepare_child", "--nocapture", "--test-threads=1"])
+        .env("DIJIANG_FAULT", "disk-full:prepare")
+        .env("DIJIANG_TEST_INPUT", &text)
+        .env("DIJIANG_TEST_DATA", dir.join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("PREPARE FAILED") && stdout.contains("No space left on device"), "{stdout}");
+    let left: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["shakespeare-part.txt"], "no output directory and no staging directory");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Run by `a_full_disk_leaves_no_dataset_behind` in a child process.
+#[test]
+fn prepare_child() {
+    let (Some(input), Some(out)) = (std::env::var_os("DIJIANG_TEST_INPUT"), std::env::var_os("DIJIANG_TEST_DATA"))
+    else {
+        return; // only meaningful as the child
+    };
+    let Some(tokenizer) = llama2c() else { return };
+    match prepare(&tokenizer, &config(vec![input.into()], out.into(), 1)) {
+        Ok(_) => println!("PREPARE SUCCEEDED"),
+        Err(e) => println!("PREPARE FAILED: {e}"),
+    }
+}

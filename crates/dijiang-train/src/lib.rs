@@ -9,7 +9,7 @@
 //!   - [`batches`]: each worker's share of each step's micro-batches;
 //!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`]);
 //!   - [`distributed`]: ranks, averaging across devices and nodes ([`reducer`]: the TCP hub);
-//!   - [`recorder`]: the writer's logs ([`metrics`]), evaluations ([`evaluation`], [`losses`]),
+//!   - [`recorder`]: the writer's logs ([`metrics`], [`events`] for TensorBoard), evaluations ([`evaluation`], [`losses`]),
 //!     checkpoints ([`checkpoint`]) by the [`cadence`], and the run's end.
 //! - [`params`]: parameters by name. [`error`]: what can stop a run.
 
@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod distributed;
 pub mod error;
 pub mod evaluation;
+pub mod events;
 pub mod experiment;
 pub mod losses;
 pub mod metrics;

@@ -3,12 +3,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::error::{Result, TrainError};
+use crate::events::EventWriter;
 
 /// One logged value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,8 +22,9 @@ pub const JSONL: &str = "metrics.jsonl";
 pub const TENSORBOARD: &str = "tb";
 
 pub struct Metrics {
-    tensorboard: SummaryWriter,
+    tensorboard: EventWriter,
     jsonl: File,
+    jsonl_path: PathBuf,
 }
 
 impl Metrics {
@@ -41,25 +42,27 @@ impl Metrics {
             crate::checkpoint::write_atomic(&path, kept.as_bytes())?;
         }
         let jsonl = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
-        Ok(Self { tensorboard: SummaryWriter::new(run.join(TENSORBOARD)), jsonl })
+        Ok(Self { tensorboard: EventWriter::create(&run.join(TENSORBOARD))?, jsonl, jsonl_path: path })
     }
 
     pub fn log<S: AsRef<str>>(&mut self, step: usize, values: &[(S, f64)]) -> Result<()> {
         let mut lines = String::new();
         for (tag, value) in values {
             let (tag, value) = (tag.as_ref(), *value);
-            self.tensorboard.add_scalar(tag, value as f32, step);
+            self.tensorboard.scalar(tag, value as f32, step)?;
             let record = Record { step, tag: tag.to_string(), value };
             lines.push_str(&serde_json::to_string(&record).expect("a record serialises"));
             lines.push('\n');
         }
-        self.jsonl.write_all(lines.as_bytes()).map_err(|e| TrainError::io(JSONL, e))
+        dijiang_data::fault::check("metrics", Some(step))
+            .and_then(|()| self.jsonl.write_all(lines.as_bytes()))
+            .map_err(|e| TrainError::io(&self.jsonl_path, e))
     }
 
     /// Pushes everything to disk (called at checkpoints and at the end).
     pub fn flush(&mut self) -> Result<()> {
-        self.tensorboard.flush();
-        self.jsonl.sync_data().map_err(|e| TrainError::io(JSONL, e))
+        self.tensorboard.flush()?;
+        self.jsonl.sync_data().map_err(|e| TrainError::io(&self.jsonl_path, e))
     }
 }
 

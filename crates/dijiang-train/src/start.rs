@@ -3,6 +3,8 @@
 //! its student: the newest checkpoint's (exact resume) or the converted teacher (a fresh start).
 //! Resume is not init: the two paths share nothing but the architecture check.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -81,6 +83,47 @@ pub struct Start<B: AutodiffBackend> {
     pub optimizer: AdamW<B::InnerBackend>,
     pub state: TrainerState,
     pub resumed_from: Option<usize>,
+}
+
+/// The one trainer of a run directory: an advisory lock (`flock`) on `.NAME.lock` beside it, held
+/// for the whole run. The kernel releases it when the process ends however it ends, so a lock
+/// left by a killed trainer never blocks; the file holds the holder's PID for the message.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+        let path = parent.join(format!(".{name}.lock"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder).ok();
+                return Err(TrainError::Input(format!(
+                    "{} is in use by another trainer (PID {}): wait for it to finish or stop it, or train into \
+                     another run directory (run=NAME)",
+                    dir.display(),
+                    holder.trim()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(TrainError::io(&path, e)),
+        }
+        let pid = std::process::id().to_string();
+        file.set_len(0).and_then(|()| file.write_all(pid.as_bytes())).map_err(|e| TrainError::io(&path, e))?;
+        Ok(Self { _file: file })
+    }
 }
 
 /// Makes the run directory ready (on node 0, which owns it) and returns the checkpoint to resume

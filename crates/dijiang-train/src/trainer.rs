@@ -26,7 +26,7 @@ use crate::optim::AdamW;
 use crate::params::set_trainable;
 use crate::recorder::{Outcome, Recorder};
 use crate::schedule::learning_rate;
-use crate::start::{Inputs, RunContext, Start, prepare_dir};
+use crate::start::{Inputs, RunContext, RunLock, Start, prepare_dir};
 use crate::step::{Signals, StepInputs, step};
 use crate::trainable::trains;
 
@@ -63,6 +63,8 @@ pub fn train_with<B: AutodiffBackend>(
         return Err(TrainError::Input(message));
     }
     let student_config = experiment.student_config(inputs.teacher.config());
+    // Node 0 owns the run directory: one trainer at a time.
+    let _lock = (dist.node_rank == 0).then(|| RunLock::acquire(&options.run_dir)).transpose()?;
     let found = prepare_dir(&options.run_dir, experiment, options.resume)?;
     let start = Start::<B>::resume_or_convert(found.as_ref(), experiment, &student_config, &devices[0])?;
     let manifest =

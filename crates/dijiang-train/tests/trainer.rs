@@ -1,7 +1,7 @@
 //! The trainer in process, on tiny random LLaMA and GPT-NeoX models and a few hundred tokens held in
 //! memory (this README's bytes): nothing outside the repository. Two stages over every loss term,
 //! gradient accumulation, checkpoints, an exact resume after a stop, two CPU workers against one,
-//! and the plan's trainable counts against the trainer's.
+//! the plan's trainable counts against the trainer's, damaged checkpoints and failing writes.
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
@@ -135,13 +135,7 @@ fn two_stages_and_an_exact_resume(arch: Architecture) {
     assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
     let resumed = run(&dir, &experiment, "b", false, 1);
     assert_eq!(resumed.resumed_from, Some(1));
-    let b = metrics(&dir.join("b"));
-    let timing = |tag: &str| tag == "train/tokens_per_s";
-    let keys = |m: &Metrics| m.keys().filter(|(_, t)| !timing(t)).cloned().collect::<Vec<_>>();
-    assert_eq!(keys(&b), keys(&m));
-    for key in keys(&m) {
-        assert_eq!(b[&key].to_bits(), m[&key].to_bits(), "{key:?}: resumed {} vs uninterrupted {}", b[&key], m[&key]);
-    }
+    assert_same(&metrics(&dir.join("b")), &m);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -193,5 +187,94 @@ fn the_plan_counts_what_the_trainer_trains() {
             assert_eq!(planned, trained, "{arch:?} stage {}", stage.name);
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// A flipped byte, then a truncated file, in the newest checkpoint: it is skipped, naming the
+/// file, and the run resumes from the one before, to the uninterrupted run's numbers.
+#[test]
+fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
+    let (dir, experiment) = setup("damaged", Architecture::Llama);
+    run(&dir, &experiment, "reference", false, 1);
+    let want = metrics(&dir.join("reference"));
+    let run_dir = dir.join("damaged");
+    run(&dir, &experiment, "damaged", false, 1);
+    let newest = run_dir.join("checkpoints/step-00000006");
+    for (file, damage) in [("model/model.safetensors", "flip"), ("optimizer.safetensors", "truncate")] {
+        let path = newest.join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        match damage {
+            "flip" => bytes[middle] ^= 0x10,
+            _ => bytes.truncate(bytes.len() - 3),
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let checked = dijiang_train::checkpoint::verify_run(&run_dir);
+        let damaged = checked[0].1.as_ref().unwrap_err().to_string();
+        assert!(damaged.contains(file), "{damage}: the file is named: {damaged}");
+        assert_eq!(checked[1].1.as_ref().unwrap().step, 4);
+        let resumed = run(&dir, &experiment, "damaged", false, 1);
+        assert_eq!(resumed.resumed_from, Some(4), "{damage}");
+        assert_same(&metrics(&run_dir), &want);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every value of `got` equals `want`'s bit for bit (timings aside), and no other is logged.
+fn assert_same(got: &Metrics, want: &Metrics) {
+    let keys = |m: &Metrics| m.keys().filter(|(_, t)| t != "train/tokens_per_s").cloned().collect::<Vec<_>>();
+    assert_eq!(keys(got), keys(want));
+    for key in keys(want) {
+        assert_eq!(got[&key].to_bits(), want[&key].to_bits(), "{key:?}: {} vs {}", got[&key], want[&key]);
+    }
+}
+
+/// Failing writes (`DIJIANG_FAULT`, in a child process): the run stops with an error naming the
+/// file, leaves no partial checkpoint, and the next run resumes from the last good checkpoint to
+/// the uninterrupted run's numbers.
+#[test]
+fn failed_writes_leave_a_resumable_run() {
+    let (dir, experiment) = setup("faults", Architecture::Llama);
+    run(&dir, &experiment, "reference", false, 1);
+    let want = metrics(&dir.join("reference"));
+    for (fault, says, resumes_from) in [
+        ("disk-full:checkpoint:4", "trainer.json: No space left on device", Some(3)),
+        ("write-error:metrics:5", "metrics.jsonl: Input/output error", Some(4)),
+        ("disk-full:metrics", "No space left on device", None),
+    ] {
+        let name = fault.replace(':', "-");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "train_child", "--nocapture", "--test-threads=1"])
+            .env("DIJIANG_FAULT", fault)
+            .env("DIJIANG_TEST_DIR", &dir)
+            .env("DIJIANG_TEST_RUN", &name)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{fault}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("TRAIN FAILED") && stdout.contains(says), "{fault}: {stdout}");
+        let checkpoints = std::fs::read_dir(dir.join(&name).join("checkpoints")).into_iter().flatten();
+        let partial = checkpoints.flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).count();
+        assert_eq!(partial, 0, "{fault}: a failed checkpoint leaves no partial directory");
+        let resumed = run(&dir, &experiment, &name, false, 1);
+        assert_eq!(resumed.resumed_from, resumes_from, "{fault}");
+        assert_same(&metrics(&dir.join(&name)), &want);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Run by `failed_writes_leave_a_resumable_run` in a child process.
+#[test]
+fn train_child() {
+    let (Some(dir), Some(name)) = (std::env::var_os("DIJIANG_TEST_DIR"), std::env::var("DIJIANG_TEST_RUN").ok()) else {
+        return; // only meaningful as the child
+    };
+    let dir = PathBuf::from(dir);
+    let experiment = Experiment::load(&dir.join("t.toml"), &[]).unwrap();
+    let options =
+        RunOptions { experiment, run_dir: dir.join(&name), resume: true, stop: Arc::new(AtomicBool::new(false)) };
+    match train_with::<B>(options, inputs(&dir), &[Default::default()]) {
+        Ok(outcome) => println!("TRAIN SUCCEEDED at step {}", outcome.step),
+        Err(e) => println!("TRAIN FAILED: {e}"),
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod compare;
 pub mod convert;
 pub mod eval;
