@@ -8,8 +8,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::Module;
@@ -94,6 +94,24 @@ fn run(dir: &Path, experiment: &Experiment, run: &str, stop: bool, workers: usiz
 
 type Metrics = BTreeMap<(usize, String), f64>;
 
+/// The scratch directory of `arch`, with its uninterrupted run `a` made once and its metrics; the
+/// tests add their own runs beside it.
+fn reference(arch: Architecture) -> &'static (PathBuf, Experiment, Metrics) {
+    static LLAMA: OnceLock<(PathBuf, Experiment, Metrics)> = OnceLock::new();
+    static NEOX: OnceLock<(PathBuf, Experiment, Metrics)> = OnceLock::new();
+    let cell = match arch {
+        Architecture::Llama => &LLAMA,
+        Architecture::GptNeox => &NEOX,
+    };
+    cell.get_or_init(|| {
+        let (dir, experiment) = setup(&format!("{arch:?}"), arch);
+        let full = run(&dir, &experiment, "a", false, 1);
+        assert!(!full.interrupted && full.step == STEPS, "{full:?}");
+        let m = metrics(&dir.join("a"));
+        (dir, experiment, m)
+    })
+}
+
 fn metrics(run: &Path) -> Metrics {
     let records = dijiang_train::metrics::read(run).unwrap();
     let mut out = Metrics::new();
@@ -104,10 +122,7 @@ fn metrics(run: &Path) -> Metrics {
 }
 
 fn two_stages_and_an_exact_resume(arch: Architecture) {
-    let (dir, experiment) = setup(&format!("{arch:?}"), arch);
-    let full = run(&dir, &experiment, "a", false, 1);
-    assert!(!full.interrupted && full.step == STEPS, "{full:?}");
-    let m = metrics(&dir.join("a"));
+    let (dir, experiment, m) = reference(arch);
     for step in 1..=STEPS {
         let stage = &experiment.stages[usize::from(step > 3)];
         let logged: Vec<Term> =
@@ -136,7 +151,6 @@ fn two_stages_and_an_exact_resume(arch: Architecture) {
     let resumed = run(&dir, &experiment, "b", false, 1);
     assert_eq!(resumed.resumed_from, Some(1));
     assert_same(&metrics(&dir.join("b")), &m);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -151,12 +165,11 @@ fn gpt_neox_two_stages_every_term_and_an_exact_resume() {
 
 #[test]
 fn two_workers_match_one() {
-    let (dir, experiment) = setup("workers", Architecture::Llama);
-    run(&dir, &experiment, "one", false, 1);
-    run(&dir, &experiment, "two", false, 2);
-    let (one, two) = (metrics(&dir.join("one")), metrics(&dir.join("two")));
+    let (dir, experiment, one) = reference(Architecture::Llama);
+    run(dir, experiment, "two", false, 2);
+    let two = metrics(&dir.join("two"));
     let mut compared = 0;
-    for ((step, tag), want) in &one {
+    for ((step, tag), want) in one {
         if tag.starts_with("train/") && tag != "train/tokens_per_s" {
             let got = two[&(*step, tag.clone())];
             // Relative 1e-5, absolute 1e-7 for small values: a KL near 0 is a difference of terms of
@@ -167,7 +180,6 @@ fn two_workers_match_one() {
         }
     }
     assert!(compared >= STEPS * 4, "{compared} values compared");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -194,9 +206,7 @@ fn the_plan_counts_what_the_trainer_trains() {
 /// file, and the run resumes from the one before, to the uninterrupted run's numbers.
 #[test]
 fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
-    let (dir, experiment) = setup("damaged", Architecture::Llama);
-    run(&dir, &experiment, "reference", false, 1);
-    let want = metrics(&dir.join("reference"));
+    let (dir, experiment, want) = reference(Architecture::Llama);
     let run_dir = dir.join("damaged");
     run(&dir, &experiment, "damaged", false, 1);
     let newest = run_dir.join("checkpoints/step-00000006");
@@ -217,7 +227,6 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
         assert_eq!(resumed.resumed_from, Some(4), "{damage}");
         assert_same(&metrics(&run_dir), &want);
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Every value of `got` equals `want`'s bit for bit (timings aside), and no other is logged.
@@ -234,9 +243,7 @@ fn assert_same(got: &Metrics, want: &Metrics) {
 /// the uninterrupted run's numbers.
 #[test]
 fn failed_writes_leave_a_resumable_run() {
-    let (dir, experiment) = setup("faults", Architecture::Llama);
-    run(&dir, &experiment, "reference", false, 1);
-    let want = metrics(&dir.join("reference"));
+    let (dir, experiment, want) = reference(Architecture::Llama);
     for (fault, says, resumes_from) in [
         ("disk-full:checkpoint:4", "trainer.json: No space left on device", Some(3)),
         ("write-error:metrics:5", "metrics.jsonl: Input/output error", Some(4)),
@@ -260,7 +267,6 @@ fn failed_writes_leave_a_resumable_run() {
         assert_eq!(resumed.resumed_from, resumes_from, "{fault}");
         assert_same(&metrics(&dir.join(&name)), &want);
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Run by `failed_writes_leave_a_resumable_run` in a child process.
