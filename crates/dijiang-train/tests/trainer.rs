@@ -146,11 +146,11 @@ fn two_stages_and_an_exact_resume(arch: Architecture) {
     assert!(dijiang_model::import::load::<I>(&dir.join("a/model"), &Default::default()).is_ok());
 
     // Stopped after its first step (as Ctrl-C does), then resumed: the same run, bit for bit.
-    let stopped = run(&dir, &experiment, "b", true, 1);
+    let stopped = run(dir, experiment, "b", true, 1);
     assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
-    let resumed = run(&dir, &experiment, "b", false, 1);
+    let resumed = run(dir, experiment, "b", false, 1);
     assert_eq!(resumed.resumed_from, Some(1));
-    assert_same(&metrics(&dir.join("b")), &m);
+    assert_same(&metrics(&dir.join("b")), m);
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn the_plan_counts_what_the_trainer_trains() {
 fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
     let (dir, experiment, want) = reference(Architecture::Llama);
     let run_dir = dir.join("damaged");
-    run(&dir, &experiment, "damaged", false, 1);
+    run(dir, experiment, "damaged", false, 1);
     let newest = run_dir.join("checkpoints/step-00000006");
     for (file, damage) in [("model/model.safetensors", "flip"), ("optimizer.safetensors", "truncate")] {
         let path = newest.join(file);
@@ -223,9 +223,9 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
         let damaged = checked[0].1.as_ref().unwrap_err().to_string();
         assert!(damaged.contains(file), "{damage}: the file is named: {damaged}");
         assert_eq!(checked[1].1.as_ref().unwrap().step, 4);
-        let resumed = run(&dir, &experiment, "damaged", false, 1);
+        let resumed = run(dir, experiment, "damaged", false, 1);
         assert_eq!(resumed.resumed_from, Some(4), "{damage}");
-        assert_same(&metrics(&run_dir), &want);
+        assert_same(&metrics(&run_dir), want);
     }
 }
 
@@ -253,7 +253,7 @@ fn failed_writes_leave_a_resumable_run() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "train_child", "--nocapture", "--test-threads=1"])
             .env("DIJIANG_FAULT", fault)
-            .env("DIJIANG_TEST_DIR", &dir)
+            .env("DIJIANG_TEST_DIR", dir)
             .env("DIJIANG_TEST_RUN", &name)
             .output()
             .unwrap();
@@ -263,9 +263,9 @@ fn failed_writes_leave_a_resumable_run() {
         let checkpoints = std::fs::read_dir(dir.join(&name).join("checkpoints")).into_iter().flatten();
         let partial = checkpoints.flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).count();
         assert_eq!(partial, 0, "{fault}: a failed checkpoint leaves no partial directory");
-        let resumed = run(&dir, &experiment, &name, false, 1);
+        let resumed = run(dir, experiment, &name, false, 1);
         assert_eq!(resumed.resumed_from, resumes_from, "{fault}");
-        assert_same(&metrics(&dir.join(&name)), &want);
+        assert_same(&metrics(&dir.join(&name)), want);
     }
 }
 
