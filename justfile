@@ -68,21 +68,26 @@ variants *args:
     "$dijiang" compare --before runs/variants/untrained.json --out runs/variants/table.md "${runs[@]}"
 
 # Fetch and tokenise a real corpus into datasets/NAME/tokens (see datasets/NAME.md):
-# sotu, brown, moby-dick, kjv, tinyshakespeare, wikitext2, tinystories-fragment, pile.
+# sotu, brown, moby-dick, kjv, mix (sotu + brown + kjv), tinyshakespeare, wikitext2,
+# tinystories-fragment, pile.
 # Another tokenizer: `just tokenizer=MODEL data NAME`; the Pile: `just path=DIR data pile`.
 data name:
     #!/usr/bin/env bash
     set -euo pipefail
     out="{{out}}"
     if [ "{{name}}" = pile ]; then
-        input="{{path}}"
-        [ -n "$input" ] || { echo "the Pile is not redistributable: download its jsonl.zst files, then just path=DIR data pile" >&2; exit 1; }
+        inputs=("{{path}}")
+        [ -n "{{path}}" ] || { echo "the Pile is not redistributable: download its jsonl.zst files, then just path=DIR data pile" >&2; exit 1; }
+    elif [ "{{name}}" = mix ]; then
+        # datasets/mix.md: three registers together; Moby-Dick stays out for out-of-domain tests.
+        inputs=()
+        for corpus in sotu brown kjv; do datasets/fetch.sh $corpus; inputs+=("datasets/$corpus/raw"); done
     else
         datasets/fetch.sh "{{name}}"
-        input="datasets/{{name}}/raw"
+        inputs=("datasets/{{name}}/raw")
     fi
     if [ "{{tokenizer}}" = "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then just fetch-smollm2; fi
-    cargo run --release --no-default-features --features {{backend}} -- prepare --tokenizer "{{tokenizer}}" --input "$input" --out "${out:-datasets/{{name}}/tokens}"
+    cargo run --release --no-default-features --features {{backend}} -- prepare --tokenizer "{{tokenizer}}" --input "${inputs[@]}" --out "${out:-datasets/{{name}}/tokens}"
 
 # A Python virtualenv with TensorBoard (for `just tensorboard` and the event-file test).
 python-tools:

@@ -68,6 +68,13 @@ fn eval_reproduces_stories260k_perplexity() {
     eprintln!("stories260K perplexity over 256 tokens: {ppl:.4}");
     assert_eq!(out["tokens"], 256);
     assert!((ppl - 4.66).abs() < 0.01, "perplexity {ppl}");
+    // Four windows of 64 tokens, each from an empty context.
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let windowed =
+        json(&dijiang(&["eval", "--model", m, "--text", t, "--max-tokens", "256", "--window", "64", "--json"]));
+    assert_eq!((windowed["windows"].as_u64(), windowed["tokens"].as_u64()), (Some(4), Some(256)));
+    let nll = windowed["nll"].as_f64().unwrap();
+    assert!(nll.is_finite() && nll > out["nll"].as_f64().unwrap(), "short contexts predict worse: {nll}");
 }
 
 #[test]

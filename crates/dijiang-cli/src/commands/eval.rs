@@ -1,11 +1,17 @@
-//! `dijiang eval --model <model> --text <file>`: mean next-token NLL and perplexity on a text.
+//! `dijiang eval --model <model> --text <file> | --data <prepared dir>`: mean next-token NLL and
+//! perplexity on a text or a prepared dataset's validation split, as one sequence or as
+//! consecutive windows of `--window` tokens, each read from an empty context (so that windows of
+//! 1,024 and 4,096 tokens show how the model uses long contexts).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use dijiang_data::dataset::{Split, TokenStream};
+use dijiang_data::manifest::Manifest;
 use dijiang_model::eval::mean_nll;
 use dijiang_model::import::load;
 use dijiang_model::tokenizer::Tokenizer;
+use indicatif::ProgressBar;
 use serde_json::json;
 
 use crate::backend::Backend;
@@ -15,11 +21,18 @@ pub struct Args {
     #[arg(long)]
     model: String,
     /// A UTF-8 text file, tokenised as one prompt (BOS first where the model uses one).
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    text: Option<String>,
+    /// A dataset made by `dijiang prepare` with the model's tokenizer: its validation split.
     #[arg(long)]
-    text: String,
+    data: Option<PathBuf>,
     /// Keep the first N tokens.
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Consecutive windows of this many tokens, each from an empty context (a last, shorter
+    /// window is dropped); default: all tokens as one sequence.
+    #[arg(long)]
+    window: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -41,18 +54,49 @@ fn tokens(tokenizer: &Tokenizer, text: &str, max: Option<usize>) -> Result<Vec<u
     }
 }
 
+/// The tokens to evaluate: the text's, or the dataset's validation split (checked against the
+/// model's tokenizer).
+fn input_tokens(args: &Args, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    if let Some(dir) = &args.data {
+        let manifest = Manifest::read(dir)?;
+        manifest.check_tokenizer(&tokenizer.fingerprint(), dir)?;
+        let stream = TokenStream::open(dir, &manifest, Split::Validation)?;
+        return Ok(stream.read(0, args.max_tokens.unwrap_or(usize::MAX).min(stream.len())));
+    }
+    let path = args.text.as_deref().expect("clap: --text or --data");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    tokens(tokenizer, &text, args.max_tokens)
+}
+
 pub fn run(args: Args) -> Result<()> {
     let path = Path::new(&args.model);
-    let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text))?;
     let tokenizer = Tokenizer::for_model(path).with_context(|| format!("finding the tokenizer of {}", args.model))?;
-    let ids = tokens(&tokenizer, &text, args.max_tokens)?;
-    anyhow::ensure!(ids.len() >= 2, "{} gives {} token(s); perplexity needs at least 2", args.text, ids.len());
+    let ids = input_tokens(&args, &tokenizer)?;
+    let window = args.window.unwrap_or(ids.len()).max(2);
+    let windows: Vec<&[u32]> = ids.chunks_exact(window).collect();
+    anyhow::ensure!(
+        !windows.is_empty(),
+        "{} token(s): not one window of {window}; perplexity needs at least 2",
+        ids.len()
+    );
     let model = load::<Backend>(path, &Default::default()).with_context(|| format!("loading {}", args.model))?.model;
-    let nll = mean_nll(&model, &ids);
+    let bar = ProgressBar::new(windows.len() as u64);
+    let mut total = 0.0;
+    for w in &windows {
+        total += mean_nll(&model, w);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // Every window predicts `window - 1` tokens: the mean over windows is the mean over tokens.
+    let nll = total / windows.len() as f64;
+    let tokens = windows.len() * window;
     if args.json {
-        println!("{}", json!({"nll": nll, "perplexity": nll.exp(), "tokens": ids.len()}));
+        println!(
+            "{}",
+            json!({"nll": nll, "perplexity": nll.exp(), "tokens": tokens, "window": window, "windows": windows.len()})
+        );
     } else {
-        println!("tokens      {}", ids.len());
+        println!("tokens      {tokens} ({} window(s) of {window})", windows.len());
         println!("nll         {nll:.4} nats/token");
         println!("perplexity  {:.4}", nll.exp());
     }
