@@ -276,6 +276,10 @@ impl TensorStore for HfCheckpoint {
     fn unused(&self) -> Vec<String> {
         self.files.names().filter(|n| !self.used.contains(*n) && !ignorable(n)).cloned().collect()
     }
+
+    fn stored_values(&self) -> usize {
+        self.files.stored_values()
+    }
 }
 
 /// Finds the weights and config of an HF checkpoint at `path` (a directory, a `.safetensors` file

@@ -104,6 +104,9 @@ impl Llama2c {
             seq_len: raw[6] as usize,
             shared_classifier: raw[5] > 0,
         };
+        // Sizes first, from the header alone: a header claiming millions of layers must fail here,
+        // not be laid out tensor by tensor.
+        check_sizes(&header, mmap.len()).map_err(&bad)?;
         let (slots, end) = layout(&header);
         if mmap.len() != end {
             return Err(bad(format!(
@@ -133,6 +136,38 @@ impl Llama2c {
             max_seq_len: h.seq_len,
             ..ModelConfig::stories260k()
         }
+    }
+}
+
+/// Checks that each header field, times the fewest bytes one unit of it takes in the file, fits in
+/// the file's `len` bytes, before anything is computed from them; names the field that claims the
+/// most (a corrupt layer count, not the vocabulary of a merely truncated file).
+fn check_sizes(h: &Header, len: usize) -> Result<(), String> {
+    let floats = |n: Option<usize>| n.and_then(|n| n.checked_mul(4));
+    let dim = h.dim;
+    let kv_dim = dim / h.n_heads * h.n_kv_heads;
+    // A layer: two norms, q and o (dim x dim), k and v (kv_dim x dim), w1, w2, w3 (hidden x dim).
+    let layer = (|| {
+        let q_k_v_o = dim.checked_mul(dim)?.checked_mul(2)?.checked_add(kv_dim.checked_mul(dim)?.checked_mul(2)?)?;
+        q_k_v_o.checked_add(h.hidden_dim.checked_mul(dim)?.checked_mul(3)?)?.checked_add(2 * dim)
+    })();
+    let claims = [
+        ("dim", dim, "the final norm", Some(4)),
+        ("vocab_size", h.vocab_size, "an embedding row", floats(Some(dim))),
+        ("hidden_dim", h.hidden_dim, "rows of w1, w2 and w3", floats(dim.checked_mul(3))),
+        ("seq_len", h.seq_len, "RoPE table rows", floats(Some(dim / h.n_heads))),
+        ("n_layers", h.n_layers, "a layer", floats(layer)),
+    ];
+    // Bytes each field implies on its own (saturated: "more than any file").
+    let implied = |(_, count, _, unit): &(&str, usize, &str, Option<usize>)| unit.map_or(usize::MAX, |u| count.saturating_mul(u));
+    match claims.iter().filter(|c| implied(c) > len).max_by_key(|c| implied(c)) {
+        None => Ok(()),
+        Some(claim @ (field, count, what, unit)) => Err(format!(
+            "header field `{field}` = {count} implies at least {} bytes ({count} x {} for {what}), more than the \
+             file's {len} bytes (truncated, or not a legacy llama2.c file)",
+            implied(claim),
+            unit.map_or("too many".into(), |u| u.to_string()),
+        )),
     }
 }
 
@@ -203,6 +238,10 @@ impl TensorStore for Llama2c {
 
     fn unused(&self) -> Vec<String> {
         self.slots.keys().filter(|n| !self.used.contains(*n)).cloned().collect()
+    }
+
+    fn stored_values(&self) -> usize {
+        self.slots.values().fold(0, |n, s| n.saturating_add(s.stored[0] * s.stored[1]))
     }
 }
 
