@@ -1,0 +1,81 @@
+//! llama2.c seeds: tiny checkpoints (shared and separate classifier) and a 512-token tokenizer
+//! written here, and stories260K with its tok512.bin from ../shared, read at test time.
+
+use anyhow::Result;
+
+use super::{shared, values};
+use crate::input::Input;
+
+/// The header: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: a separate
+/// classifier), seq_len.
+pub fn checkpoint(header: [i32; 7]) -> Vec<u8> {
+    let [dim, hidden, layers, heads, kv_heads, vocab, seq] = header.map(|v| v.unsigned_abs() as usize);
+    let kv_dim = dim * kv_heads / heads;
+    let per_layer = 2 * dim + 2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim;
+    let classifier = if header[5] < 0 { vocab * dim } else { 0 };
+    // Embedding, the layers, the final norm, the two RoPE tables, the classifier.
+    let floats = vocab * dim + layers * per_layer + dim + seq * (dim / heads) + classifier;
+    let mut out: Vec<u8> = header.iter().flat_map(|v| v.to_le_bytes()).collect();
+    values(floats, 5).iter().for_each(|v| out.extend(v.to_le_bytes()));
+    out
+}
+
+/// A llama2.c tokenizer of 512 tokens: `<unk>`, BOS, EOS, the 256 byte tokens, then pieces of
+/// a few words (scores favour longer pieces), padded with two-letter pieces.
+pub fn tokenizer() -> Vec<u8> {
+    let mut pieces: Vec<Vec<u8>> = vec![b"<unk>".to_vec(), b"\n<s>\n".to_vec(), b"\n</s>\n".to_vec()];
+    pieces.extend((0..=255u8).map(|b| format!("<0x{b:02X}>").into_bytes()));
+    let add = |pieces: &mut Vec<Vec<u8>>, p: String| {
+        if !pieces.contains(&p.clone().into_bytes()) {
+            pieces.push(p.into_bytes());
+        }
+    };
+    for c in " abcdefghijklmnopqrstuvwxyz.,".chars() {
+        add(&mut pieces, c.to_string());
+    }
+    for word in ["Once", "upon", "time", "there", "was", "little", "girl", "named", "Lily", "happy", "play"] {
+        for k in 2..=word.len() {
+            add(&mut pieces, format!(" {}", &word[..k]));
+        }
+    }
+    let letters: Vec<char> = "etaoinshrdlu".chars().collect();
+    for (a, b) in letters.iter().flat_map(|a| letters.iter().map(move |b| (a, b))) {
+        add(&mut pieces, format!("{a}{b}"));
+    }
+    for k in 0.. {
+        if pieces.len() >= 512 {
+            break;
+        }
+        add(&mut pieces, format!(" w{k}"));
+    }
+    pieces.truncate(512);
+    let max_len = pieces.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let mut out = max_len.to_le_bytes().to_vec();
+    for (i, piece) in pieces.iter().enumerate() {
+        let score = if i < 259 { 0.0 } else { piece.len() as f32 - i as f32 / 1000.0 };
+        out.extend(score.to_le_bytes());
+        out.extend((piece.len() as i32).to_le_bytes());
+        out.extend(piece);
+    }
+    out
+}
+
+/// `model.bin` with `tok512.bin` beside it.
+pub fn model_seeds() -> Result<Vec<Input>> {
+    let tok = tokenizer();
+    let with_tok = |model: Vec<u8>| Input::new(vec![("model.bin".into(), model), ("tok512.bin".into(), tok.clone())]);
+    let mut seeds = vec![with_tok(checkpoint([8, 16, 2, 2, 1, 512, 16])), with_tok(checkpoint([8, 12, 1, 4, 4, -512, 8]))];
+    if let (Some(model), Some(tok)) = (shared("models/stories260K/stories260K.bin"), shared("models/stories260K/tok512.bin")) {
+        seeds.push(Input::new(vec![("model.bin".into(), std::fs::read(model)?), ("tok512.bin".into(), std::fs::read(tok)?)]));
+    }
+    Ok(seeds)
+}
+
+/// `tok512.bin` alone.
+pub fn tokenizer_seeds() -> Result<Vec<Input>> {
+    let mut seeds = vec![Input::single("tok512.bin", tokenizer())];
+    if let Some(tok) = shared("models/stories260K/tok512.bin") {
+        seeds.push(Input::single("tok512.bin", std::fs::read(tok)?));
+    }
+    Ok(seeds)
+}
