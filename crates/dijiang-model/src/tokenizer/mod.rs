@@ -276,3 +276,20 @@ impl Tokenizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs on which the `tokenizers` crate panics (fuzz regressions): each must be an error
+    /// naming the file, at load or at the first encode.
+    #[test]
+    fn panics_of_the_tokenizers_crate_become_errors() {
+        let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz-regressions/tokenizer-json");
+        for case in ["decoder-with-a-syntax-error", "template-naming-an-undefined-token"] {
+            let path = cases.join(case).join("tokenizer.json");
+            let err = Tokenizer::for_model(&path).and_then(|t| t.encode("once upon")).unwrap_err().to_string();
+            assert!(err.contains(case) && err.contains("the tokenizers library failed"), "{case}: {err}");
+        }
+    }
+}
