@@ -104,7 +104,13 @@ impl Tokenizer {
     }
 
     fn from_tokenizer_json(path: &Path, special: Option<(Option<u32>, Option<u32>)>) -> Result<Self, ModelError> {
-        let tok = contained(path, || tokenizers::Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e)))?;
+        let mut tok =
+            contained(path, || tokenizers::Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e)))?;
+        // Documents and prompts are encoded whole: a file's truncation would silently cut every
+        // document `prepare` reads, and its padding adds tokens nobody asked for (found by fuzzing:
+        // `"padding": {"strategy": {"Fixed": 4294967295}}` made one encode allocate 17 GB).
+        tok.with_truncation(None).map_err(|e| tokenizer_error(path, e))?;
+        tok.with_padding(None);
         // BOS / EOS: the model's ids if known, else the usual names.
         let find = |names: &[&str]| names.iter().find_map(|n| tok.token_to_id(n));
         let (bos, eos) = special.unwrap_or((
@@ -291,5 +297,15 @@ mod tests {
             let err = Tokenizer::for_model(&path).and_then(|t| t.encode("once upon")).unwrap_err().to_string();
             assert!(err.contains(case) && err.contains("the tokenizers library failed"), "{case}: {err}");
         }
+    }
+
+    /// A file's padding and truncation are ignored: documents are encoded whole, and nothing is
+    /// added to them (the fuzz regression asks for padding to 2^32 - 1 tokens).
+    #[test]
+    fn padding_and_truncation_of_the_file_are_ignored() {
+        let case = "../../tests/fuzz-regressions/tokenizer-json/padding-to-4-billion-tokens";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(case).join("tokenizer.json");
+        let ids = Tokenizer::for_model(&path).unwrap().encode("once upon once upon once upon once upon a time").unwrap();
+        assert_eq!(ids, [1, 2, 1, 2, 1, 2, 1, 2, 0, 0]);
     }
 }
