@@ -7,7 +7,8 @@
 //! Every input must end in `Ok` or in errors that name the input's file: no panic, no hang, no
 //! allocation beyond what the input's size justifies.
 //!
-//! - [`mutate`]: the mutations, from a seeded generator (a campaign is reproducible from its seed).
+//! - [`mutate`]: the mutations, from a seeded generator (a campaign is reproducible from its seed);
+//!   [`structure`]: repairs that keep a mutated container consistent with its mutated header.
 //! - [`alloc`]: the global allocator of the fuzz test binary, which accounts each input's memory.
 //! - [`runner`]: one input on a worker thread, with a watchdog and panics caught.
 //! - [`campaign`]: the loop over seeds and mutants, the judgement of each input, minimisation.
@@ -22,6 +23,7 @@ pub mod input;
 pub mod mutate;
 pub mod runner;
 pub mod seeds;
+pub mod structure;
 pub mod targets;
 
 pub use campaign::{Report, Settings};

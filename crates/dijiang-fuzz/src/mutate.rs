@@ -3,10 +3,13 @@
 //! other seeds, "interesting" integers written over binary length / count / shape fields and over
 //! numbers in text (JSON, TOML), and truncations. One to eight of them are stacked per input.
 //!
+//! Half the mutated safetensors, GGUF and llama2.c files are then repaired ([`structure`]).
+//!
 //! Positions favour the start of a file, where headers are: a header field hit by a uniform
 //! position in a 1 MB checkpoint would be a rare event.
 
 use crate::input::Input;
+use crate::structure;
 
 /// SplitMix64: small, fast, and enough for choosing mutations.
 #[derive(Debug, Clone)]
@@ -90,12 +93,22 @@ const INTERESTING_TEXT: [&str; 14] = [
 /// A mutant of `seed`: one to eight stacked mutations of its files. `pool` provides splice donors.
 pub fn mutate(seed: &Input, pool: &[Input], rng: &mut Rng) -> Input {
     let mut out = seed.clone();
+    let mut mutated = vec![false; out.files.len()];
     let count = 1 + (rng.below(8).min(rng.below(8))); // mostly 1-3
     for _ in 0..count {
         let f = rng.below(out.files.len());
         let name = out.files[f].0.clone();
         let donor = pool[rng.below(pool.len())].files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.clone());
         mutate_bytes(&mut out.files[f].1, donor.as_deref().unwrap_or(&[]), rng);
+        mutated[f] = true;
+    }
+    // Half the mutated containers are made consistent with their mutated headers again.
+    for ((name, bytes), _) in out.files.iter_mut().zip(mutated).filter(|(_, m)| *m) {
+        if rng.one_in(2)
+            && let Some(repaired) = structure::repair(name, bytes)
+        {
+            *bytes = repaired;
+        }
     }
     out
 }

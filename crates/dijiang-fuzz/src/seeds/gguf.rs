@@ -295,12 +295,21 @@ pub fn seeds() -> Result<Vec<Input>> {
     Ok(seeds)
 }
 
-/// One key-value pair or tensor info as stored.
-struct RawTensor {
-    name: String,
-    dims: Vec<u64>,
-    ty: u32,
-    offset: u64,
+/// A tensor info as stored.
+pub struct RawTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: u32,
+    pub offset: u64,
+}
+
+/// A GGUF file's header as stored: each key with its type and encoded value, the tensor infos,
+/// and where the data starts.
+pub struct RawGguf {
+    pub kvs: Vec<(String, u32, Vec<u8>)>,
+    pub tensors: Vec<RawTensor>,
+    pub alignment: usize,
+    pub data_start: usize,
 }
 
 /// A little-endian reader over a GGUF header (this seed generator's own, independent of the
@@ -327,18 +336,19 @@ impl Reader<'_> {
         let n = self.u64()? as usize;
         Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
     }
-    /// Skips a value of type `ty`.
-    fn skip(&mut self, ty: u32) -> Result<()> {
+    /// Skips a value of type `ty` (arrays nest at most 16 deep: mutants are parsed here too).
+    fn skip(&mut self, ty: u32, depth: usize) -> Result<()> {
         let size = match ty {
             T_U8 | T_I8 | T_BOOL => 1,
             T_U16 | T_I16 => 2,
             T_U32 | T_I32 | T_F32 => 4,
             T_U64 | T_I64 | T_F64 => 8,
             T_STR => self.u64()? as usize,
-            T_ARRAY => {
+            T_ARRAY if depth < 16 => {
                 let (item, n) = (self.u32()?, self.u64()?);
-                return (0..n).try_for_each(|_| self.skip(item));
+                return (0..n).try_for_each(|_| self.skip(item, depth + 1));
             }
+            T_ARRAY => bail!("GGUF arrays nested too deep"),
             other => bail!("unknown GGUF value type {other}"),
         };
         self.take(size).map(drop)
@@ -347,14 +357,69 @@ impl Reader<'_> {
 
 /// Bytes of a tensor of `n` values of type `ty`.
 fn tensor_bytes(ty: u32, n: u64) -> Option<u64> {
-    Some(match ty {
-        F32 => 4 * n,
-        F16 | BF16 => 2 * n,
-        Q8_0 => n / 32 * 34,
-        Q4_0 => n / 32 * 18,
-        Q4_1 => n / 32 * 20,
-        _ => return None,
-    })
+    match ty {
+        F32 => n.checked_mul(4),
+        F16 | BF16 => n.checked_mul(2),
+        Q8_0 => Some(n / 32 * 34),
+        Q4_0 => Some(n / 32 * 18),
+        Q4_1 => Some(n / 32 * 20),
+        _ => None,
+    }
+}
+
+/// Parses the header of a GGUF file (or of its first bytes).
+pub fn parse_raw(bytes: &[u8]) -> Result<RawGguf> {
+    let mut r = Reader { bytes, pos: 4 };
+    anyhow::ensure!(bytes.starts_with(b"GGUF"), "not a GGUF file");
+    let (version, n_tensors, n_kv) = (r.u32()?, r.u64()?, r.u64()?);
+    anyhow::ensure!(version == 3, "GGUF version {version}");
+    let mut kvs = Vec::new();
+    for _ in 0..n_kv {
+        let key = r.string()?;
+        let ty = r.u32()?;
+        let start = r.pos;
+        r.skip(ty, 0)?;
+        kvs.push((key, ty, bytes[start..r.pos].to_vec()));
+    }
+    let mut tensors = Vec::new();
+    for _ in 0..n_tensors {
+        let name = r.string()?;
+        let n_dims = r.u32()?;
+        let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
+        tensors.push(RawTensor { name, dims, ty: r.u32()?, offset: r.u64()? });
+    }
+    let alignment = kvs
+        .iter()
+        .find(|(k, ty, v)| k == "general.alignment" && *ty == T_U32 && v.len() == 4)
+        .map_or(32, |(_, _, v)| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize);
+    anyhow::ensure!(alignment.is_power_of_two(), "alignment {alignment}");
+    Ok(RawGguf { kvs, tensors, alignment, data_start: r.pos.div_ceil(alignment) * alignment })
+}
+
+/// Bytes of a tensor of `dims` of type `ty`, if the type is known and the size sane.
+fn data_size(ty: u32, dims: &[u64]) -> Option<usize> {
+    let n = dims.iter().try_fold(1u64, |n, d| n.checked_mul(*d))?;
+    usize::try_from(tensor_bytes(ty, n)?).ok()
+}
+
+/// `bytes` rewritten so that every tensor's data is where its info says and as long as its dims
+/// and type make it (copied from where it was, cut or padded with zeros), at most `max` bytes of
+/// data in all: a mutated dim or type then reaches the importer instead of "past the end".
+pub fn repair(bytes: &[u8], max: usize) -> Option<Vec<u8>> {
+    let raw = parse_raw(bytes).ok()?;
+    let mut w = GgufWriter::new(raw.alignment);
+    raw.kvs.iter().for_each(|(key, ty, value)| w.raw(key, *ty, value));
+    let mut total = 0usize;
+    for t in &raw.tensors {
+        let size = data_size(t.ty, &t.dims)?;
+        total = total.checked_add(size).filter(|n| *n <= max)?;
+        let from = raw.data_start.checked_add(usize::try_from(t.offset).ok()?)?;
+        let old = bytes.get(from..).unwrap_or_default();
+        let mut data = old[..old.len().min(size)].to_vec();
+        data.resize(size, 0);
+        w.tensor_bytes(&t.name, &t.dims, t.ty, data);
+    }
+    Some(w.finish())
 }
 
 /// The real file's header (all metadata, or all but the tokenizer's three large arrays) with a few
@@ -363,33 +428,16 @@ fn smollm2_truncated(path: &std::path::Path, keep_tokenizer: bool) -> Result<Vec
     let mut file = std::fs::File::open(path)?;
     let mut head = Vec::new();
     file.by_ref().take(4 << 20).read_to_end(&mut head)?;
-    let mut r = Reader { bytes: &head, pos: 4 };
-    let (version, n_tensors, n_kv) = (r.u32()?, r.u64()?, r.u64()?);
-    anyhow::ensure!(version == 3, "SmolLM2 GGUF version {version}");
-    let mut w = GgufWriter::new(32);
-    for _ in 0..n_kv {
-        let key = r.string()?;
-        let ty = r.u32()?;
-        let start = r.pos;
-        r.skip(ty)?;
-        let big = ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"];
-        if keep_tokenizer || !big.contains(&key.as_str()) {
-            w.raw(&key, ty, &head[start..r.pos]);
-        }
+    let raw = parse_raw(&head)?;
+    let mut w = GgufWriter::new(raw.alignment);
+    let big = ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"];
+    for (key, ty, value) in raw.kvs.iter().filter(|(k, _, _)| keep_tokenizer || !big.contains(&k.as_str())) {
+        w.raw(key, *ty, value);
     }
-    let mut infos = Vec::new();
-    for _ in 0..n_tensors {
-        let name = r.string()?;
-        let n_dims = r.u32()?;
-        let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
-        infos.push(RawTensor { name, dims, ty: r.u32()?, offset: r.u64()? });
-    }
-    let data_start = r.pos.div_ceil(32) as u64 * 32;
     let wanted = ["blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "blk.0.attn_k.weight", "output_norm.weight"];
-    for info in infos.iter().filter(|t| wanted.contains(&t.name.as_str())) {
-        let size = tensor_bytes(info.ty, info.dims.iter().product()).context("tensor type")?;
-        let mut data = vec![0; size as usize];
-        file.seek(SeekFrom::Start(data_start + info.offset))?;
+    for info in raw.tensors.iter().filter(|t| wanted.contains(&t.name.as_str())) {
+        let mut data = vec![0; data_size(info.ty, &info.dims).context("tensor type")?];
+        file.seek(SeekFrom::Start(raw.data_start as u64 + info.offset))?;
         file.read_exact(&mut data)?;
         w.tensor_bytes(&info.name, &info.dims, info.ty, data);
     }

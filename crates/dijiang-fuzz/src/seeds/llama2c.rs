@@ -6,15 +6,29 @@ use anyhow::Result;
 use super::{shared, values};
 use crate::input::Input;
 
-/// The header: dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: a separate
-/// classifier), seq_len.
-pub fn checkpoint(header: [i32; 7]) -> Vec<u8> {
+/// The f32 values a checkpoint with this header holds (`None` when the header makes no sense or
+/// the count overflows): the header is dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+/// vocab_size (negative: a separate classifier), seq_len.
+pub fn float_count(header: [i32; 7]) -> Option<usize> {
     let [dim, hidden, layers, heads, kv_heads, vocab, seq] = header.map(|v| v.unsigned_abs() as usize);
-    let kv_dim = dim * kv_heads / heads;
-    let per_layer = 2 * dim + 2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim;
-    let classifier = if header[5] < 0 { vocab * dim } else { 0 };
+    let kv_dim = dim.checked_mul(kv_heads)?.checked_div(heads)?;
+    let square = dim.checked_mul(dim)?;
+    let per_layer = [2 * dim, 2 * square, 2 * kv_dim.checked_mul(dim)?, 3 * hidden.checked_mul(dim)?];
+    let classifier = if header[5] < 0 { vocab.checked_mul(dim)? } else { 0 };
     // Embedding, the layers, the final norm, the two RoPE tables, the classifier.
-    let floats = vocab * dim + layers * per_layer + dim + seq * (dim / heads) + classifier;
+    let parts = [
+        vocab.checked_mul(dim)?,
+        layers.checked_mul(per_layer.iter().try_fold(0usize, |a, b| a.checked_add(*b))?)?,
+        dim,
+        seq.checked_mul(dim / heads)?,
+        classifier,
+    ];
+    parts.iter().try_fold(0usize, |a, b| a.checked_add(*b))
+}
+
+/// A checkpoint with `header` and deterministic values.
+pub fn checkpoint(header: [i32; 7]) -> Vec<u8> {
+    let floats = float_count(header).expect("a valid seed header");
     let mut out: Vec<u8> = header.iter().flat_map(|v| v.to_le_bytes()).collect();
     values(floats, 5).iter().for_each(|v| out.extend(v.to_le_bytes()));
     out
