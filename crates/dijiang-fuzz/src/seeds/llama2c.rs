@@ -13,7 +13,12 @@ pub fn float_count(header: [i32; 7]) -> Option<usize> {
     let [dim, hidden, layers, heads, kv_heads, vocab, seq] = header.map(|v| v.unsigned_abs() as usize);
     let kv_dim = dim.checked_mul(kv_heads)?.checked_div(heads)?;
     let square = dim.checked_mul(dim)?;
-    let per_layer = [2 * dim, 2 * square, 2 * kv_dim.checked_mul(dim)?, 3 * hidden.checked_mul(dim)?];
+    let per_layer = [
+        dim.checked_mul(2)?,
+        square.checked_mul(2)?,
+        kv_dim.checked_mul(dim)?.checked_mul(2)?,
+        hidden.checked_mul(dim)?.checked_mul(3)?,
+    ];
     let classifier = if header[5] < 0 { vocab.checked_mul(dim)? } else { 0 };
     // Embedding, the layers, the final norm, the two RoPE tables, the classifier.
     let parts = [
