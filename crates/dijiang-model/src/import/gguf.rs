@@ -399,12 +399,12 @@ impl TensorStore for Gguf {
             return Ok(None);
         };
         // Matrices are stored [out, in]; ours are [in, out]. The embedding is [vocab, hidden] in both.
-        Ok(Some(if t.shape.len() == 1 || ours == "embed.weight" {
-            t
-        } else if let Some(heads) = rope_heads {
-            interleaved_to_half(&t, heads).transpose()
-        } else {
-            t.transpose()
+        // A tensor of another rank is passed on as it is, for the shape check to name it.
+        Ok(Some(match (t.shape.len(), rope_heads) {
+            (2, _) if ours == "embed.weight" => t,
+            (2, Some(heads)) => interleaved_to_half(&t, heads).transpose(),
+            (2, None) => t.transpose(),
+            _ => t,
         }))
     }
 

@@ -40,6 +40,9 @@ struct Slot {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fix {
     None,
+    /// A norm's gains: stored as one row, read as a vector. (Not inferred from a single row: a
+    /// matrix with one row, e.g. `w1` when `hidden_dim` is 1, is still a matrix.)
+    Vector,
     Transpose,
     /// q/k: permute rows per head from interleaved to rotate-half, then transpose.
     RopeRowsThenTranspose {
@@ -183,12 +186,12 @@ fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
     push("embed.weight".into(), [h.vocab_size, h.dim], Fix::None, &mut offset);
     // Per-kind arrays, each holding every layer in turn.
     let per_layer: [(&str, [usize; 2], Fix); 9] = [
-        ("attn_norm.gamma", [1, h.dim], Fix::None),
+        ("attn_norm.gamma", [1, h.dim], Fix::Vector),
         ("attn.q.weight", [h.dim, h.dim], Fix::RopeRowsThenTranspose { heads: h.n_heads }),
         ("attn.k.weight", [kv_dim, h.dim], Fix::RopeRowsThenTranspose { heads: h.n_kv_heads }),
         ("attn.v.weight", [kv_dim, h.dim], Fix::Transpose),
         ("attn.o.weight", [h.dim, h.dim], Fix::Transpose),
-        ("mlp_norm.gamma", [1, h.dim], Fix::None),
+        ("mlp_norm.gamma", [1, h.dim], Fix::Vector),
         ("mlp.gate.weight", [h.hidden_dim, h.dim], Fix::Transpose), // w1
         ("mlp.down.weight", [h.dim, h.hidden_dim], Fix::Transpose), // w2
         ("mlp.up.weight", [h.hidden_dim, h.dim], Fix::Transpose),   // w3
@@ -198,7 +201,7 @@ fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
             push(format!("layers.{layer}.{name}"), stored, fix, &mut offset);
         }
     }
-    push("final_norm.gamma".into(), [1, h.dim], Fix::None, &mut offset);
+    push("final_norm.gamma".into(), [1, h.dim], Fix::Vector, &mut offset);
     // freq_cis_real and freq_cis_imag: precomputed RoPE tables, unused.
     offset += 2 * h.seq_len * (h.dim / h.n_heads / 2) * 4;
     if !h.shared_classifier {
@@ -220,9 +223,9 @@ impl TensorStore for Llama2c {
         let [rows, cols] = slot.stored;
         let bytes = &self.mmap[slot.offset..slot.offset + rows * cols * 4];
         let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let stored = HostTensor::new(if rows == 1 { vec![cols] } else { vec![rows, cols] }, data);
+        let stored = HostTensor::new(if slot.fix == Fix::Vector { vec![cols] } else { vec![rows, cols] }, data);
         Ok(Some(match slot.fix {
-            Fix::None => stored,
+            Fix::None | Fix::Vector => stored,
             Fix::Transpose => stored.transpose(),
             Fix::RopeRowsThenTranspose { heads } => interleaved_to_half(&stored, heads).transpose(),
         }))
