@@ -239,6 +239,6 @@ fn an_overlong_line_is_a_bad_record_and_reading_goes_on() {
     read_file(&path, |r| records.push(r)).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(records.len(), 2, "{records:?}");
-    assert!(matches!(&records[0], Record::Bad { line: 1, reason, .. } if reason.contains("longer than 32 MiB")));
+    assert!(matches!(&records[0], Record::Bad { line: 1, reason, .. } if reason.contains("longer than 16 MiB")));
     assert_eq!(records[1], Record::Doc("after the long line".into()));
 }

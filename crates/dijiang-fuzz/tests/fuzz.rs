@@ -67,7 +67,7 @@ fn regressions_dir() -> PathBuf {
 /// Every input that once failed (`tests/fuzz-regressions/<target>/<case>/`) now ends well.
 #[test]
 fn regressions() {
-    let mut cases = 0;
+    let (mut cases, mut failures) = (0, Vec::new());
     for target_dir in std::fs::read_dir(regressions_dir()).expect("tests/fuzz-regressions") {
         let target_dir = target_dir.unwrap().path();
         if !target_dir.is_dir() {
@@ -82,12 +82,13 @@ fn regressions() {
             }
             let input = Input::read_dir(&case).unwrap();
             if let Some((signature, detail)) = campaign::check(target, &input, Duration::from_secs(20)) {
-                panic!("{}: {signature}\n{detail}", case.display());
+                failures.push(format!("{}: {signature}\n  {detail}", case.display()));
             }
             cases += 1;
         }
     }
     assert!(cases > 0, "no regressions found in {}", regressions_dir().display());
+    assert!(failures.is_empty(), "{} of {cases} regressions fail:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// `just fuzz PARSER N`: `FUZZ_TARGET` (a target or `all`), `FUZZ_ITERATIONS` inputs each,
