@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::seeds;
 
 /// Data a repaired file may hold: mutants stay small.
-const MAX_DATA: usize = 16 << 20;
+const MAX_DATA: usize = 4 << 20;
 
 /// `bytes` (a file called `name`) made consistent with its header, if its format is one of the
 /// above and its header can still be read.
