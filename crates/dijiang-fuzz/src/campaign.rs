@@ -111,7 +111,13 @@ impl fmt::Display for Report {
         )?;
         for failure in &self.failures {
             let saved = failure.saved.as_ref().map(|p| format!(", saved in {}", p.display())).unwrap_or_default();
-            writeln!(f, "  - {} (input #{}: {}{saved})", failure.signature, failure.iteration, failure.input.describe())?;
+            writeln!(
+                f,
+                "  - {} (input #{}: {}{saved})",
+                failure.signature,
+                failure.iteration,
+                failure.input.describe()
+            )?;
             writeln!(f, "    {}", failure.detail)?;
         }
         Ok(())
@@ -166,7 +172,8 @@ pub fn run(target: &'static Target, seeds: &[Input], settings: &Settings) -> Rep
     // The allocator names this directory if it has to abort; it lives as long as the process.
     let label: &'static str = Box::leak(dir.display().to_string().into_boxed_str());
     let mut runner = Runner::new(target, label, settings.timeout);
-    let mut rng = Rng::new(settings.seed ^ target.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
+    let mut rng =
+        Rng::new(settings.seed ^ target.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
     let mut report = Report { target: target.name, ..Report::default() };
     let mut seen = BTreeSet::new();
     let mut previous: Option<Input> = None;
@@ -200,7 +207,8 @@ pub fn run(target: &'static Target, seeds: &[Input], settings: &Settings) -> Rep
                 previous = None;
                 minimise(&mut runner, &dir, input, &signature, settings.minimise_tries)
             };
-            let saved = settings.save_to.as_ref().map(|to| save(to, target.name, report.failures.len(), &input, &detail));
+            let saved =
+                settings.save_to.as_ref().map(|to| save(to, target.name, report.failures.len(), &input, &detail));
             report.failures.push(Failure { signature, detail, iteration: i, input, saved });
         }
         if result.ending == Ending::Hung {

@@ -211,9 +211,8 @@ fn interesting_text(bytes: &mut Vec<u8>, rng: &mut Rng) {
     // Look in a window (large files are mostly binary data) for the starts of digit runs.
     let start = rng.position(bytes.len()).saturating_sub(2048);
     let end = (start + 4096).min(bytes.len());
-    let starts: Vec<usize> = (start..end)
-        .filter(|&i| bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit()))
-        .collect();
+    let starts: Vec<usize> =
+        (start..end).filter(|&i| bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_digit())).collect();
     // Numbers standing alone (`"tokens": 16`, `steps = 5`) rather than digits inside a word or a
     // string (a sha256 in a manifest has dozens of digit runs, none of them a count).
     let standalone: Vec<usize> = starts.iter().copied().filter(|&i| is_standalone(bytes, i)).collect();

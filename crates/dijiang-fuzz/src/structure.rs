@@ -55,7 +55,9 @@ fn safetensors(bytes: &[u8]) -> Option<Vec<u8>> {
         }
         let size = dtype_size(v.get("dtype")?.as_str()?)?;
         let count = v.get("shape")?.as_array()?.iter().try_fold(1u64, |n, d| n.checked_mul(d.as_u64()?))?;
-        let size = usize::try_from(count.checked_mul(size)?).ok().filter(|s| out.len().checked_add(*s).is_some_and(|t| t <= MAX_DATA))?;
+        let size = usize::try_from(count.checked_mul(size)?)
+            .ok()
+            .filter(|s| out.len().checked_add(*s).is_some_and(|t| t <= MAX_DATA))?;
         let old = match (offset(v, 0), offset(v, 1)) {
             (Some(s), Some(e)) => data.get(s as usize..(e as usize).min(data.len())).unwrap_or_default(),
             _ => &[],

@@ -142,7 +142,11 @@ fn a_config_larger_than_its_weights_is_refused_before_allocating() {
     // A vocabulary of 2^40 in config.json: building would allocate a 2^46-byte embedding first.
     let dir = Scratch::copy_of("gpt-neox-tiny", "huge-vocab");
     let config = dir.0.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap().replace("\"vocab_size\": 512", "\"vocab_size\": 1099511627776");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"vocab_size\": 512", "\"vocab_size\": 1099511627776");
     std::fs::write(&config, text).unwrap();
-    assert_mentions(&load_error(&dir.0), &["model.safetensors", "does not match the weights", "vocabulary 1099511627776"]);
+    assert_mentions(
+        &load_error(&dir.0),
+        &["model.safetensors", "does not match the weights", "vocabulary 1099511627776"],
+    );
 }

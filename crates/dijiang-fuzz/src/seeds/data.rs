@@ -53,7 +53,8 @@ fn widened(input: &Input) -> Result<Input> {
             *manifest.get_mut("dtype").context("a dtype")? = "u32".into();
             *bytes = serde_json::to_vec_pretty(&manifest)?;
         } else {
-            *bytes = bytes.chunks_exact(2).flat_map(|c| (u16::from_le_bytes([c[0], c[1]]) as u32).to_le_bytes()).collect();
+            *bytes =
+                bytes.chunks_exact(2).flat_map(|c| (u16::from_le_bytes([c[0], c[1]]) as u32).to_le_bytes()).collect();
         }
     }
     Ok(out)
@@ -80,5 +81,8 @@ pub fn zst_seeds() -> Result<Vec<Input>> {
 }
 
 pub fn text_seeds() -> Result<Vec<Input>> {
-    Ok(vec![Input::single("docs.txt", TEXT.into()), Input::single("docs.txt", [b"\xef\xbb\xbf".as_slice(), TEXT.as_bytes(), b"\n\xff\xfe bad utf-8\n"].concat())])
+    Ok(vec![
+        Input::single("docs.txt", TEXT.into()),
+        Input::single("docs.txt", [b"\xef\xbb\xbf".as_slice(), TEXT.as_bytes(), b"\n\xff\xfe bad utf-8\n"].concat()),
+    ])
 }

@@ -134,12 +134,22 @@ pub fn encode(ty: u32, values: &[f32]) -> Vec<u8> {
         Q4_0 | Q4_1 => {
             for block in values.chunks(32) {
                 let (lo, hi) = block.iter().fold((f32::MAX, f32::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
-                let (d, min) = if ty == Q4_0 { (hi.abs().max(lo.abs()) / 7.0 + 1e-6, -8.0) } else { ((hi - lo) / 15.0 + 1e-6, lo) };
+                let (d, min) = if ty == Q4_0 {
+                    (hi.abs().max(lo.abs()) / 7.0 + 1e-6, -8.0)
+                } else {
+                    ((hi - lo) / 15.0 + 1e-6, lo)
+                };
                 out.extend(f16(d));
                 if ty == Q4_1 {
                     out.extend(f16(min));
                 }
-                let q = |v: f32| if ty == Q4_0 { ((v / d).round() + 8.0).clamp(0.0, 15.0) as u8 } else { ((v - min) / d).round().clamp(0.0, 15.0) as u8 };
+                let q = |v: f32| {
+                    if ty == Q4_0 {
+                        ((v / d).round() + 8.0).clamp(0.0, 15.0) as u8
+                    } else {
+                        ((v - min) / d).round().clamp(0.0, 15.0) as u8
+                    }
+                };
                 out.extend((0..16).map(|i| q(block[i]) | (q(block[i + 16]) << 4)));
             }
         }
@@ -275,8 +285,7 @@ fn all_f32(_: &str) -> u32 {
 
 /// Every supported type: norms stay F32, as in real files.
 fn mixed(name: &str) -> u32 {
-    let kinds =
-        [("token_embd", Q8_0), ("attn_q", Q4_0), ("attn_k", Q4_0), ("attn_v", Q4_1), ("attn_output", Q4_1)];
+    let kinds = [("token_embd", Q8_0), ("attn_q", Q4_0), ("attn_k", Q4_0), ("attn_v", Q4_1), ("attn_output", Q4_1)];
     let more = [("ffn_gate", F16), ("ffn_up", F16), ("ffn_down", BF16)];
     kinds.iter().chain(&more).find(|(k, _)| name.contains(k)).map_or(F32, |(_, t)| *t)
 }

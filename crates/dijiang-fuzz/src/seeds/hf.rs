@@ -89,7 +89,8 @@ fn saved_native(source: &Path, dijiang: bool, tokenizer: &[u8], out: &Path) -> R
     } else {
         import::load::<B>(source, &device)?
     };
-    let manifest = native::Manifest { new_parameters: loaded.initialised, ..native::Manifest::new(loaded.model.config().clone()) };
+    let manifest =
+        native::Manifest { new_parameters: loaded.initialised, ..native::Manifest::new(loaded.model.config().clone()) };
     native::save(&loaded.model, &manifest, out)?;
     let mut input = Input::read_dir(out)?;
     input.files.push(("tokenizer.json".into(), tokenizer.to_vec()));

@@ -83,9 +83,15 @@ pub fn tokenizer() -> Vec<u8> {
 pub fn model_seeds() -> Result<Vec<Input>> {
     let tok = tokenizer();
     let with_tok = |model: Vec<u8>| Input::new(vec![("model.bin".into(), model), ("tok512.bin".into(), tok.clone())]);
-    let mut seeds = vec![with_tok(checkpoint([8, 16, 2, 2, 1, 512, 16])), with_tok(checkpoint([8, 12, 1, 4, 4, -512, 8]))];
-    if let (Some(model), Some(tok)) = (shared("models/stories260K/stories260K.bin"), shared("models/stories260K/tok512.bin")) {
-        seeds.push(Input::new(vec![("model.bin".into(), std::fs::read(model)?), ("tok512.bin".into(), std::fs::read(tok)?)]));
+    let mut seeds =
+        vec![with_tok(checkpoint([8, 16, 2, 2, 1, 512, 16])), with_tok(checkpoint([8, 12, 1, 4, 4, -512, 8]))];
+    if let (Some(model), Some(tok)) =
+        (shared("models/stories260K/stories260K.bin"), shared("models/stories260K/tok512.bin"))
+    {
+        seeds.push(Input::new(vec![
+            ("model.bin".into(), std::fs::read(model)?),
+            ("tok512.bin".into(), std::fs::read(tok)?),
+        ]));
     }
     Ok(seeds)
 }

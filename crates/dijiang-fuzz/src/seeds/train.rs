@@ -21,7 +21,9 @@ const OVERRIDES: [&str; 4] = [
 fn experiment_files() -> Result<Vec<std::path::PathBuf>> {
     let mut files: Vec<_> = std::fs::read_dir(repo().join("experiments"))?
         .map(|e| Ok(e?.path()))
-        .filter(|p: &Result<std::path::PathBuf>| p.as_ref().map_or(true, |p| p.extension().is_some_and(|e| e == "toml")))
+        .filter(|p: &Result<std::path::PathBuf>| {
+            p.as_ref().map_or(true, |p| p.extension().is_some_and(|e| e == "toml"))
+        })
         .collect::<Result<_>>()?;
     files.sort();
     Ok(files)

@@ -267,7 +267,13 @@ fn data_start(metadata: &BTreeMap<String, Value>, header_end: usize) -> Result<u
 
 /// The byte range of a tensor of `shape` and type `ty` starting at `start`, checked against the
 /// file's `len` with arithmetic that cannot overflow (dims come from the file).
-fn locate(name: &str, shape: &[usize], ty: GgmlType, start: Option<usize>, len: usize) -> Result<(usize, usize), String> {
+fn locate(
+    name: &str,
+    shape: &[usize],
+    ty: GgmlType,
+    start: Option<usize>,
+    len: usize,
+) -> Result<(usize, usize), String> {
     let n = shape
         .iter()
         .try_fold(1usize, |n, d| n.checked_mul(*d))
@@ -279,9 +285,7 @@ fn locate(name: &str, shape: &[usize], ty: GgmlType, start: Option<usize>, len: 
     let range = start.and_then(|s| Some((s, s.checked_add((n / per_block).checked_mul(block_bytes)?)?)));
     match range {
         Some((start, end)) if end <= len => Ok((start, end)),
-        _ => Err(format!(
-            "tensor `{name}` ({shape:?} {ty:?}) ends past the end of the file ({len} bytes): truncated?"
-        )),
+        _ => Err(format!("tensor `{name}` ({shape:?} {ty:?}) ends past the end of the file ({len} bytes): truncated?")),
     }
 }
 
@@ -304,7 +308,9 @@ fn config_from_metadata(
     let hidden_size = int("embedding_length")?;
     let vocab_size = match m.get("llama.vocab_size") {
         Some(_) => int("vocab_size")?,
-        None => tensors.get("token_embd.weight").and_then(|t| t.shape.first().copied()).ok_or("no token_embd.weight")?,
+        None => {
+            tensors.get("token_embd.weight").and_then(|t| t.shape.first().copied()).ok_or("no token_embd.weight")?
+        }
     };
     let token = |k: &str| m.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_i64).map(|v| v as u32);
     Ok(ModelConfig {

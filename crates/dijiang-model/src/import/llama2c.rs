@@ -162,7 +162,8 @@ fn check_sizes(h: &Header, len: usize) -> Result<(), String> {
         ("n_layers", h.n_layers, "a layer", floats(layer)),
     ];
     // Bytes each field implies on its own (saturated: "more than any file").
-    let implied = |(_, count, _, unit): &(&str, usize, &str, Option<usize>)| unit.map_or(usize::MAX, |u| count.saturating_mul(u));
+    let implied =
+        |(_, count, _, unit): &(&str, usize, &str, Option<usize>)| unit.map_or(usize::MAX, |u| count.saturating_mul(u));
     match claims.iter().filter(|c| implied(c) > len).max_by_key(|c| implied(c)) {
         None => Ok(()),
         Some(claim @ (field, count, what, unit)) => Err(format!(

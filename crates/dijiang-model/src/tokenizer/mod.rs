@@ -104,8 +104,7 @@ impl Tokenizer {
     }
 
     fn from_tokenizer_json(path: &Path, special: Option<(Option<u32>, Option<u32>)>) -> Result<Self, ModelError> {
-        let mut tok =
-            contained(path, || tokenizers::Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e)))?;
+        let mut tok = contained(path, || tokenizers::Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e)))?;
         // Documents and prompts are encoded whole: a file's truncation would silently cut every
         // document `prepare` reads, and its padding adds tokens nobody asked for (found by fuzzing:
         // `"padding": {"strategy": {"Fixed": 4294967295}}` made one encode allocate 17 GB).
@@ -258,8 +257,9 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32]) -> String {
         match &self.kind {
-            Kind::Hf(t) => contained(Path::new(&self.identity), || Ok(t.decode(ids, true).unwrap_or_default()))
-                .unwrap_or_default(),
+            Kind::Hf(t) => {
+                contained(Path::new(&self.identity), || Ok(t.decode(ids, true).unwrap_or_default())).unwrap_or_default()
+            }
             Kind::Llama2c(t) => t.decode(ids),
         }
     }
@@ -305,7 +305,8 @@ mod tests {
     fn padding_and_truncation_of_the_file_are_ignored() {
         let case = "../../tests/fuzz-regressions/tokenizer-json/padding-to-4-billion-tokens";
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(case).join("tokenizer.json");
-        let ids = Tokenizer::for_model(&path).unwrap().encode("once upon once upon once upon once upon a time").unwrap();
+        let ids =
+            Tokenizer::for_model(&path).unwrap().encode("once upon once upon once upon once upon a time").unwrap();
         assert_eq!(ids, [1, 2, 1, 2, 1, 2, 1, 2, 0, 0]);
     }
 }
