@@ -8,7 +8,8 @@
 //! allocation beyond what the input's size justifies.
 //!
 //! - [`mutate`]: the mutations, from a seeded generator (a campaign is reproducible from its seed);
-//!   [`structure`]: repairs that keep a mutated container consistent with its mutated header.
+//!   [`tree`]: mutations of JSON / TOML documents that keep their syntax; [`structure`]: repairs
+//!   that keep a mutated container consistent with its mutated header.
 //! - [`alloc`]: the global allocator of the fuzz test binary, which accounts each input's memory.
 //! - [`runner`]: one input on a worker thread, with a watchdog and panics caught.
 //! - [`campaign`]: the loop over seeds and mutants, the judgement of each input, minimisation.
@@ -25,6 +26,7 @@ pub mod runner;
 pub mod seeds;
 pub mod structure;
 pub mod targets;
+pub mod tree;
 
 pub use campaign::{Report, Settings};
 pub use input::Input;

@@ -3,13 +3,15 @@
 //! other seeds, "interesting" integers written over binary length / count / shape fields and over
 //! numbers in text (JSON, TOML), and truncations. One to eight of them are stacked per input.
 //!
-//! Half the mutated safetensors, GGUF and llama2.c files are then repaired ([`structure`]).
+//! A third of the mutations of JSON, TOML and safetensors headers are made on the parsed tree
+//! ([`tree`]), and half the mutated safetensors, GGUF and llama2.c files are then repaired
+//! ([`structure`]).
 //!
 //! Positions favour the start of a file, where headers are: a header field hit by a uniform
 //! position in a 1 MB checkpoint would be a rare event.
 
 use crate::input::Input;
-use crate::structure;
+use crate::{structure, tree};
 
 /// SplitMix64: small, fast, and enough for choosing mutations.
 #[derive(Debug, Clone)]
@@ -99,7 +101,12 @@ pub fn mutate(seed: &Input, pool: &[Input], rng: &mut Rng) -> Input {
         let f = rng.below(out.files.len());
         let name = out.files[f].0.clone();
         let donor = pool[rng.below(pool.len())].files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.clone());
-        mutate_bytes(&mut out.files[f].1, donor.as_deref().unwrap_or(&[]), rng);
+        // A third of the mutations of a JSON / TOML file or a safetensors header keep its syntax.
+        let bytes = &mut out.files[f].1;
+        match rng.one_in(3).then(|| tree::mutate(&name, bytes, rng)).flatten() {
+            Some(mutant) => *bytes = mutant,
+            None => mutate_bytes(bytes, donor.as_deref().unwrap_or(&[]), rng),
+        }
         mutated[f] = true;
     }
     // Half the mutated containers are made consistent with their mutated headers again.
