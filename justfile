@@ -105,6 +105,16 @@ tensorboard: python-tools
 test: fetch-smollm2 python-tools
     DIJIANG_PYTHON="{{venv}}/bin/python" cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests
 
+# Targets: gguf, llama2c, hf, native, tokbin, tokenizer-json, manifest, jsonl, zst, text,
+# trainer-state, experiment. Every input must end in Ok or an error naming its file: no panic, no
+# hang, no allocation beyond max(64 MiB, 64 x its size). Distinct failures are minimised into
+# $CARGO_TARGET_DIR/tmp/fuzz-failures/ (keep each as tests/fuzz-regressions/<target>/<case>/).
+# It runs the debug test build of `just test`: no second build, and its overflow checks make a
+# silent wrap-around of a size read from a file a failure. See docs/hardening.md.
+# Fuzz the parsers of untrusted files at length: `just fuzz gguf 100000`, `just fuzz all 100000`.
+fuzz parser="all" n="100000" seed="24301":
+    FUZZ_TARGET={{parser}} FUZZ_ITERATIONS={{n}} FUZZ_SEED={{seed}} nice -n 10 cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests --test fuzz -- --ignored --nocapture --exact at_length
+
 # Format and lint as CI does.
 lint:
     cargo fmt --all --check

@@ -56,7 +56,8 @@ impl TokenStream {
         for shard in &info.shards {
             let path = dir.join(&shard.file);
             let mmap = map(&path)?;
-            if mmap.len() != shard.tokens * manifest.dtype.bytes() {
+            // Checked: `tokens` comes from the manifest, and must not overflow into a match.
+            if shard.tokens.checked_mul(manifest.dtype.bytes()) != Some(mmap.len()) {
                 return Err(DataError::Invalid(format!(
                     "{}: {} bytes, but the manifest says {} tokens of {:?}: the dataset is damaged, prepare it again",
                     path.display(),

@@ -10,6 +10,12 @@ pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT: &str = "dijiang-tokens";
 pub const VERSION: u32 = 1;
 
+/// One normal path component: no directory, no `..`, not absolute.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -114,6 +120,16 @@ impl Manifest {
                 path.display(),
                 manifest.format,
                 manifest.version
+            )));
+        }
+        // Shards are files beside the manifest: a name reaching elsewhere (`../x`, `/dev/zero`)
+        // would make training read a file the dataset does not own.
+        let shards = manifest.train.shards.iter().chain(&manifest.validation.shards);
+        if let Some(shard) = shards.filter(|s| !is_plain_file_name(&s.file)).next() {
+            return Err(DataError::Invalid(format!(
+                "{}: shard `{}` is not a file name beside the manifest",
+                path.display(),
+                shard.file
             )));
         }
         Ok(manifest)

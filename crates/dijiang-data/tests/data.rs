@@ -259,3 +259,22 @@ fn prepare_child() {
         Err(e) => println!("PREPARE FAILED: {e}"),
     }
 }
+
+/// A decompression bomb: a few KB of `.jsonl.zst` holding one line longer than any record; it is
+/// a bad record, skipped without being held, and the records after it are read.
+#[test]
+fn an_overlong_line_is_a_bad_record_and_reading_goes_on() {
+    use dijiang_data::sources::MAX_LINE_BYTES;
+    let dir = scratch("overlong");
+    let mut text = vec![b'a'; MAX_LINE_BYTES + 10];
+    text.extend(b"\n{\"text\": \"after the long line\"}\n");
+    let path = dir.join("bomb.jsonl.zst");
+    write(&path, &zstd::encode_all(&text[..], 3).unwrap());
+    assert!(std::fs::metadata(&path).unwrap().len() < 100_000);
+    let mut records = Vec::new();
+    read_file(&path, |r| records.push(r)).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(matches!(&records[0], Record::Bad { line: 1, reason, .. } if reason.contains("longer than 16 MiB")));
+    assert_eq!(records[1], Record::Doc("after the long line".into()));
+}

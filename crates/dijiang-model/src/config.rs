@@ -169,9 +169,18 @@ impl DiJiangConfig {
         match self.feature_training {
             FeatureTraining::Frozen | FeatureTraining::Projection => 0,
             FeatureTraining::Scales => m,
-            FeatureTraining::Mlp => 2 * d * d,
+            FeatureTraining::Mlp => mul(mul(2, d), d),
         }
     }
+}
+
+/// Saturating product and sum: parameter counts of configs read from files.
+fn mul(a: usize, b: usize) -> usize {
+    a.saturating_mul(b)
+}
+
+fn sum(terms: &[usize]) -> usize {
+    terms.iter().fold(0, |total, t| total.saturating_add(*t))
 }
 
 /// A decoder-only Transformer.
@@ -348,30 +357,33 @@ impl ModelConfig {
     }
 
     /// The number of parameters (trainable or not) of the model this config builds, computed
-    /// without building it.
+    /// without building it. Saturating: a config read from a file may describe more parameters
+    /// than a `usize` counts, and the import refuses such a count rather than overflowing on it.
     pub fn num_params(&self) -> usize {
         let (v, h, i, d) = (self.vocab_size, self.hidden_size, self.intermediate_size, self.head_dim);
-        let (q, kv) = (self.num_heads * d, self.num_kv_heads * d);
+        let (q, kv) = (mul(self.num_heads, d), mul(self.num_kv_heads, d));
         let neox = self.arch == Architecture::GptNeox;
-        let norm = if neox { 2 * h } else { h };
+        let norm = if neox { mul(2, h) } else { h };
         let bias = |n: usize| if self.attention_bias { n } else { 0 };
-        let attention = h * q + bias(q) + 2 * (h * kv + bias(kv)) + q * h + bias(h);
-        let mlp = if neox { 2 * h * i + i + h } else { 3 * h * i };
+        let attention = sum(&[mul(h, q), bias(q), mul(2, sum(&[mul(h, kv), bias(kv)])), mul(q, h), bias(h)]);
+        let mlp = if neox { sum(&[mul(mul(2, h), i), i, h]) } else { mul(mul(3, h), i) };
         let kernel = match &self.attention {
             AttentionKernelConfig::Softmax => 0,
             AttentionKernelConfig::Dijiang(dj) => {
                 let m = dj.num_features(d);
                 // proj, feature weights, decay, gate, group norm, the variant's own
-                d * m
-                    + if dj.has_feature_weights() { m } else { 0 }
-                    + self.num_heads
-                    + h * q
-                    + 2 * q
-                    + dj.variant_params(d)
+                sum(&[
+                    mul(d, m),
+                    if dj.has_feature_weights() { m } else { 0 },
+                    self.num_heads,
+                    mul(h, q),
+                    mul(2, q),
+                    dj.variant_params(d),
+                ])
             }
         };
-        let head = if self.tie_embeddings { 0 } else { h * v };
-        v * h + self.num_layers * (2 * norm + attention + mlp + kernel) + norm + head
+        let head = if self.tie_embeddings { 0 } else { mul(h, v) };
+        sum(&[mul(v, h), mul(self.num_layers, sum(&[mul(2, norm), attention, mlp, kernel])), norm, head])
     }
 
     /// Checks the dimensions fit together.
@@ -425,6 +437,8 @@ impl ModelConfig {
         }
         let hidden_size = get_usize("hidden_size")?;
         let num_heads = get_usize("num_attention_heads")?;
+        // 0 heads: no head size; `validate` below names the bad field.
+        let head_size = hidden_size.checked_div(num_heads).unwrap_or(0);
         // Transformers 5 moved rope_theta into rope_parameters.
         let rope_theta = opt_f64("rope_theta")
             .or_else(|| opt_f64("rotary_emb_base"))
@@ -439,7 +453,7 @@ impl ModelConfig {
                 num_layers: get_usize("num_hidden_layers")?,
                 num_heads,
                 num_kv_heads: opt_usize("num_key_value_heads").unwrap_or(num_heads),
-                head_dim: opt_usize("head_dim").unwrap_or(hidden_size / num_heads),
+                head_dim: opt_usize("head_dim").unwrap_or(head_size),
                 rope_theta,
                 rotary_pct: 1.0,
                 norm_eps: opt_f64("rms_norm_eps").unwrap_or(1e-6),
@@ -459,7 +473,7 @@ impl ModelConfig {
                 num_layers: get_usize("num_hidden_layers")?,
                 num_heads,
                 num_kv_heads: num_heads,
-                head_dim: hidden_size / num_heads,
+                head_dim: head_size,
                 rope_theta,
                 rotary_pct: opt_f64("rotary_pct").unwrap_or(1.0),
                 norm_eps: opt_f64("layer_norm_eps").unwrap_or(1e-5),

@@ -59,4 +59,7 @@ pub trait TensorStore {
     fn source_shape(&self, name: &str) -> Vec<usize>;
     /// Checkpoint tensors not fetched so far (buffers known to be ignorable excepted).
     fn unused(&self) -> Vec<String>;
+    /// Values held by all the checkpoint's tensors (saturating): no model built from it can read
+    /// more parameters than that.
+    fn stored_values(&self) -> usize;
 }

@@ -125,3 +125,28 @@ fn truncated_gguf() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The fuzz regression of issue 21: 566 bytes whose header claims 11,993,093 layers. It used to be
+/// laid out tensor by tensor (a minute, 9 GB); it must fail at once, naming the field.
+#[test]
+fn llama2c_header_claiming_millions_of_layers_fails_at_once() {
+    let file = support::repo().join("tests/fuzz-regressions/llama2c/header-claims-12-million-layers/model.bin");
+    let start = std::time::Instant::now();
+    let err = load_error(&file);
+    assert!(start.elapsed().as_secs_f64() < 1.0, "took {:?}", start.elapsed());
+    assert_mentions(&err, &["model.bin", "`n_layers` = 11993093", "566 bytes"]);
+}
+
+#[test]
+fn a_config_larger_than_its_weights_is_refused_before_allocating() {
+    // A vocabulary of 2^40 in config.json: building would allocate a 2^46-byte embedding first.
+    let dir = Scratch::copy_of("gpt-neox-tiny", "huge-vocab");
+    let config = dir.0.join("config.json");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"vocab_size\": 512", "\"vocab_size\": 1099511627776");
+    std::fs::write(&config, text).unwrap();
+    assert_mentions(
+        &load_error(&dir.0),
+        &["model.safetensors", "does not match the weights", "vocabulary 1099511627776"],
+    );
+}

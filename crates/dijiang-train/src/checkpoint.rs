@@ -106,6 +106,15 @@ impl FileDigest {
     /// Checks the file under `root` against this digest: its size first (a truncated copy is
     /// caught without reading it), then its content.
     fn verify(&self, root: &Path) -> Result<()> {
+        // A recorded path must stay inside the checkpoint: a damaged `trainer.json` must not make
+        // resume read (and name) some other file.
+        let inside = Path::new(&self.path).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside || self.path.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: root.join(TRAINER_STATE),
+                reason: format!("records the file {:?}, which is not a path inside the checkpoint", self.path),
+            });
+        }
         let path = root.join(&self.path);
         let fail = |reason: String| Err(TrainError::Checkpoint { path: path.clone(), reason });
         let bytes = std::fs::metadata(&path).map_err(|e| TrainError::io(&path, e))?.len();

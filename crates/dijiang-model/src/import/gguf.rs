@@ -115,6 +115,11 @@ pub struct Gguf {
     config: ModelConfig,
 }
 
+/// The deepest nesting of metadata arrays accepted. GGUF allows arrays of arrays and real files
+/// nest once at most; unbounded, a file of nested array headers (12 bytes a level) would recurse
+/// until the stack overflows, which aborts the process instead of returning an error.
+const MAX_ARRAY_DEPTH: usize = 8;
+
 /// A bounds-checked little-endian reader over the file.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -139,7 +144,18 @@ impl Cursor<'_> {
         let n = self.u64()? as usize;
         Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
     }
-    fn value(&mut self, ty: u32) -> Result<Value, String> {
+    /// One tensor info: name, row-major shape (the file lists dims innermost first), type id,
+    /// offset from the start of the data.
+    fn tensor_info(&mut self) -> Result<(String, Vec<usize>, u32, usize), String> {
+        let name = self.string()?;
+        let n_dims = self.u32()?;
+        let mut dims = (0..n_dims).map(|_| self.u64().map(|d| d as usize)).collect::<Result<Vec<_>, _>>()?;
+        dims.reverse();
+        Ok((name, dims, self.u32()?, self.u64()? as usize))
+    }
+
+    /// A value of type `ty`, inside `depth` enclosing arrays.
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value, String> {
         Ok(match ty {
             0 => Value::Int(self.take(1)?[0] as i64),
             1 => Value::Int(self.take(1)?[0] as i8 as i64),
@@ -150,6 +166,7 @@ impl Cursor<'_> {
             6 => Value::Float(f32::from_le_bytes(self.take(4)?.try_into().expect("4")) as f64),
             7 => Value::Bool(self.take(1)?[0] != 0),
             8 => Value::Str(self.string()?),
+            9 if depth >= MAX_ARRAY_DEPTH => return Err(format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")),
             9 => {
                 let (item, n) = (self.u32()?, self.u64()? as usize);
                 if n > self.bytes.len() - self.pos {
@@ -158,7 +175,7 @@ impl Cursor<'_> {
                         self.pos
                     ));
                 }
-                Value::Array((0..n).map(|_| self.value(item)).collect::<Result<_, _>>()?)
+                Value::Array((0..n).map(|_| self.value(item, depth + 1)).collect::<Result<_, _>>()?)
             }
             10 => Value::Int(self.u64()? as i64),
             11 => Value::Int(self.u64()? as i64),
@@ -173,54 +190,28 @@ impl Gguf {
         let mmap = super::map_file(path)?;
         let bad = |reason: String| ModelError::Format { path: path.into(), format: "GGUF", reason };
         let mut c = Cursor { bytes: &mmap, pos: 0 };
-        if c.take(4).map_err(&bad)? != b"GGUF" {
-            return Err(bad("missing the GGUF magic".into()));
-        }
-        let version = c.u32().map_err(&bad)?;
-        if version != 3 {
-            return Err(bad(format!("version {version}; only GGUF v3 is supported")));
-        }
-        let (n_tensors, n_kv) = (c.u64().map_err(&bad)?, c.u64().map_err(&bad)?);
+        let (n_tensors, n_kv) = read_preamble(&mut c).map_err(&bad)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string().map_err(&bad)?;
             let ty = c.u32().map_err(&bad)?;
-            let value = c.value(ty).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+            let value = c.value(ty, 0).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
             metadata.insert(key, value);
         }
         let mut infos = Vec::new();
         for _ in 0..n_tensors {
-            let name = c.string().map_err(&bad)?;
-            let n_dims = c.u32().map_err(&bad)? as usize;
-            let mut dims: Vec<usize> =
-                (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<_, _>>().map_err(&bad)?;
-            let ty_id = c.u32().map_err(&bad)?;
-            let offset = c.u64().map_err(&bad)? as usize;
+            let (name, shape, ty_id, offset) = c.tensor_info().map_err(&bad)?;
             let ty = GgmlType::from_id(ty_id).ok_or_else(|| ModelError::Dtype {
                 path: path.into(),
                 name: name.clone(),
                 dtype: format!("ggml type {ty_id} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"),
             })?;
-            dims.reverse(); // innermost first -> row-major
-            infos.push((name, dims, ty, offset));
+            infos.push((name, shape, ty, offset));
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_i64).unwrap_or(32) as usize;
-        let data_start = c.pos.div_ceil(alignment) * alignment;
+        let data_start = data_start(&metadata, c.pos).map_err(&bad)?;
         let mut tensors = BTreeMap::new();
         for (name, shape, ty, offset) in infos {
-            let n: usize = shape.iter().product();
-            let (per_block, block_bytes) = ty.block();
-            if !n.is_multiple_of(per_block) {
-                return Err(bad(format!("tensor `{name}`: {n} elements is not a whole number of {ty:?} blocks")));
-            }
-            let start = data_start + offset;
-            let end = start + n / per_block * block_bytes;
-            if end > mmap.len() {
-                return Err(bad(format!(
-                    "tensor `{name}` ends at byte {end}, past the end of the file ({} bytes): truncated?",
-                    mmap.len()
-                )));
-            }
+            let (start, end) = locate(&name, &shape, ty, data_start.checked_add(offset), mmap.len()).map_err(&bad)?;
             tensors.insert(name, TensorInfo { shape, ty, start, end });
         }
         let config = config_from_metadata(&metadata, &tensors).map_err(bad)?;
@@ -245,6 +236,58 @@ impl Gguf {
     }
 }
 
+/// The magic and version; the tensor and key-value counts.
+fn read_preamble(c: &mut Cursor) -> Result<(u64, u64), String> {
+    if c.take(4)? != b"GGUF" {
+        return Err("missing the GGUF magic".into());
+    }
+    let version = c.u32()?;
+    if version != 3 {
+        return Err(format!("version {version}; only GGUF v3 is supported"));
+    }
+    Ok((c.u64()?, c.u64()?))
+}
+
+/// Where tensor data starts: the end of the header rounded up to `general.alignment` (default
+/// 32), which must be a power of two, as llama.cpp requires.
+fn data_start(metadata: &BTreeMap<String, Value>, header_end: usize) -> Result<usize, String> {
+    let alignment = match metadata.get("general.alignment") {
+        None => 32,
+        Some(v) => v
+            .as_i64()
+            .and_then(|a| usize::try_from(a).ok())
+            .filter(|a| a.is_power_of_two())
+            .ok_or_else(|| format!("metadata `general.alignment` = {v:?} is not a power of two"))?,
+    };
+    header_end
+        .checked_next_multiple_of(alignment)
+        .ok_or_else(|| format!("metadata `general.alignment` = {alignment} puts the data past any file"))
+}
+
+/// The byte range of a tensor of `shape` and type `ty` starting at `start`, checked against the
+/// file's `len` with arithmetic that cannot overflow (dims come from the file).
+fn locate(
+    name: &str,
+    shape: &[usize],
+    ty: GgmlType,
+    start: Option<usize>,
+    len: usize,
+) -> Result<(usize, usize), String> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, d| n.checked_mul(*d))
+        .ok_or_else(|| format!("tensor `{name}`: dims {shape:?} have more elements than any file holds"))?;
+    let (per_block, block_bytes) = ty.block();
+    if !n.is_multiple_of(per_block) {
+        return Err(format!("tensor `{name}`: {n} elements is not a whole number of {ty:?} blocks"));
+    }
+    let range = start.and_then(|s| Some((s, s.checked_add((n / per_block).checked_mul(block_bytes)?)?)));
+    match range {
+        Some((start, end)) if end <= len => Ok((start, end)),
+        _ => Err(format!("tensor `{name}` ({shape:?} {ty:?}) ends past the end of the file ({len} bytes): truncated?")),
+    }
+}
+
 fn config_from_metadata(
     m: &BTreeMap<String, Value>,
     tensors: &BTreeMap<String, TensorInfo>,
@@ -254,16 +297,19 @@ fn config_from_metadata(
         return Err(format!("architecture `{arch}`; only `llama` GGUF files are supported"));
     }
     let int = |k: &str| {
-        m.get(&format!("llama.{k}"))
+        let v = m
+            .get(&format!("llama.{k}"))
             .and_then(Value::as_i64)
-            .map(|v| v as usize)
-            .ok_or_else(|| format!("metadata `llama.{k}` is missing"))
+            .ok_or_else(|| format!("metadata `llama.{k}` is missing"))?;
+        usize::try_from(v).map_err(|_| format!("metadata `llama.{k}` = {v} is negative"))
     };
     let num_heads = int("attention.head_count")?;
     let hidden_size = int("embedding_length")?;
-    let vocab_size = match m.get("llama.vocab_size").and_then(Value::as_i64) {
-        Some(v) => v as usize,
-        None => tensors.get("token_embd.weight").map(|t| t.shape[0]).ok_or("no token_embd.weight")?,
+    let vocab_size = match m.get("llama.vocab_size") {
+        Some(_) => int("vocab_size")?,
+        None => {
+            tensors.get("token_embd.weight").and_then(|t| t.shape.first().copied()).ok_or("no token_embd.weight")?
+        }
     };
     let token = |k: &str| m.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_i64).map(|v| v as u32);
     Ok(ModelConfig {
@@ -274,7 +320,8 @@ fn config_from_metadata(
         num_layers: int("block_count")?,
         num_heads,
         num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
-        head_dim: hidden_size / num_heads,
+        // 0 heads: no head size; the config's validation names the field.
+        head_dim: hidden_size.checked_div(num_heads).unwrap_or(0),
         rope_theta: m.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10000.0),
         rotary_pct: 1.0,
         norm_eps: m.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
@@ -357,12 +404,12 @@ impl TensorStore for Gguf {
             return Ok(None);
         };
         // Matrices are stored [out, in]; ours are [in, out]. The embedding is [vocab, hidden] in both.
-        Ok(Some(if t.shape.len() == 1 || ours == "embed.weight" {
-            t
-        } else if let Some(heads) = rope_heads {
-            interleaved_to_half(&t, heads).transpose()
-        } else {
-            t.transpose()
+        // A tensor of another rank is passed on as it is, for the shape check to name it.
+        Ok(Some(match (t.shape.len(), rope_heads) {
+            (2, _) if ours == "embed.weight" => t,
+            (2, Some(heads)) => interleaved_to_half(&t, heads).transpose(),
+            (2, None) => t.transpose(),
+            _ => t,
         }))
     }
 
@@ -378,6 +425,10 @@ impl TensorStore for Gguf {
 
     fn unused(&self) -> Vec<String> {
         self.tensors.keys().filter(|n| !self.used.contains(*n) && *n != "rope_freqs.weight").cloned().collect()
+    }
+
+    fn stored_values(&self) -> usize {
+        self.tensors.values().fold(0, |n, t| n.saturating_add(t.shape.iter().product()))
     }
 }
 
@@ -397,6 +448,28 @@ mod tests {
         assert_eq!(x[3], 0.5);
         assert_eq!(x[16], 15.0 * 0.5 - 1.0);
         assert_eq!(x[31], -1.0);
+    }
+
+    #[test]
+    fn deeply_nested_arrays_are_an_error_not_a_stack_overflow() {
+        // One key whose value nests 100,000 arrays (12 bytes a level): unbounded recursion would
+        // overflow the stack, which aborts the process.
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(1u64.to_le_bytes());
+        bytes.extend(6u64.to_le_bytes());
+        bytes.extend(b"nested");
+        bytes.extend(9u32.to_le_bytes());
+        for _ in 0..100_000 {
+            bytes.extend(9u32.to_le_bytes());
+            bytes.extend(1u64.to_le_bytes());
+        }
+        let path = std::env::temp_dir().join(format!("dijiang-gguf-nested-{}.gguf", std::process::id()));
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Gguf::open(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).ok();
+        assert!(err.contains("`nested`") && err.contains("nested deeper than 8"), "{err}");
     }
 
     #[test]

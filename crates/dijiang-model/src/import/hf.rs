@@ -134,7 +134,10 @@ pub fn decay_from_reference(
     path: &Path,
     layer_name: &str,
 ) -> Result<HostTensor, ModelError> {
-    let (heads, n) = (d1.shape[1], d1.shape[2]);
+    let (heads, n) = match d1.shape[..] {
+        [_, heads, n, _] => (heads, n),
+        _ => (0, 0),
+    };
     if d1.shape != d2.shape || d1.shape.len() != 4 || n < 2 {
         return Err(ModelError::invalid(
             path,
@@ -239,7 +242,7 @@ impl TensorStore for HfCheckpoint {
             }
             Rule::FusedQkv { name, part, bias } => {
                 let t = self.read(&name)?;
-                if t.shape[0] != 3 * heads * d {
+                if t.shape.len() != if bias { 1 } else { 2 } || t.shape[0] != 3 * heads * d {
                     return Err(ModelError::Shape {
                         path: self.path().to_path_buf(),
                         name,
@@ -274,6 +277,10 @@ impl TensorStore for HfCheckpoint {
 
     fn unused(&self) -> Vec<String> {
         self.files.names().filter(|n| !self.used.contains(*n) && !ignorable(n)).cloned().collect()
+    }
+
+    fn stored_values(&self) -> usize {
+        self.files.stored_values()
     }
 }
 
@@ -325,6 +332,13 @@ mod tests {
         bad.data[n + 10] *= 1.5;
         let err = decay_from_reference(&d1, &bad, Path::new("x"), "layer").unwrap_err().to_string();
         assert!(err.contains("head 1, position 10"), "{err}");
+    }
+
+    #[test]
+    fn decay_tensors_of_another_rank_are_an_error() {
+        let flat = HostTensor::new(vec![4], vec![1.0, 0.5, 0.25, 0.125]);
+        let err = decay_from_reference(&flat, &flat, Path::new("x"), "layer").unwrap_err().to_string();
+        assert!(err.contains("must both be [1, heads, positions >= 2, 1]"), "{err}");
     }
 
     #[test]

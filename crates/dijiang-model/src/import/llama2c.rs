@@ -39,6 +39,9 @@ struct Slot {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fix {
     None,
+    /// A norm's gains: stored as one row, read as a vector. (Not inferred from a single row: a
+    /// matrix with one row, e.g. `w1` when `hidden_dim` is 1, is still a matrix.)
+    Vector,
     Transpose,
     /// q/k: permute rows per head from interleaved to rotate-half, then transpose.
     RopeRowsThenTranspose {
@@ -103,6 +106,9 @@ impl Llama2c {
             seq_len: raw[6] as usize,
             shared_classifier: raw[5] > 0,
         };
+        // Sizes first, from the header alone: a header claiming millions of layers must fail here,
+        // not be laid out tensor by tensor.
+        check_sizes(&header, mmap.len()).map_err(&bad)?;
         let (slots, end) = layout(&header);
         if mmap.len() != end {
             return Err(bad(format!(
@@ -135,6 +141,39 @@ impl Llama2c {
     }
 }
 
+/// Checks that each header field, times the fewest bytes one unit of it takes in the file, fits in
+/// the file's `len` bytes, before anything is computed from them; names the field that claims the
+/// most (a corrupt layer count, not the vocabulary of a merely truncated file).
+fn check_sizes(h: &Header, len: usize) -> Result<(), String> {
+    let floats = |n: Option<usize>| n.and_then(|n| n.checked_mul(4));
+    let dim = h.dim;
+    let kv_dim = dim / h.n_heads * h.n_kv_heads;
+    // A layer: two norms, q and o (dim x dim), k and v (kv_dim x dim), w1, w2, w3 (hidden x dim).
+    let layer = (|| {
+        let q_k_v_o = dim.checked_mul(dim)?.checked_mul(2)?.checked_add(kv_dim.checked_mul(dim)?.checked_mul(2)?)?;
+        q_k_v_o.checked_add(h.hidden_dim.checked_mul(dim)?.checked_mul(3)?)?.checked_add(2 * dim)
+    })();
+    let claims = [
+        ("dim", dim, "the final norm", Some(4)),
+        ("vocab_size", h.vocab_size, "an embedding row", floats(Some(dim))),
+        ("hidden_dim", h.hidden_dim, "rows of w1, w2 and w3", floats(dim.checked_mul(3))),
+        ("seq_len", h.seq_len, "RoPE table rows", floats(Some(dim / h.n_heads))),
+        ("n_layers", h.n_layers, "a layer", floats(layer)),
+    ];
+    // Bytes each field implies on its own (saturated: "more than any file").
+    let implied =
+        |(_, count, _, unit): &(&str, usize, &str, Option<usize>)| unit.map_or(usize::MAX, |u| count.saturating_mul(u));
+    match claims.iter().filter(|c| implied(c) > len).max_by_key(|c| implied(c)) {
+        None => Ok(()),
+        Some(claim @ (field, count, what, unit)) => Err(format!(
+            "header field `{field}` = {count} implies at least {} bytes ({count} x {} for {what}), more than the \
+             file's {len} bytes (truncated, or not a legacy llama2.c file)",
+            implied(claim),
+            unit.map_or("too many".into(), |u| u.to_string()),
+        )),
+    }
+}
+
 /// Our names -> where they are, in the file's order; and the file's expected size.
 fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
     let kv_dim = h.dim * h.n_kv_heads / h.n_heads;
@@ -147,12 +186,12 @@ fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
     push("embed.weight".into(), [h.vocab_size, h.dim], Fix::None, &mut offset);
     // Per-kind arrays, each holding every layer in turn.
     let per_layer: [(&str, [usize; 2], Fix); 9] = [
-        ("attn_norm.gamma", [1, h.dim], Fix::None),
+        ("attn_norm.gamma", [1, h.dim], Fix::Vector),
         ("attn.q.weight", [h.dim, h.dim], Fix::RopeRowsThenTranspose { heads: h.n_heads }),
         ("attn.k.weight", [kv_dim, h.dim], Fix::RopeRowsThenTranspose { heads: h.n_kv_heads }),
         ("attn.v.weight", [kv_dim, h.dim], Fix::Transpose),
         ("attn.o.weight", [h.dim, h.dim], Fix::Transpose),
-        ("mlp_norm.gamma", [1, h.dim], Fix::None),
+        ("mlp_norm.gamma", [1, h.dim], Fix::Vector),
         ("mlp.gate.weight", [h.hidden_dim, h.dim], Fix::Transpose), // w1
         ("mlp.down.weight", [h.dim, h.hidden_dim], Fix::Transpose), // w2
         ("mlp.up.weight", [h.hidden_dim, h.dim], Fix::Transpose),   // w3
@@ -162,7 +201,7 @@ fn layout(h: &Header) -> (BTreeMap<String, Slot>, usize) {
             push(format!("layers.{layer}.{name}"), stored, fix, &mut offset);
         }
     }
-    push("final_norm.gamma".into(), [1, h.dim], Fix::None, &mut offset);
+    push("final_norm.gamma".into(), [1, h.dim], Fix::Vector, &mut offset);
     // freq_cis_real and freq_cis_imag: precomputed RoPE tables, unused.
     offset += 2 * h.seq_len * (h.dim / h.n_heads / 2) * 4;
     if !h.shared_classifier {
@@ -184,9 +223,9 @@ impl TensorStore for Llama2c {
         let [rows, cols] = slot.stored;
         let bytes = &self.mmap[slot.offset..slot.offset + rows * cols * 4];
         let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let stored = HostTensor::new(if rows == 1 { vec![cols] } else { vec![rows, cols] }, data);
+        let stored = HostTensor::new(if slot.fix == Fix::Vector { vec![cols] } else { vec![rows, cols] }, data);
         Ok(Some(match slot.fix {
-            Fix::None => stored,
+            Fix::None | Fix::Vector => stored,
             Fix::Transpose => stored.transpose(),
             Fix::RopeRowsThenTranspose { heads } => interleaved_to_half(&stored, heads).transpose(),
         }))
@@ -202,6 +241,10 @@ impl TensorStore for Llama2c {
 
     fn unused(&self) -> Vec<String> {
         self.slots.keys().filter(|n| !self.used.contains(*n)).cloned().collect()
+    }
+
+    fn stored_values(&self) -> usize {
+        self.slots.values().fold(0, |n, s| n.saturating_add(s.stored[0] * s.stored[1]))
     }
 }
 

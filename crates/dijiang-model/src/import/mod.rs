@@ -22,7 +22,7 @@ use std::path::Path;
 use burn::prelude::*;
 use memmap2::Mmap;
 
-use crate::config::ModelConfig;
+use crate::config::{AttentionKernelConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::store::TensorStore;
 use crate::transformer::Transformer;
@@ -87,6 +87,17 @@ impl Checkpoint {
                 "no such file or directory (expected an HF model directory with config.json, a .gguf file or a llama2.c .bin)",
             ));
         }
+        let checkpoint = Self::open_format(path)?;
+        // A config that does not hold together is refused here, naming the file, rather than by
+        // whatever command would compute with it first.
+        checkpoint.config.validate().map_err(|e| match e {
+            ModelError::Config(m) => ModelError::invalid(checkpoint.store.path(), m),
+            other => other,
+        })?;
+        Ok(checkpoint)
+    }
+
+    fn open_format(path: &Path) -> Result<Self, ModelError> {
         if native::is_native(path) {
             let store = native::NativeCheckpoint::open(path)?;
             return Ok(Self {
@@ -142,11 +153,46 @@ impl Checkpoint {
         device: &B::Device,
     ) -> Result<LoadedModel<B>, ModelError> {
         config.validate()?;
+        check_fits(config, self.store.as_ref(), is_new)?;
         let mut source = Loaded::<B>::new(self.store.as_mut(), is_new, seed, device);
         let model = Transformer::build(&mut source, config);
         let initialised = source.finish()?;
         Ok(LoadedModel { model, format: self.format, initialised })
     }
+}
+
+/// How many times the checkpoint's values a config may describe before it is refused unbuilt.
+/// Building allocates every tensor the config describes, present or not, and reports the missing
+/// ones only at the end; a config off by a layer gets that report (it names the tensors), one off
+/// by orders of magnitude (a `config.json` claiming a vocabulary of 2^40) must not allocate first.
+const CONFIG_SLACK: usize = 2;
+
+/// Refuses, before anything is allocated, a config describing far more parameters than the
+/// checkpoint holds values. New parameters (only the attention kernels', when converting) are
+/// initialised rather than read; they are held to the same bound, as a kernel never outweighs the
+/// model it is added to.
+fn check_fits(config: &ModelConfig, store: &dyn TensorStore, is_new: &dyn Fn(&str) -> bool) -> Result<(), ModelError> {
+    let stored = store.stored_values();
+    let total = config.num_params();
+    let (read, initialised) = if is_new("layers.0.attn.kernel.proj") {
+        let teacher = config.clone().with_attention(AttentionKernelConfig::Softmax).num_params();
+        (teacher, total.saturating_sub(teacher))
+    } else {
+        (total, 0)
+    };
+    for (what, needed) in [("read from the checkpoint", read), ("initialised (attention kernels)", initialised)] {
+        if needed > stored.saturating_mul(CONFIG_SLACK) {
+            return Err(ModelError::invalid(
+                store.path(),
+                format!(
+                    "the config describes {needed} parameters to be {what} ({} layers, hidden size {}, vocabulary {}), \
+                     more than twice the {stored} values the checkpoint holds: the config does not match the weights",
+                    config.num_layers, config.hidden_size, config.vocab_size
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Loads the model at `path` as it is (format detected).

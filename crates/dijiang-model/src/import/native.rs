@@ -151,4 +151,8 @@ impl TensorStore for NativeCheckpoint {
     fn unused(&self) -> Vec<String> {
         self.files.names().filter(|n| !self.used.contains(*n)).cloned().collect()
     }
+
+    fn stored_values(&self) -> usize {
+        self.files.stored_values()
+    }
 }

@@ -109,6 +109,11 @@ impl SafetensorsFiles {
         self.entries.keys()
     }
 
+    /// Values over all tensors (each file's header was checked to describe its data exactly).
+    pub fn stored_values(&self) -> usize {
+        self.entries.values().fold(0, |n, e| n.saturating_add(e.shape.iter().product()))
+    }
+
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }

@@ -33,7 +33,10 @@ impl Llama2cTokenizer {
             pos += n;
             Ok(s)
         };
-        let (mut pieces, mut scores) = (Vec::with_capacity(vocab_size), Vec::with_capacity(vocab_size));
+        // `vocab_size` comes from a file name or a checkpoint header: reserve no more than the file
+        // can hold (a token takes at least 8 bytes).
+        let capacity = vocab_size.min(bytes.len() / 8);
+        let (mut pieces, mut scores) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
         for _ in 0..vocab_size {
             let score = f32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
             let len = i32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
@@ -126,5 +129,20 @@ impl Llama2cTokenizer {
             prev = Some(id);
         }
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vocabulary_size_beyond_the_file_is_an_error_not_an_allocation() {
+        // As `tok1099511627776.bin` would claim: 2^40 tokens in a 12-byte file.
+        let path = std::env::temp_dir().join(format!("dijiang-tok-huge-{}.bin", std::process::id()));
+        std::fs::write(&path, [0u8; 12]).unwrap();
+        let err = Llama2cTokenizer::open(&path, 1 << 40).unwrap_err().to_string();
+        std::fs::remove_file(&path).ok();
+        assert!(err.contains("truncated"), "{err}");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod llama2c;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use tokenizers::models::bpe::{BPE, Vocab};
@@ -42,6 +43,22 @@ enum Kind {
 
 fn tokenizer_error(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Format { path: path.into(), format: "tokenizer", reason: e.to_string() }
+}
+
+/// Runs a call into the `tokenizers` library, turning a panic into an error naming `path`. The
+/// library panics on some malformed `tokenizer.json` files instead of returning an error (found by
+/// fuzzing: a `decoder` matching no variant, `expect("Helper")` in `decoders/mod.rs`; a template
+/// post-processor naming a special token it does not define, an unchecked map lookup at encode
+/// time; upstream huggingface/tokenizers#2152), and a user's bad file must not crash a command.
+fn contained<T>(path: &Path, call: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    std::panic::catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(tokenizer_error(path, format!("the tokenizers library failed on this file ({message})")))
+    })
 }
 
 impl Tokenizer {
@@ -87,7 +104,12 @@ impl Tokenizer {
     }
 
     fn from_tokenizer_json(path: &Path, special: Option<(Option<u32>, Option<u32>)>) -> Result<Self, ModelError> {
-        let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e))?;
+        let mut tok = contained(path, || tokenizers::Tokenizer::from_file(path).map_err(|e| tokenizer_error(path, e)))?;
+        // Documents and prompts are encoded whole: a file's truncation would silently cut every
+        // document `prepare` reads, and its padding adds tokens nobody asked for (found by fuzzing:
+        // `"padding": {"strategy": {"Fixed": 4294967295}}` made one encode allocate 17 GB).
+        tok.with_truncation(None).map_err(|e| tokenizer_error(path, e))?;
+        tok.with_padding(None);
         // BOS / EOS: the model's ids if known, else the usual names.
         let find = |names: &[&str]| names.iter().find_map(|n| tok.token_to_id(n));
         let (bos, eos) = special.unwrap_or((
@@ -220,7 +242,8 @@ impl Tokenizer {
     pub fn encode_with(&self, text: &str, bos: bool) -> Result<Vec<u32>, ModelError> {
         match &self.kind {
             Kind::Hf(t) => {
-                let enc = t.encode(text, true).map_err(|e| tokenizer_error(Path::new(&self.identity), e))?;
+                let identity = Path::new(&self.identity);
+                let enc = contained(identity, || t.encode(text, true).map_err(|e| tokenizer_error(identity, e)))?;
                 let mut ids = Vec::with_capacity(enc.len() + 1);
                 if bos && let Some(b) = self.bos.filter(|b| enc.get_ids().first() != Some(b)) {
                     ids.push(b);
@@ -234,7 +257,9 @@ impl Tokenizer {
 
     pub fn decode(&self, ids: &[u32]) -> String {
         match &self.kind {
-            Kind::Hf(t) => t.decode(ids, true).unwrap_or_default(),
+            Kind::Hf(t) => {
+                contained(Path::new(&self.identity), || Ok(t.decode(ids, true).unwrap_or_default())).unwrap_or_default()
+            }
             Kind::Llama2c(t) => t.decode(ids),
         }
     }
@@ -255,5 +280,33 @@ impl Tokenizer {
                 Ok(out)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs on which the `tokenizers` crate panics (fuzz regressions): each must be an error
+    /// naming the file, at load or at the first encode.
+    #[test]
+    fn panics_of_the_tokenizers_crate_become_errors() {
+        let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz-regressions/tokenizer-json");
+        for case in ["decoder-with-a-syntax-error", "template-naming-an-undefined-token"] {
+            let path = cases.join(case).join("tokenizer.json");
+            let err = Tokenizer::for_model(&path).and_then(|t| t.encode("once upon")).unwrap_err().to_string();
+            assert!(err.contains(case) && err.contains("the tokenizers library failed"), "{case}: {err}");
+        }
+    }
+
+    /// A file's padding and truncation are ignored: documents are encoded whole, and nothing is
+    /// added to them (the fuzz regression asks for padding to 2^32 - 1 tokens).
+    #[test]
+    fn padding_and_truncation_of_the_file_are_ignored() {
+        let case = "../../tests/fuzz-regressions/tokenizer-json/padding-to-4-billion-tokens";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(case).join("tokenizer.json");
+        let ids =
+            Tokenizer::for_model(&path).unwrap().encode("once upon once upon once upon once upon a time").unwrap();
+        assert_eq!(ids, [1, 2, 1, 2, 1, 2, 1, 2, 0, 0]);
     }
 }
