@@ -4,6 +4,7 @@ pub mod bench;
 pub mod compare;
 pub mod convert;
 pub mod eval;
+pub mod evaluate;
 pub mod fidelity;
 pub mod generate;
 pub mod inspect;

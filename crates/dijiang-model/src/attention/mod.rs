@@ -49,6 +49,17 @@ impl<B: Backend> LayerState<B> {
     pub fn num_elements(&self) -> usize {
         self.shapes().iter().map(|s| s.iter().product::<usize>()).sum()
     }
+
+    /// The state of the batch rows `rows` (repeats allowed), e.g. one context for several
+    /// continuations.
+    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
+        match self {
+            LayerState::Kv { k, v } => {
+                LayerState::Kv { k: k.clone().select(0, rows.clone()), v: v.clone().select(0, rows) }
+            }
+            LayerState::Recurrent(s) => LayerState::Recurrent(s.clone().select(0, rows)),
+        }
+    }
 }
 
 /// Multi-head (grouped-query) self-attention with rotary embeddings.
