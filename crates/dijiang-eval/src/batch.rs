@@ -23,7 +23,7 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        Self { units: 16, context_tokens: 4096, scored_positions: 512 }
+        Self { units: 32, context_tokens: 8192, scored_positions: 1024 }
     }
 }
 

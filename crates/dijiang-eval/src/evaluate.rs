@@ -14,7 +14,7 @@ use crate::batch::{Batch, BatchLimits, Work, encode_docs, plan};
 use crate::encode::{BosPolicy, Encoder};
 use crate::error::EvalError;
 use crate::loglikelihood::{LogLikelihood, Scorer};
-use crate::records::{Header, Records};
+use crate::records::{Header, Records, Scored};
 use crate::results::{TaskResult, aggregate};
 use crate::task::{Doc, Task};
 
@@ -101,15 +101,8 @@ pub fn evaluate_task<B: Backend>(
 ) -> Result<TaskResult, EvalError> {
     let start = Instant::now();
     let docs = load_docs(task, options)?;
-    let mut records = match &options.records_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
-            let header = Header::new(task, &options.model_id, &tokenizer.fingerprint(), options.bos);
-            Some(Records::open(&dir.join(format!("{}.jsonl", task.name())), &header)?)
-        }
-        None => None,
-    };
-    let mut scores: BTreeMap<usize, Vec<LogLikelihood>> = records
+    let mut records = open_records(task, tokenizer, options)?;
+    let mut scores: BTreeMap<usize, Scored> = records
         .as_ref()
         .map(|r| r.done.range(..docs.len()).map(|(&d, s)| (d, s.clone())).collect())
         .unwrap_or_default();
@@ -121,8 +114,18 @@ pub fn evaluate_task<B: Backend>(
     on_progress(&progress);
     let mut run = Run::new(&docs, &work);
     let scorer = Scorer::new(model);
+    // Wall time not yet attributed to a finished document (loading and encoding count too).
+    let mut unattributed = start.elapsed().as_secs_f64();
     for batch in plan(&work.units, |u| scorer.fits(u), options.batch) {
+        let batch_start = Instant::now();
         let finished = run.score(&scorer, &batch);
+        unattributed += batch_start.elapsed().as_secs_f64();
+        if finished.is_empty() {
+            continue;
+        }
+        let share = std::mem::take(&mut unattributed) / finished.len() as f64;
+        let finished: Vec<(usize, Scored)> =
+            finished.into_iter().map(|(d, scores)| (d, Scored { scores, seconds: share })).collect();
         progress.done += finished.len();
         if let Some(records) = records.as_mut() {
             records.append(finished.clone())?;
@@ -131,8 +134,9 @@ pub fn evaluate_task<B: Backend>(
         on_progress(&progress);
     }
 
+    let seconds = scores.values().map(|s| s.seconds).sum::<f64>();
     let ordered: Vec<Vec<LogLikelihood>> =
-        (0..docs.len()).map(|d| scores.remove(&d).expect("every document scored")).collect();
+        (0..docs.len()).map(|d| scores.remove(&d).expect("every document scored").scores).collect();
     let (metrics, subjects) = aggregate(task, &docs, &ordered, options.bootstrap_iters);
     Ok(TaskResult {
         task,
@@ -141,9 +145,18 @@ pub fn evaluate_task<B: Backend>(
         resumed,
         requests: docs.iter().map(|d| d.requests.len()).sum(),
         tokens: run.tokens,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: seconds + unattributed,
+        run_seconds: start.elapsed().as_secs_f64(),
         subjects,
     })
+}
+
+/// The task's records in `options.records_dir`, if any.
+fn open_records(task: Task, tokenizer: &Tokenizer, options: &EvalOptions) -> Result<Option<Records>, EvalError> {
+    let Some(dir) = &options.records_dir else { return Ok(None) };
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+    let header = Header::new(task, &options.model_id, &tokenizer.fingerprint(), options.bos);
+    Ok(Some(Records::open(&dir.join(format!("{}.jsonl", task.name())), &header)?))
 }
 
 /// The documents being scored: their requests' scores so far, until each is complete.

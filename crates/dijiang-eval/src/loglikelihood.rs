@@ -117,46 +117,93 @@ impl<'m, B: Backend> Scorer<'m, B> {
         let (first_logp, first_argmax) =
             token_scores(first_logits, ids_tensor(first_targets, conts.len(), 1, &self.device));
 
-        let (rest_logp, rest_argmax, width) = self.continue_rows(&state, rows, &conts);
+        let rest = self.continue_rows(&state, &owner, &conts);
         let mut out: Vec<Vec<LogLikelihood>> =
             units.iter().map(|u| Vec::with_capacity(u.continuations.len())).collect();
-        for (r, cont) in conts.iter().enumerate() {
-            let rest = r * width..r * width + cont.len() - 1;
-            let logprob = first_logp[r] + rest_logp[rest.clone()].iter().sum::<f64>();
-            let greedy = first_argmax[r] == cont[0] as i64
-                && rest_argmax[rest].iter().zip(&cont[1..]).all(|(a, &c)| *a == c as i64);
+        for (r, (cont, (rest_logp, rest_argmax))) in conts.iter().zip(rest).enumerate() {
+            let logprob = first_logp[r] + rest_logp.iter().sum::<f64>();
+            let greedy =
+                first_argmax[r] == cont[0] as i64 && rest_argmax.iter().zip(&cont[1..]).all(|(a, &c)| *a == c as i64);
             out[owner[r]].push(LogLikelihood { logprob, greedy });
         }
         out
     }
 
     /// The continuations' tokens after the first, each row continuing its context's state:
-    /// inputs `cont[..len - 1]` predict `cont[1..]`, right-padded to the longest (padding comes
-    /// after every scored position, so causal attention never lets it in). Returns the
-    /// flattened `[rows, width]` log-probabilities and argmaxes, and `width`.
-    fn continue_rows(
-        &self,
-        state: &DecodeState<B>,
-        rows: Tensor<B, 1, Int>,
-        conts: &[&[u32]],
-    ) -> (Vec<f64>, Vec<i64>, usize) {
-        let width = conts.iter().map(|c| c.len()).max().unwrap_or(1) - 1;
-        if width == 0 {
-            return (Vec::new(), Vec::new(), 0);
+    /// inputs `cont[..len - 1]` predict `cont[1..]`. Rows of similar lengths run together,
+    /// right-padded to the longest (padding comes after every scored position, so causal
+    /// attention never lets it in), and the output head runs on the real positions only.
+    /// Returns each row's log-probabilities and argmaxes of `cont[1..]`.
+    fn continue_rows(&self, state: &DecodeState<B>, owner: &[usize], conts: &[&[u32]]) -> Vec<(Vec<f64>, Vec<i64>)> {
+        let mut out = vec![(Vec::new(), Vec::new()); conts.len()];
+        for group in length_groups(conts) {
+            let width = conts[*group.last().expect("a non-empty group")].len() - 1;
+            let mut inputs = Vec::with_capacity(group.len() * width);
+            // Flat indices of the real positions in [rows * width], and their targets.
+            let (mut real, mut targets) = (Vec::new(), Vec::new());
+            for (i, &r) in group.iter().enumerate() {
+                let c = conts[r];
+                inputs.extend(c[..c.len() - 1].iter().map(|&t| t as i64));
+                inputs.extend(std::iter::repeat_n(0, width + 1 - c.len()));
+                real.extend((0..c.len() - 1).map(|j| (i * width + j) as i64));
+                targets.extend(c[1..].iter().map(|&t| t as i64));
+            }
+            let rows = group.iter().map(|&r| owner[r] as i64).collect::<Vec<_>>();
+            let mut state = state.select_rows(Tensor::from_data(TensorData::new(rows, [group.len()]), &self.device));
+            let hidden = self.model.hidden_cached(ids_tensor(inputs, group.len(), width, &self.device), &mut state);
+            let [n, w, h] = hidden.dims();
+            let n_real = real.len();
+            // [n, w, hidden] -> [n*w, hidden] -> the real positions [1, n_real, hidden]
+            let index = Tensor::from_data(TensorData::new(real, [n_real]), &self.device);
+            let hidden = hidden.reshape([n * w, h]).select(0, index).reshape([1, n_real, h]);
+            let (logp, argmax) = token_scores(self.model.head(hidden), ids_tensor(targets, 1, n_real, &self.device));
+            let mut at = 0;
+            for &r in &group {
+                let len = conts[r].len() - 1;
+                out[r] = (logp[at..at + len].to_vec(), argmax[at..at + len].to_vec());
+                at += len;
+            }
         }
-        let padded = |skip: usize| -> Vec<i64> {
-            conts
-                .iter()
-                .flat_map(|c| {
-                    let part = &c[skip..skip + c.len() - 1];
-                    part.iter().map(|&i| i as i64).chain(std::iter::repeat_n(0, width - part.len()))
-                })
-                .collect()
-        };
-        let mut state = state.select_rows(rows);
-        let n = conts.len();
-        let hidden = self.model.hidden_cached(ids_tensor(padded(0), n, width, &self.device), &mut state);
-        let (logp, argmax) = token_scores(self.model.head(hidden), ids_tensor(padded(1), n, width, &self.device));
-        (logp, argmax, width)
+        out
+    }
+}
+
+/// The rows with more than one token, by length, in groups of similar lengths: a group grows
+/// while its padding stays within a quarter of its real positions (or it is still small, where
+/// another forward pass would cost more than the padding).
+fn length_groups(conts: &[&[u32]]) -> Vec<Vec<usize>> {
+    let mut rows: Vec<usize> = (0..conts.len()).filter(|&r| conts[r].len() > 1).collect();
+    rows.sort_by_key(|&r| (conts[r].len(), r));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0;
+    for r in rows {
+        let len = conts[r].len() - 1;
+        let padded = groups.last().map_or(0, |g| (g.len() + 1) * len);
+        match groups.last_mut() {
+            Some(g) if real < 256 || 4 * padded <= 5 * (real + len) => {
+                g.push(r);
+                real += len;
+            }
+            _ => {
+                groups.push(vec![r]);
+                real = len;
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn similar_lengths_run_together() {
+        let lens = [1, 30, 2, 200, 31, 100, 101, 29];
+        let conts: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
+        let refs: Vec<&[u32]> = conts.iter().map(Vec::as_slice).collect();
+        // One-token rows need no pass; below 256 real positions a group takes anything; then a
+        // row joins while the padding stays within a quarter of the real positions.
+        assert_eq!(length_groups(&refs), vec![vec![2, 7, 1, 4, 5, 6], vec![3]]);
     }
 }

@@ -35,11 +35,21 @@ impl Header {
     }
 }
 
-/// One finished document.
+/// A finished document: its requests' scores and its share of the wall time (that of the batch
+/// that finished it, split evenly among the documents it finished), so that a resumed task still
+/// reports its whole wall time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub scores: Vec<LogLikelihood>,
+    pub seconds: f64,
+}
+
+/// One line of the records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Line {
     doc: usize,
-    scores: Vec<LogLikelihood>,
+    #[serde(flatten)]
+    scored: Scored,
 }
 
 /// The records file of one task, open for appending.
@@ -48,7 +58,7 @@ pub struct Records {
     path: PathBuf,
     file: File,
     /// Documents already scored, by index.
-    pub done: BTreeMap<usize, Vec<LogLikelihood>>,
+    pub done: BTreeMap<usize, Scored>,
 }
 
 impl Records {
@@ -73,7 +83,7 @@ impl Records {
         Ok(Self { path: path.to_path_buf(), file, done })
     }
 
-    fn parse(path: &Path, text: &str, header: &Header) -> Result<BTreeMap<usize, Vec<LogLikelihood>>, EvalError> {
+    fn parse(path: &Path, text: &str, header: &Header) -> Result<BTreeMap<usize, Scored>, EvalError> {
         let mut lines = text.lines().enumerate();
         let Some((_, first)) = lines.next() else { return Ok(BTreeMap::new()) };
         let found: Header = serde_json::from_str(first).map_err(|e| EvalError::row(path, 1, e.to_string()))?;
@@ -88,19 +98,19 @@ impl Records {
         let mut done = BTreeMap::new();
         for (i, line) in lines {
             let line: Line = serde_json::from_str(line).map_err(|e| EvalError::row(path, i + 1, e.to_string()))?;
-            done.insert(line.doc, line.scores);
+            done.insert(line.doc, line.scored);
         }
         Ok(done)
     }
 
     /// Appends finished documents and flushes them to disk.
-    pub fn append(&mut self, docs: Vec<(usize, Vec<LogLikelihood>)>) -> Result<(), EvalError> {
+    pub fn append(&mut self, docs: Vec<(usize, Scored)>) -> Result<(), EvalError> {
         let mut text = String::new();
-        for (doc, scores) in docs {
-            let line = Line { doc, scores };
+        for (doc, scored) in docs {
+            let line = Line { doc, scored };
             text.push_str(&serde_json::to_string(&line).expect("records serialise"));
             text.push('\n');
-            self.done.insert(line.doc, line.scores);
+            self.done.insert(line.doc, line.scored);
         }
         // One write per batch, so that an interruption cuts at most the last line.
         self.file.write_all(text.as_bytes()).and_then(|_| self.file.flush()).map_err(|e| EvalError::io(&self.path, e))

@@ -22,8 +22,10 @@ pub struct TaskResult {
     pub requests: usize,
     /// Tokens the model read in this run.
     pub tokens: usize,
-    /// Wall time of this run, seconds (loading the data and scoring).
+    /// Wall time of the whole task, seconds (loading, encoding, scoring), resumed parts included.
     pub seconds: f64,
+    /// Wall time of this run alone.
+    pub run_seconds: f64,
     /// MMLU: each subject's accuracy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subjects: Vec<SubjectResult>,

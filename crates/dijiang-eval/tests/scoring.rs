@@ -59,6 +59,12 @@ fn shared_context_equals_plain_on_grouped_query_heads() {
                     continuations: (0..=u).map(|c| ids(100 + 10 * u + c, 1 + 6 * c, vocab)).collect(),
                 })
                 .collect();
+            // And one unit whose 12 continuations (2 to 57 tokens) run in several groups.
+            let mut units = units;
+            units.push(Unit {
+                context: ids(9 + lc, lc, vocab),
+                continuations: (0..12).map(|c| ids(200 + c, 2 + 5 * c, vocab)).collect(),
+            });
             let shared = scorer.score_shared(&units.iter().collect::<Vec<_>>());
             for (unit, got) in units.iter().zip(&shared) {
                 let plain: Vec<_> = unit.continuations.iter().map(|c| scorer.score_plain(&unit.context, c)).collect();

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use crate::attention::{Attention, LayerState};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::layers::{Mlp, Norm, embedding, linear};
+use crate::layers::{Mlp, Norm, embedding, flat_linear, linear};
 use crate::rope::rope_tables;
 use crate::weights::{Fresh, WeightSource};
 
@@ -272,7 +272,7 @@ impl<B: Backend> Transformer<B> {
     /// The output head on final-norm outputs: `[b, t, hidden]` -> `[b, t, vocab]`.
     pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => flat_linear(head, x),
             None => {
                 let [b, t, h] = x.dims();
                 let v = self.config.vocab_size;

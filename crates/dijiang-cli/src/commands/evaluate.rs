@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     limit: Option<usize>,
     /// Contexts per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Also write the results as JSON to FILE (`-`: standard output, instead of the table).
     #[arg(long)]
@@ -163,13 +163,13 @@ impl Bar {
 
     fn finish(&self, result: &TaskResult) {
         self.bar.finish_and_clear();
-        let rate = (result.items - result.resumed) as f64 / result.seconds.max(1e-9);
+        let rate = (result.items - result.resumed) as f64 / result.run_seconds.max(1e-9);
         eprintln!(
-            "{}: {} docs in {:.1} s ({rate:.2} docs/s, {} tokens, {} resumed)",
+            "{}: {} docs in {:.1} s ({rate:.2} docs/s, {:.0} tokens/s, {} resumed)",
             result.task.name(),
             result.items,
-            result.seconds,
-            result.tokens,
+            result.run_seconds,
+            result.tokens as f64 / result.run_seconds.max(1e-9),
             result.resumed
         );
     }
