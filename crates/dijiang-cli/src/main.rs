@@ -1,4 +1,4 @@
-//! `dijiang`: the command-line front end (train, convert, generate, eval, bench).
+//! `dijiang`: the command-line front end (train, convert, generate, eval, evaluate, bench).
 //!
 //! The tensor backend is chosen at compile time by cargo features: `ndarray` (CPU, the default),
 //! `wgpu` (Vulkan / Metal / DX12), `cuda`. With several enabled, the fastest wins (cuda > wgpu >
@@ -40,6 +40,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Mean next-token NLL and perplexity of a model on a text file.
     Eval(commands::eval::Args),
+    /// Zero-shot accuracy on lm-evaluation-harness tasks (PIQA, HellaSwag, ..., MMLU, LAMBADA).
+    Evaluate(commands::evaluate::Args),
     /// Attention fidelity of a DiJiang student against its softmax teacher, per layer and head.
     Fidelity(commands::fidelity::Args),
     /// One Markdown table row per training run (variant, attention fidelity, perplexity, tokens, time).
@@ -67,6 +69,7 @@ fn main() -> Result<()> {
         Command::Convert(args) => commands::convert::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Evaluate(args) => commands::evaluate::run(args),
         Command::Prepare(args) => commands::prepare::run(args),
         Command::Fidelity(args) => commands::fidelity::run(args),
         Command::Compare(args) => commands::compare::run(args),

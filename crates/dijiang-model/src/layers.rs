@@ -26,6 +26,19 @@ pub fn linear<B: Backend>(
 }
 
 /// A token embedding `[vocab, hidden]`.
+/// `layer.forward(x)` for `x: [b, t, in]` as one `[b*t, in] x [in, out]` product. Burn multiplies a
+/// 3-d input by the weight one batch row at a time, and the CPU backend packs the whole weight
+/// again for every row (measured: a fifth of the time of a batch of 80 short sequences).
+///
+/// # Shapes
+/// - x: `[b, t, in]` -> `[b, t, out]`
+pub fn flat_linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = layer.forward(x.reshape([b * t, d]));
+    let [_, out] = y.dims();
+    y.reshape([b, t, out])
+}
+
 pub fn embedding<B: Backend>(src: &mut impl WeightSource<B>, name: &str, vocab: usize, hidden: usize) -> Embedding<B> {
     Embedding {
         weight: Param::from_tensor(src.tensor(
@@ -111,9 +124,13 @@ impl<B: Backend> Mlp<B> {
     /// # Shapes
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match self {
+        let [b, t, h] = x.dims();
+        // [b, t, hidden] -> [b*t, hidden]: one matrix product per weight (see `flat_linear`).
+        let x = x.reshape([b * t, h]);
+        let y = match self {
             Mlp::SwiGlu(m) => m.down.forward(silu(m.gate.forward(x.clone())) * m.up.forward(x)),
             Mlp::Gelu(m) => m.down.forward(gelu(m.up.forward(x))),
-        }
+        };
+        y.reshape([b, t, h])
     }
 }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod convert;
 pub mod eval;
+pub mod evaluate;
 pub mod fidelity;
 pub mod generate;
 pub mod inspect;

@@ -13,7 +13,7 @@ use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::config::{AttentionKernelConfig, ModelConfig};
-use crate::layers::linear;
+use crate::layers::{flat_linear, linear};
 use crate::rope::apply_rope;
 use crate::weights::WeightSource;
 
@@ -48,6 +48,17 @@ impl<B: Backend> LayerState<B> {
     /// Number of elements held.
     pub fn num_elements(&self) -> usize {
         self.shapes().iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// The state of the batch rows `rows` (repeats allowed), e.g. one context for several
+    /// continuations.
+    pub fn select_rows(&self, rows: Tensor<B, 1, Int>) -> Self {
+        match self {
+            LayerState::Kv { k, v } => {
+                LayerState::Kv { k: k.clone().select(0, rows.clone()), v: v.clone().select(0, rows) }
+            }
+            LayerState::Recurrent(s) => LayerState::Recurrent(s.clone().select(0, rows)),
+        }
     }
 }
 
@@ -104,9 +115,9 @@ impl<B: Backend> Attention<B> {
         let d = self.head_dim;
         // [b, t, heads*d] -> [b, heads, t, d]
         let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = apply_rope(split(self.q.forward(x.clone()), self.num_heads), cos, sin);
-        let k = apply_rope(split(self.k.forward(x.clone()), self.num_kv_heads), cos, sin);
-        let v = split(self.v.forward(x), self.num_kv_heads);
+        let q = apply_rope(split(flat_linear(&self.q, x.clone()), self.num_heads), cos, sin);
+        let k = apply_rope(split(flat_linear(&self.k, x.clone()), self.num_kv_heads), cos, sin);
+        let v = split(flat_linear(&self.v, x), self.num_kv_heads);
         (q, k, v)
     }
 
@@ -166,7 +177,7 @@ impl<B: Backend> Attention<B> {
                 out
             }
         };
-        self.o.forward(merged)
+        flat_linear(&self.o, merged)
     }
 }
 
