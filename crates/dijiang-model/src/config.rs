@@ -54,8 +54,8 @@ pub enum DecayKind {
     /// Per head from the teacher's attention: gamma such that the decay alone spreads each head's
     /// attention as far back, on average, as the teacher's head does on a calibration text
     /// (`calibrate`). Set at conversion by `convert::convert_calibrated` (`dijiang convert
-    /// --calibrate FILE`) and saved with the model; a model built without a teacher starts at the
-    /// reference's values.
+    /// --decay calibrated --calibrate FILE`) and saved with the model; a model built without a
+    /// teacher starts at the reference's values.
     Calibrated,
 }
 
@@ -73,6 +73,18 @@ pub enum GateKind {
     /// trainable (its gradient at 0 is `x / 2`, not 0), for a gate learned from a pass-through
     /// start.
     Identity,
+}
+
+/// The initial weight of the hybrid's linear part beside its window (per head; trained after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearWeight {
+    /// 1: the linear scores as they are beside the max-shifted window scores.
+    #[default]
+    One,
+    /// Per head, the weight at which the student's share of attention beyond the window equals the
+    /// teacher's on a calibration text (`calibrate`; set by `convert::convert_calibrated`).
+    Calibrated,
 }
 
 /// The normalisation of the merged heads before the gate.
@@ -131,6 +143,9 @@ pub struct DiJiangConfig {
     /// 0: pure DiJiang.
     #[serde(default)]
     pub window: usize,
+    /// The initial weight of the linear part beside the window (`window > 0`).
+    #[serde(default)]
+    pub linear_weight: LinearWeight,
     /// The output gate.
     #[serde(default)]
     pub gate: GateKind,
@@ -180,6 +195,7 @@ impl Default for DiJiangConfig {
             feature_training: FeatureTraining::Frozen,
             normalize: false,
             window: 0,
+            linear_weight: LinearWeight::One,
             gate: GateKind::Reference,
             output_norm: OutputNorm::GroupNorm,
         }
@@ -449,6 +465,9 @@ impl ModelConfig {
                     dj.window
                 ));
             }
+            if dj.linear_weight == LinearWeight::Calibrated && dj.window == 0 {
+                return fail("attention.linear_weight = calibrated needs a window (attention.window > 0)".into());
+            }
         }
         Ok(())
     }
@@ -568,6 +587,8 @@ mod tests {
             (dj.normalize, dj.window, dj.gate, dj.output_norm, dj.decay),
             (true, 64, GateKind::Identity, OutputNorm::None, DecayKind::Calibrated)
         );
+        let dj: DiJiangConfig = serde_json::from_str(r#"{"window": 8, "linear_weight": "calibrated"}"#).unwrap();
+        assert_eq!(dj.linear_weight, LinearWeight::Calibrated);
         assert!(serde_json::from_str::<DiJiangConfig>(r#"{"gate": "swish"}"#).is_err());
         assert!(serde_json::from_str::<DiJiangConfig>(r#"{"windows": 64}"#).is_err());
     }

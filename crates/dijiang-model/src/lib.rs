@@ -26,6 +26,8 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, ModelConfig, OutputNorm};
+pub use config::{
+    AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, LinearWeight, ModelConfig, OutputNorm,
+};
 pub use error::ModelError;
 pub use transformer::{DecodeState, ForwardOutput, Trace, Transformer};

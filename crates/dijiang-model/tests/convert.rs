@@ -276,9 +276,15 @@ fn options_and_calibrated_decays_survive_the_saved_format() {
     let device = Default::default();
     let ids: Vec<u32> = (0..40).map(|i| (i * 29 + 1) % 300).collect();
     let mut configs = option_configs();
-    configs.push(DiJiangConfig { decay: DecayKind::Calibrated, window: 4, ..configs[0].clone() });
+    let calibrated = dijiang_model::LinearWeight::Calibrated;
+    configs.push(DiJiangConfig {
+        decay: DecayKind::Calibrated,
+        window: 4,
+        linear_weight: calibrated,
+        ..configs[0].clone()
+    });
     for (i, dijiang) in configs.into_iter().enumerate() {
-        let student = if dijiang.decay == DecayKind::Calibrated {
+        let student = if dijiang_model::convert::is_calibrated(&dijiang) {
             convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &ids, &device).unwrap()
         } else {
             convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap()
@@ -336,4 +342,36 @@ fn a_window_needs_the_normaliser() {
         .with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig { window: 4, ..Default::default() }));
     let err = config.validate().unwrap_err();
     assert!(err.to_string().contains("normalize"), "{err}");
+}
+
+#[test]
+fn the_calibrated_linear_weight_gives_the_teachers_share_beyond_the_window() {
+    use dijiang_model::calibrate::{beyond_window_shares, teacher_attention};
+    use dijiang_model::convert::convert_calibrated;
+    use dijiang_model::{GateKind, LinearWeight, OutputNorm};
+    let device = Default::default();
+    let window = 6;
+    let dijiang = DiJiangConfig {
+        normalize: true,
+        window,
+        gate: GateKind::None,
+        output_norm: OutputNorm::None,
+        linear_weight: LinearWeight::Calibrated,
+        ..Default::default()
+    };
+    let ids: Vec<u32> = (0..48).map(|i| (i * 41 + 2) % 300).collect();
+    let student = convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang, &ids, &device).unwrap().model;
+    let teacher = load::<B>(&fixture("llama-gqa-tiny"), &device).unwrap().model;
+    let tokens = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
+        &device,
+    );
+    let attention = teacher_attention(&teacher, tokens, window).unwrap();
+    for (layer, (x, want)) in attention.layer_inputs.iter().zip(&attention.shares).enumerate() {
+        let got = beyond_window_shares(student.layer_rows(layer, x.clone()), window);
+        for (head, (rows, want)) in got.iter().zip(want).enumerate() {
+            let mean = rows.iter().sum::<f64>() / rows.len() as f64;
+            assert!((mean - want).abs() < 1e-4, "layer {layer} head {head}: share {mean} != teacher's {want}");
+        }
+    }
 }

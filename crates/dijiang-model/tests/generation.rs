@@ -9,8 +9,8 @@ use std::path::Path;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use dijiang_model::config::{AttentionKernelConfig, DecayKind, GateKind, OutputNorm};
-use dijiang_model::convert::{convert, convert_calibrated};
+use dijiang_model::config::{AttentionKernelConfig, DecayKind, GateKind, LinearWeight, OutputNorm};
+use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
 use dijiang_model::generate::{Sampler, Sampling, generate};
 use dijiang_model::import::Checkpoint;
 use dijiang_model::import::safetensors::SafetensorsFiles;
@@ -103,14 +103,21 @@ fn options() -> Vec<(String, DiJiangConfig)> {
     for window in [1, 5, 16, 100] {
         options.push((format!("hybrid W={window}"), DiJiangConfig { window, ..pass_through.clone() }));
     }
+    let calibrated = DiJiangConfig {
+        window: 5,
+        decay: DecayKind::Calibrated,
+        linear_weight: LinearWeight::Calibrated,
+        ..pass_through
+    };
+    options.push(("hybrid W=5, calibrated decay and linear weight".into(), calibrated));
     options.push(("hybrid W=5, reference gate and group norm".into(), DiJiangConfig { window: 5, ..normalized }));
     options
 }
 
-/// The student of the fixture `teacher` with `dijiang` (decays calibrated on fixed token ids).
+/// The student of the fixture `teacher` with `dijiang` (calibrated on fixed token ids).
 fn student<Bk: Backend>(teacher: &str, dijiang: DiJiangConfig, device: &Bk::Device) -> Transformer<Bk> {
     let path = fixture(teacher);
-    if dijiang.decay == DecayKind::Calibrated {
+    if is_calibrated(&dijiang) {
         let ids: Vec<u32> = (0..48).map(|i| (i * 17 + 3) % 300).collect();
         return convert_calibrated::<Bk>(&path, dijiang, &ids, device).unwrap().model;
     }

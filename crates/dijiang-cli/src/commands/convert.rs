@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use dijiang_kernel::qmc::ScaleSampling;
 use dijiang_model::DiJiangConfig;
-use dijiang_model::config::{DecayKind, FeatureMapKind, FeatureTraining, GateKind, OutputNorm};
-use dijiang_model::convert::{convert, convert_calibrated};
+use dijiang_model::config::{DecayKind, FeatureMapKind, FeatureTraining, GateKind, LinearWeight, OutputNorm};
+use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::tokenizer::Tokenizer;
 
@@ -33,9 +33,10 @@ pub struct Args {
     /// Learnable per-feature weights D.
     #[arg(long)]
     feature_weights: bool,
-    /// No decay (gamma = 1).
-    #[arg(long)]
-    no_decay: bool,
+    /// Decay: reference (gamma from 1 - 1/32 to 1 - 1/512 across heads), none (gamma = 1), or
+    /// calibrated (per head, from the teacher's mean attention distance on --calibrate's text).
+    #[arg(long, default_value = "reference")]
+    decay: String,
     /// Seed for the new parameters.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -56,12 +57,32 @@ pub struct Args {
     /// Output normalisation: group-norm (the reference's) or none.
     #[arg(long, default_value = "group-norm")]
     output_norm: String,
-    /// Calibrate each head's decay on the teacher's attention to this text (its first
-    /// --calibrate-tokens tokens).
+    /// The hybrid's initial linear-part weight per head: one, or calibrated (the teacher's share of
+    /// attention beyond the window on --calibrate's text).
+    #[arg(long, default_value = "one")]
+    linear_weight: String,
+    /// The text whose first --calibrate-tokens tokens calibrate what --decay / --linear-weight
+    /// mark calibrated.
     #[arg(long)]
     calibrate: Option<String>,
     #[arg(long, default_value_t = 512)]
     calibrate_tokens: usize,
+}
+
+/// The decay and linear weight named on the command line.
+fn calibratable(args: &Args) -> Result<(DecayKind, LinearWeight)> {
+    let decay = match args.decay.as_str() {
+        "reference" => DecayKind::Reference,
+        "none" => DecayKind::None,
+        "calibrated" => DecayKind::Calibrated,
+        other => anyhow::bail!("--decay `{other}`: expected reference, none or calibrated"),
+    };
+    let weight = match args.linear_weight.as_str() {
+        "one" => LinearWeight::One,
+        "calibrated" => LinearWeight::Calibrated,
+        other => anyhow::bail!("--linear-weight `{other}`: expected one or calibrated"),
+    };
+    Ok((decay, weight))
 }
 
 /// The gate and output norm named on the command line.
@@ -80,10 +101,15 @@ fn output_options(args: &Args) -> Result<(GateKind, OutputNorm)> {
     Ok((gate, norm))
 }
 
-/// The calibration tokens of `--calibrate`, if given.
-fn calibration(args: &Args) -> Result<Option<Vec<u32>>> {
-    let Some(path) = &args.calibrate else { return Ok(None) };
-    anyhow::ensure!(!args.no_decay, "--calibrate sets the decays; it cannot be combined with --no-decay");
+/// The calibration tokens of `--calibrate`, if the config needs them.
+fn calibration(args: &Args, dijiang: &DiJiangConfig) -> Result<Option<Vec<u32>>> {
+    let needed = is_calibrated(dijiang);
+    let path = match (&args.calibrate, needed) {
+        (Some(path), true) => path,
+        (None, false) => return Ok(None),
+        (None, true) => anyhow::bail!("--decay calibrated / --linear-weight calibrated need --calibrate FILE"),
+        (Some(_), false) => anyhow::bail!("--calibrate: nothing to calibrate (--decay / --linear-weight calibrated)"),
+    };
     let tokenizer = Tokenizer::for_model(Path::new(&args.teacher))
         .with_context(|| format!("finding the tokenizer of {}", args.teacher))?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
@@ -97,7 +123,7 @@ fn calibration(args: &Args) -> Result<Option<Vec<u32>>> {
 }
 
 /// The student's DiJiang options from the command line.
-fn dijiang_config(args: &Args, calibrated: bool) -> Result<DiJiangConfig> {
+fn dijiang_config(args: &Args) -> Result<DiJiangConfig> {
     let feature_map = match args.feature_map.as_str() {
         "reference" => FeatureMapKind::Reference,
         "weighted-exp" => FeatureMapKind::WeightedExp,
@@ -114,11 +140,7 @@ fn dijiang_config(args: &Args, calibrated: bool) -> Result<DiJiangConfig> {
         other => anyhow::bail!("--feature-training `{other}`: expected frozen, scales, projection or mlp"),
     };
     let (gate, output_norm) = output_options(args)?;
-    let decay = match (calibrated, args.no_decay) {
-        (true, _) => DecayKind::Calibrated,
-        (false, true) => DecayKind::None,
-        (false, false) => DecayKind::Reference,
-    };
+    let (decay, linear_weight) = calibratable(args)?;
     Ok(DiJiangConfig {
         feature_training,
         feature_map,
@@ -128,6 +150,7 @@ fn dijiang_config(args: &Args, calibrated: bool) -> Result<DiJiangConfig> {
         seed: args.seed,
         normalize: args.normalize,
         window: args.window,
+        linear_weight,
         gate,
         output_norm,
         ..Default::default()
@@ -135,8 +158,8 @@ fn dijiang_config(args: &Args, calibrated: bool) -> Result<DiJiangConfig> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let calibration = calibration(&args)?;
-    let dijiang = dijiang_config(&args, calibration.is_some())?;
+    let dijiang = dijiang_config(&args)?;
+    let calibration = calibration(&args, &dijiang)?;
     let device = Default::default();
     let teacher = Path::new(&args.teacher);
     let student = match &calibration {
@@ -172,7 +195,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("tokenizer     {}", tokenizer.display());
     }
     if let (Some(ids), Some(path)) = (&calibration, &args.calibrate) {
-        println!("decays        calibrated on the teacher's attention to {} tokens of {path}", ids.len());
+        println!("calibrated    on the teacher's attention to {} tokens of {path}", ids.len());
     }
     Ok(())
 }

@@ -135,6 +135,17 @@ impl<B: Backend> DiJiangKernel<B> {
         self.log_decay = Param::from_tensor(log_decay).set_require_grad(self.learnable_decay);
     }
 
+    /// Replaces the hybrid's linear-part weights by `exp(log_weight)` (`[h_q]`), e.g. calibrated
+    /// on the teacher.
+    ///
+    /// # Panics
+    /// If the kernel has no window or `log_weight` has not one value per query head.
+    pub fn set_log_linear_weight(&mut self, log_weight: Tensor<B, 1>) {
+        let current = self.log_linear_weight.as_ref().expect("a hybrid kernel (window > 0)");
+        assert_eq!(log_weight.dims(), current.dims(), "one weight per query head");
+        self.log_linear_weight = Some(Param::from_tensor(log_weight));
+    }
+
     /// phi(x) for queries or keys.
     ///
     /// # Shapes
