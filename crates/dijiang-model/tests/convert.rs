@@ -345,8 +345,9 @@ fn a_window_needs_the_normaliser() {
 }
 
 #[test]
-fn the_calibrated_linear_weight_gives_the_teachers_share_beyond_the_window() {
-    use dijiang_model::calibrate::{beyond_window_shares, teacher_attention};
+fn the_calibrated_linear_weight_brings_each_heads_output_closer_to_the_teachers() {
+    use dijiang_model::attention::AttentionKernel;
+    use dijiang_model::calibrate::{WindowParts, output_errors, rows_and_values, teacher_attention};
     use dijiang_model::convert::convert_calibrated;
     use dijiang_model::{GateKind, LinearWeight, OutputNorm};
     let device = Default::default();
@@ -356,22 +357,31 @@ fn the_calibrated_linear_weight_gives_the_teachers_share_beyond_the_window() {
         window,
         gate: GateKind::None,
         output_norm: OutputNorm::None,
-        linear_weight: LinearWeight::Calibrated,
         ..Default::default()
     };
     let ids: Vec<u32> = (0..48).map(|i| (i * 41 + 2) % 300).collect();
-    let student = convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang, &ids, &device).unwrap().model;
+    let at_one = convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap().model;
+    let calibrated = DiJiangConfig { linear_weight: LinearWeight::Calibrated, ..dijiang };
+    let student = convert_calibrated::<B>(&fixture("llama-gqa-tiny"), calibrated, &ids, &device).unwrap().model;
     let teacher = load::<B>(&fixture("llama-gqa-tiny"), &device).unwrap().model;
-    let tokens = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
-        &device,
-    );
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 48]), &device);
     let attention = teacher_attention(&teacher, tokens, window).unwrap();
-    for (layer, (x, want)) in attention.layer_inputs.iter().zip(&attention.shares).enumerate() {
-        let got = beyond_window_shares(student.layer_rows(layer, x.clone()), window);
-        for (head, (rows, want)) in got.iter().zip(want).enumerate() {
-            let mean = rows.iter().sum::<f64>() / rows.len() as f64;
-            assert!((mean - want).abs() < 1e-4, "layer {layer} head {head}: share {mean} != teacher's {want}");
+    let (mut before, mut after) = (0.0, 0.0);
+    for (layer, (x, target)) in attention.layer_inputs.iter().zip(&attention.outputs).enumerate() {
+        let (rows, v) = rows_and_values(&at_one, &at_one.layers[layer], x.clone());
+        let parts = WindowParts::new(rows, v, window);
+        let AttentionKernel::DiJiang(kernel) = &student.layers[layer].attn.kernel else { panic!("converted") };
+        let chosen = kernel.log_linear_weight.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+        for (head, &w) in chosen.iter().enumerate() {
+            let error = |w: f64| output_errors(&parts, target.clone(), w)[head];
+            let best = error(w as f64);
+            for other in [0.0, -3.0, -1.0, 1.0] {
+                assert!(best <= error(other) + 1e-9, "layer {layer} head {head}: {w} is not better than {other}");
+            }
+            before += error(0.0);
+            after += best;
         }
     }
+    assert!(after < before, "calibration changed nothing: {after} vs {before}");
 }
