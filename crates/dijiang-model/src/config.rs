@@ -51,6 +51,53 @@ pub enum DecayKind {
     Reference,
     /// gamma = 1: plain causal linear attention.
     None,
+    /// Per head from the teacher's attention: gamma such that the decay alone spreads each head's
+    /// attention as far back, on average, as the teacher's head does on a calibration text
+    /// (`calibrate`). Set at conversion by `convert::convert_calibrated` (`dijiang convert
+    /// --decay calibrated --calibrate FILE`) and saved with the model; a model built without a
+    /// teacher starts at the reference's values.
+    Calibrated,
+}
+
+/// What multiplies the attention output before the output projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateKind {
+    /// The reference's swish gate `silu(x W_G)`, `W_G` Xavier-uniform with gain 2^-2.5: random
+    /// at conversion, so the student's attention output starts unrelated to the teacher's.
+    #[default]
+    Reference,
+    /// No gate (and no `W_G`): the output goes to the output projection as the teacher's does.
+    None,
+    /// `2 sigmoid(x W_G)` with `W_G = 0` at conversion: exactly the identity at step 0 and still
+    /// trainable (its gradient at 0 is `x / 2`, not 0), for a gate learned from a pass-through
+    /// start.
+    Identity,
+}
+
+/// The initial weight of the hybrid's linear part beside its window (per head; trained after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearWeight {
+    /// 1: the linear scores as they are beside the max-shifted window scores.
+    #[default]
+    One,
+    /// Per head, the weight at which the student's share of attention beyond the window equals the
+    /// teacher's on a calibration text (`calibrate`; set by `convert::convert_calibrated`).
+    Calibrated,
+}
+
+/// The normalisation of the merged heads before the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputNorm {
+    /// The reference's GroupNorm with `num_groups = head_dim` over the merged heads (groups of H
+    /// consecutive channels), eps 1e-5, affine: its stand-in for a normaliser.
+    #[default]
+    GroupNorm,
+    /// None: with `normalize` each head's output is already a weighted average of values, as the
+    /// teacher's.
+    None,
 }
 
 /// DiJiang kernel options. The defaults reproduce the reference computation, except that the scales
@@ -87,6 +134,24 @@ pub struct DiJiangConfig {
     /// What of the feature map itself training may change (all variants start as the same map).
     #[serde(default)]
     pub feature_training: FeatureTraining,
+    /// Divide each output row by the sum of its decayed scores (the standard linear-attention
+    /// normaliser), so rows are averages as softmax rows are. The reference has none.
+    #[serde(default)]
+    pub normalize: bool,
+    /// Sliding-window hybrid (LoLCATs): exact softmax over each query's last `window` keys plus the
+    /// linear attention over the earlier ones, one normaliser for both (needs `normalize`).
+    /// 0: pure DiJiang.
+    #[serde(default)]
+    pub window: usize,
+    /// The initial weight of the linear part beside the window (`window > 0`).
+    #[serde(default)]
+    pub linear_weight: LinearWeight,
+    /// The output gate.
+    #[serde(default)]
+    pub gate: GateKind,
+    /// The normalisation of the attention output.
+    #[serde(default)]
+    pub output_norm: OutputNorm,
 }
 
 /// Trainable feature-map variants. Each starts exactly as the frozen map it extends, so a converted
@@ -128,6 +193,11 @@ impl Default for DiJiangConfig {
             chunk_len: default_chunk_len(),
             seed: 0,
             feature_training: FeatureTraining::Frozen,
+            normalize: false,
+            window: 0,
+            linear_weight: LinearWeight::One,
+            gate: GateKind::Reference,
+            output_norm: OutputNorm::GroupNorm,
         }
     }
 }
@@ -171,6 +241,20 @@ impl DiJiangConfig {
             FeatureTraining::Scales => m,
             FeatureTraining::Mlp => mul(mul(2, d), d),
         }
+    }
+
+    /// Parameters of the output path per layer (gate `W_G [hidden, width]`, GroupNorm's affine
+    /// `2 width`) and of the window (one linear-part weight per query head).
+    pub fn output_params(&self, hidden: usize, width: usize, heads: usize) -> usize {
+        let gate = match self.gate {
+            GateKind::Reference | GateKind::Identity => mul(hidden, width),
+            GateKind::None => 0,
+        };
+        let norm = match self.output_norm {
+            OutputNorm::GroupNorm => mul(2, width),
+            OutputNorm::None => 0,
+        };
+        sum(&[gate, norm, if self.window > 0 { heads } else { 0 }])
     }
 }
 
@@ -371,13 +455,12 @@ impl ModelConfig {
             AttentionKernelConfig::Softmax => 0,
             AttentionKernelConfig::Dijiang(dj) => {
                 let m = dj.num_features(d);
-                // proj, feature weights, decay, gate, group norm, the variant's own
+                // proj, feature weights, decay, gate, group norm, window weight, the variant's own
                 sum(&[
                     mul(d, m),
                     if dj.has_feature_weights() { m } else { 0 },
                     self.num_heads,
-                    mul(h, q),
-                    mul(2, q),
+                    dj.output_params(h, q, self.num_heads),
                     dj.variant_params(d),
                 ])
             }
@@ -410,6 +493,16 @@ impl ModelConfig {
                     "attention.features sets the reference map's feature count (>= 1); other maps: performer_features"
                         .into(),
                 );
+            }
+            if dj.window > 0 && !dj.normalize {
+                return fail(format!(
+                    "attention.window = {} needs attention.normalize = true: the window and the linear part share one \
+                     normaliser",
+                    dj.window
+                ));
+            }
+            if dj.linear_weight == LinearWeight::Calibrated && dj.window == 0 {
+                return fail("attention.linear_weight = calibrated needs a window (attention.window > 0)".into());
             }
         }
         Ok(())
@@ -516,6 +609,26 @@ mod tests {
     fn rotary_dims_follow_gpt_neox() {
         assert_eq!(ModelConfig::pythia_70m().rotary_dims(), 16);
         assert_eq!(ModelConfig::llama2_7b().rotary_dims(), 128);
+    }
+
+    #[test]
+    fn dijiang_options_parse_by_name_default_to_the_reference_and_reject_unknown_keys() {
+        let dj: DiJiangConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(dj, DiJiangConfig::default());
+        assert!(!dj.normalize && dj.window == 0 && dj.gate == GateKind::Reference);
+        assert_eq!(dj.output_norm, OutputNorm::GroupNorm);
+        let dj: DiJiangConfig = serde_json::from_str(
+            r#"{"normalize": true, "window": 64, "gate": "identity", "output_norm": "none", "decay": "calibrated"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (dj.normalize, dj.window, dj.gate, dj.output_norm, dj.decay),
+            (true, 64, GateKind::Identity, OutputNorm::None, DecayKind::Calibrated)
+        );
+        let dj: DiJiangConfig = serde_json::from_str(r#"{"window": 8, "linear_weight": "calibrated"}"#).unwrap();
+        assert_eq!(dj.linear_weight, LinearWeight::Calibrated);
+        assert!(serde_json::from_str::<DiJiangConfig>(r#"{"gate": "swish"}"#).is_err());
+        assert!(serde_json::from_str::<DiJiangConfig>(r#"{"windows": 64}"#).is_err());
     }
 
     #[test]

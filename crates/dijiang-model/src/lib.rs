@@ -5,12 +5,15 @@
 //! - [`transformer`], [`attention`], [`layers`], [`rope`]: the modules.
 //! - [`weights`]: how modules get their parameters (fresh init or a checkpoint); [`store`]: what a
 //!   checkpoint format provides (host tensors under our names).
+//! - [`convert`], [`calibrate`]: a DiJiang student from a softmax teacher, with decays optionally
+//!   calibrated on the teacher's attention.
 //! - [`import`]: HF safetensors (single and sharded), GGUF, llama2.c, reference DiJiang checkpoints,
 //!   and our own format.
 //! - [`tokenizer`]: HF `tokenizer.json`, GGUF-embedded BPE and llama2.c tokenizers.
 //! - [`generate`]: KV-cache / recurrent-state decoding and sampling.
 
 pub mod attention;
+pub mod calibrate;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -25,6 +28,8 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{AttentionKernelConfig, DiJiangConfig, FeatureTraining, ModelConfig};
+pub use config::{
+    AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, LinearWeight, ModelConfig, OutputNorm,
+};
 pub use error::ModelError;
 pub use transformer::{DecodeState, ForwardOutput, Trace, Transformer};

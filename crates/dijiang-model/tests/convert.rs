@@ -184,3 +184,195 @@ fn feature_map_variants_start_as_the_frozen_map_and_decode_like_the_full_pass() 
         assert!(err < 1e-4, "{training:?}: decoding differs by {err}");
     }
 }
+
+/// The options beside the reference that change which parameters exist.
+fn option_configs() -> Vec<DiJiangConfig> {
+    use dijiang_model::{GateKind, OutputNorm};
+    let normalized = DiJiangConfig { normalize: true, ..Default::default() };
+    vec![
+        DiJiangConfig { gate: GateKind::None, output_norm: OutputNorm::None, ..normalized.clone() },
+        DiJiangConfig { gate: GateKind::Identity, ..normalized.clone() },
+        DiJiangConfig { window: 8, gate: GateKind::None, ..normalized.clone() },
+        DiJiangConfig { window: 3, gate: GateKind::Identity, output_norm: OutputNorm::None, ..normalized },
+    ]
+}
+
+#[test]
+fn options_add_exactly_their_parameters_and_count_them() {
+    use dijiang_model::{GateKind, OutputNorm};
+    let device = Default::default();
+    for dijiang in option_configs() {
+        let student = convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap();
+        let mut want = vec!["proj", "log_decay"];
+        if dijiang.gate != GateKind::None {
+            want.push("gate");
+        }
+        if dijiang.output_norm == OutputNorm::GroupNorm {
+            want.extend(["group_norm.gamma", "group_norm.beta"]);
+        }
+        if dijiang.window > 0 {
+            want.push("log_linear_weight");
+        }
+        let mut want: Vec<String> =
+            (0..3).flat_map(|i| want.iter().map(move |p| format!("layers.{i}.attn.kernel.{p}"))).collect();
+        let mut got = student.initialised.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{dijiang:?}");
+        let model = &student.model;
+        assert_eq!(model.num_params(), model.config().num_params(), "{dijiang:?}: parameter count");
+    }
+}
+
+#[test]
+fn the_identity_gate_is_exactly_no_gate_at_conversion() {
+    use dijiang_model::GateKind;
+    let device = Default::default();
+    let make = |gate| {
+        let dijiang = DiJiangConfig { normalize: true, window: 4, gate, ..Default::default() };
+        logits(&convert::<B>(&fixture("llama-gqa-tiny"), dijiang, &device).unwrap().model)
+    };
+    let (identity, none, reference) = (make(GateKind::Identity), make(GateKind::None), make(GateKind::Reference));
+    assert!(identity.iter().zip(&none).all(|(a, b)| a.to_bits() == b.to_bits()), "2 sigmoid(0) is not exactly 1");
+    assert_ne!(identity, reference);
+}
+
+#[test]
+fn a_window_covering_the_sequence_without_gate_or_norm_is_the_teacher() {
+    // Every key inside the window: exact softmax attention, and no gate or GroupNorm after it, so
+    // the student's logits are the teacher's (for sequences up to the window).
+    use dijiang_model::{GateKind, OutputNorm};
+    let device = Default::default();
+    for teacher in ["llama-gqa-tiny", "gpt-neox-tiny"] {
+        let dijiang = DiJiangConfig {
+            normalize: true,
+            window: 20,
+            gate: GateKind::None,
+            output_norm: OutputNorm::None,
+            chunk_len: 8,
+            ..Default::default()
+        };
+        let student = convert::<B>(&fixture(teacher), dijiang, &device).unwrap().model;
+        let original = load::<B>(&fixture(teacher), &device).unwrap().model;
+        let (s, t) = (logits(&student), logits(&original));
+        let err = s.iter().zip(&t).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{teacher}: hybrid with W >= t differs from the teacher by {err}");
+    }
+}
+
+#[test]
+fn options_and_calibrated_decays_survive_the_saved_format() {
+    use dijiang_model::config::DecayKind;
+    use dijiang_model::convert::convert_calibrated;
+    let device = Default::default();
+    let ids: Vec<u32> = (0..40).map(|i| (i * 29 + 1) % 300).collect();
+    let mut configs = option_configs();
+    let calibrated = dijiang_model::LinearWeight::Calibrated;
+    configs.push(DiJiangConfig {
+        decay: DecayKind::Calibrated,
+        window: 4,
+        linear_weight: calibrated,
+        ..configs[0].clone()
+    });
+    for (i, dijiang) in configs.into_iter().enumerate() {
+        let student = if dijiang_model::convert::is_calibrated(&dijiang) {
+            convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &ids, &device).unwrap()
+        } else {
+            convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap()
+        };
+        let dir = scratch(&format!("options-{i}"));
+        save(&student.model, &Manifest::new(student.model.config().clone()), &dir).unwrap();
+        let manifest = std::fs::read_to_string(dir.join("dijiang.json")).unwrap();
+        let back = load::<B>(&dir, &device).expect("load native");
+        assert_eq!(back.model.config(), student.model.config(), "{manifest}");
+        assert_eq!(back.model.config().attention, AttentionKernelConfig::Dijiang(dijiang.clone()));
+        let (a, b) = (logits(&student.model), logits(&back.model));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dijiang:?}: logits differ");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn calibrated_decays_are_deterministic_in_range_and_need_tokens() {
+    use dijiang_model::attention::{AttentionKernel, reference_log_decay};
+    use dijiang_model::calibrate::GAMMA_RANGE;
+    use dijiang_model::config::DecayKind;
+    use dijiang_model::convert::convert_calibrated;
+    let device = Default::default();
+    let dijiang = DiJiangConfig { decay: DecayKind::Calibrated, ..Default::default() };
+    let err = convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap_err();
+    assert!(err.to_string().contains("calibrat"), "{err}");
+    let ids: Vec<u32> = (0..64).map(|i| (i * 37 + 5) % 300).collect();
+    let decays = |ids: &[u32]| -> Vec<Vec<f64>> {
+        let model = convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), ids, &device).unwrap().model;
+        model
+            .layers
+            .iter()
+            .map(|l| match &l.attn.kernel {
+                AttentionKernel::DiJiang(k) => k.log_decay().into_data().convert::<f64>().to_vec::<f64>().unwrap(),
+                AttentionKernel::Softmax(_) => panic!("not converted"),
+            })
+            .collect()
+    };
+    let first = decays(&ids);
+    assert_eq!(first, decays(&ids), "calibration is not deterministic");
+    let reference = reference_log_decay(6);
+    for layer in &first {
+        for &ln_gamma in layer {
+            let gamma = ln_gamma.exp();
+            assert!(gamma >= GAMMA_RANGE.0 - 1e-6 && gamma <= GAMMA_RANGE.1 + 1e-6, "{gamma}");
+        }
+        assert!(layer.iter().zip(&reference).any(|(a, b)| (a - b).abs() > 1e-3), "{layer:?} is the reference's");
+    }
+    assert!(convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang, &ids[..1], &device).is_err());
+}
+
+#[test]
+fn a_window_needs_the_normaliser() {
+    let config = ModelConfig::stories260k()
+        .with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig { window: 4, ..Default::default() }));
+    let err = config.validate().unwrap_err();
+    assert!(err.to_string().contains("normalize"), "{err}");
+}
+
+#[test]
+fn the_calibrated_linear_weight_brings_each_heads_output_closer_to_the_teachers() {
+    use dijiang_model::attention::AttentionKernel;
+    use dijiang_model::calibrate::{WindowParts, output_errors, rows_and_values, teacher_attention};
+    use dijiang_model::convert::convert_calibrated;
+    use dijiang_model::{GateKind, LinearWeight, OutputNorm};
+    let device = Default::default();
+    let window = 6;
+    let dijiang = DiJiangConfig {
+        normalize: true,
+        window,
+        gate: GateKind::None,
+        output_norm: OutputNorm::None,
+        ..Default::default()
+    };
+    let ids: Vec<u32> = (0..48).map(|i| (i * 41 + 2) % 300).collect();
+    let at_one = convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap().model;
+    let calibrated = DiJiangConfig { linear_weight: LinearWeight::Calibrated, ..dijiang };
+    let student = convert_calibrated::<B>(&fixture("llama-gqa-tiny"), calibrated, &ids, &device).unwrap().model;
+    let teacher = load::<B>(&fixture("llama-gqa-tiny"), &device).unwrap().model;
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 48]), &device);
+    let attention = teacher_attention(&teacher, tokens, window).unwrap();
+    let (mut before, mut after) = (0.0, 0.0);
+    for (layer, (x, target)) in attention.layer_inputs.iter().zip(&attention.outputs).enumerate() {
+        let (rows, v) = rows_and_values(&at_one, &at_one.layers[layer], x.clone());
+        let parts = WindowParts::new(rows, v, window);
+        let AttentionKernel::DiJiang(kernel) = &student.layers[layer].attn.kernel else { panic!("converted") };
+        let chosen = kernel.log_linear_weight.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+        for (head, &w) in chosen.iter().enumerate() {
+            let error = |w: f64| output_errors(&parts, target.clone(), w)[head];
+            let best = error(w as f64);
+            for other in [0.0, -3.0, -1.0, 1.0] {
+                assert!(best <= error(other) + 1e-9, "layer {layer} head {head}: {w} is not better than {other}");
+            }
+            before += error(0.0);
+            after += best;
+        }
+    }
+    assert!(after < before, "calibration changed nothing: {after} vs {before}");
+}

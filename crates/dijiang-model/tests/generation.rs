@@ -9,7 +9,8 @@ use std::path::Path;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use dijiang_model::config::AttentionKernelConfig;
+use dijiang_model::config::{AttentionKernelConfig, DecayKind, GateKind, LinearWeight, OutputNorm};
+use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
 use dijiang_model::generate::{Sampler, Sampling, generate};
 use dijiang_model::import::Checkpoint;
 use dijiang_model::import::safetensors::SafetensorsFiles;
@@ -87,6 +88,95 @@ fn incremental_decoding_equals_the_full_forward_pass() {
     check_incremental(&tiny::<B>("llama-gqa-tiny", true, &device), "llama gqa dijiang", &device);
 }
 
+/// The DiJiang options beside the reference, each with a name.
+fn options() -> Vec<(String, DiJiangConfig)> {
+    let base = DiJiangConfig { chunk_len: 16, ..Default::default() };
+    let normalized = DiJiangConfig { normalize: true, ..base.clone() };
+    let pass_through = DiJiangConfig { gate: GateKind::None, output_norm: OutputNorm::None, ..normalized.clone() };
+    let mut options = vec![
+        ("normalised".to_string(), normalized.clone()),
+        ("normalised, no gate, no group norm".to_string(), pass_through.clone()),
+        ("identity gate".to_string(), DiJiangConfig { gate: GateKind::Identity, ..base.clone() }),
+        ("calibrated decay".to_string(), DiJiangConfig { decay: DecayKind::Calibrated, ..pass_through.clone() }),
+    ];
+    // Windows of one key, inside a chunk, a chunk's length, and longer than the 70-token sequence.
+    for window in [1, 5, 16, 100] {
+        options.push((format!("hybrid W={window}"), DiJiangConfig { window, ..pass_through.clone() }));
+    }
+    let calibrated = DiJiangConfig {
+        window: 5,
+        decay: DecayKind::Calibrated,
+        linear_weight: LinearWeight::Calibrated,
+        ..pass_through
+    };
+    options.push(("hybrid W=5, calibrated decay and linear weight".into(), calibrated));
+    options.push(("hybrid W=5, reference gate and group norm".into(), DiJiangConfig { window: 5, ..normalized }));
+    options
+}
+
+/// The student of the fixture `teacher` with `dijiang` (calibrated on fixed token ids).
+fn student<Bk: Backend>(teacher: &str, dijiang: DiJiangConfig, device: &Bk::Device) -> Transformer<Bk> {
+    let path = fixture(teacher);
+    if is_calibrated(&dijiang) {
+        let ids: Vec<u32> = (0..48).map(|i| (i * 17 + 3) % 300).collect();
+        return convert_calibrated::<Bk>(&path, dijiang, &ids, device).unwrap().model;
+    }
+    convert::<Bk>(&path, dijiang, device).unwrap().model
+}
+
+/// One token as a prompt, 19 decoding steps, 33 tokens in one call (chunked, from the state), then
+/// one token at a time again: the same logits as the full forward pass within 1e-4.
+fn check_mixed_decoding<Bk: Backend>(model: &Transformer<Bk>, what: &str, device: &Bk::Device) {
+    let len = 70;
+    let vocab = model.config().vocab_size;
+    let ids: Vec<i64> = (0..len).map(|i| ((i * 31 + 7) % vocab) as i64).collect();
+    let logits = |x: Tensor<Bk, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let full = logits(model.forward(tokens::<Bk>(&ids, device)));
+    let mut state = DecodeState::new(model.layers.len());
+    let mut got = Vec::new();
+    let calls = (0..20).map(|i| i..i + 1).chain([20..53]).chain((53..len).map(|i| i..i + 1));
+    for range in calls {
+        got.extend(logits(model.forward_cached(tokens::<Bk>(&ids[range], device), &mut state)));
+    }
+    let diff = got.iter().zip(&full).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff < 1e-4, "{what}: decoding, a 33-token call, decoding: logits differ by {diff:e}");
+}
+
+#[test]
+fn every_dijiang_option_decodes_as_the_full_forward_pass() {
+    let device = Default::default();
+    // Grouped-query heads for every option; GPT-NeoX (partial rotary) for the hybrid once.
+    let last = options().len() - 1;
+    for (i, (name, dijiang)) in options().into_iter().enumerate() {
+        let teachers: &[&str] = if i == last { &["llama-gqa-tiny", "gpt-neox-tiny"] } else { &["llama-gqa-tiny"] };
+        for teacher in teachers {
+            let model = student::<B>(teacher, dijiang.clone(), &device);
+            let what = format!("{teacher} {name}");
+            check_mixed_decoding(&model, &what, &device);
+            // And `generate` (prefill, then the recurrent state / ring buffer) runs.
+            let (new, _) = generate(&model, &[1, 5, 9], 6, &mut Sampler::new(Sampling::default()), None, |_| {});
+            assert_eq!(new.len(), 6, "{what}");
+        }
+    }
+}
+
+#[test]
+fn hybrid_state_is_constant_in_context_length() {
+    let device = Default::default();
+    let dijiang = DiJiangConfig { normalize: true, window: 16, chunk_len: 64, ..Default::default() };
+    let model = student::<B>("llama-gqa-tiny", dijiang, &device);
+    let [short, long] = [100usize, 4096].map(|len| {
+        let ids: Vec<i64> = (0..len).map(|i| ((i * 13) % 300) as i64).collect();
+        let mut state = DecodeState::new(model.layers.len());
+        model.forward_cached(tokens::<B>(&ids, &device), &mut state);
+        (state.shapes(), state.num_elements())
+    });
+    assert_eq!(short, long, "hybrid state changed with context length");
+    // Per layer: [S | z], and the ring's keys, features and values of 16 positions.
+    assert_eq!(short.0.len(), 3 * 4);
+    assert_eq!(short.0[1][2], 16);
+}
+
 #[cfg(feature = "wgpu-tests")]
 #[test]
 fn incremental_dijiang_decoding_equals_the_full_forward_pass_on_wgpu() {
@@ -94,6 +184,8 @@ fn incremental_dijiang_decoding_equals_the_full_forward_pass_on_wgpu() {
     type W = burn::backend::Wgpu;
     check_incremental(&tiny::<W>("gpt-neox-dijiang-tiny", true, &device), "wgpu gpt-neox dijiang", &device);
     check_incremental(&tiny::<W>("llama-gqa-tiny", true, &device), "wgpu llama gqa dijiang", &device);
+    let hybrid = DiJiangConfig { normalize: true, window: 5, chunk_len: 16, ..Default::default() };
+    check_mixed_decoding(&student::<W>("llama-gqa-tiny", hybrid, &device), "wgpu llama gqa hybrid", &device);
 }
 
 #[test]

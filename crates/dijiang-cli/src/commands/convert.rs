@@ -1,5 +1,6 @@
 //! `dijiang convert --teacher <model> --out <dir>`: the DiJiang student of a softmax model, saved in
-//! the project's format, with a report of the parameters that are new.
+//! the project's format, with a report of the parameters that are new. `--calibrate FILE` sets each
+//! head's decay from the teacher's attention on the first tokens of a text.
 
 use std::path::Path;
 
@@ -7,8 +8,8 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use dijiang_kernel::qmc::ScaleSampling;
 use dijiang_model::DiJiangConfig;
-use dijiang_model::config::{DecayKind, FeatureMapKind, FeatureTraining};
-use dijiang_model::convert::convert;
+use dijiang_model::config::{DecayKind, FeatureMapKind, FeatureTraining, GateKind, LinearWeight, OutputNorm};
+use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::tokenizer::Tokenizer;
 
@@ -32,9 +33,10 @@ pub struct Args {
     /// Learnable per-feature weights D.
     #[arg(long)]
     feature_weights: bool,
-    /// No decay (gamma = 1).
-    #[arg(long)]
-    no_decay: bool,
+    /// Decay: reference (gamma from 1 - 1/32 to 1 - 1/512 across heads), none (gamma = 1), or
+    /// calibrated (per head, from the teacher's mean attention distance on --calibrate's text).
+    #[arg(long, default_value = "reference")]
+    decay: String,
     /// Seed for the new parameters.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -42,9 +44,86 @@ pub struct Args {
     /// projection (the whole DCT x T matrix), mlp (a residual MLP before the map).
     #[arg(long, default_value = "frozen")]
     feature_training: String,
+    /// Divide each attention row by its sum (the standard linear-attention normaliser).
+    #[arg(long)]
+    normalize: bool,
+    /// Sliding-window hybrid: exact softmax over the last N keys beside the linear attention
+    /// (needs --normalize); 0: pure DiJiang.
+    #[arg(long, default_value_t = 0)]
+    window: usize,
+    /// Output gate: reference (random silu(x W_G)), none, identity (2 sigmoid(x W_G), W_G = 0).
+    #[arg(long, default_value = "reference")]
+    gate: String,
+    /// Output normalisation: group-norm (the reference's) or none.
+    #[arg(long, default_value = "group-norm")]
+    output_norm: String,
+    /// The hybrid's initial linear-part weight per head: one, or calibrated (the teacher's share of
+    /// attention beyond the window on --calibrate's text).
+    #[arg(long, default_value = "one")]
+    linear_weight: String,
+    /// The text whose first --calibrate-tokens tokens calibrate what --decay / --linear-weight
+    /// mark calibrated.
+    #[arg(long)]
+    calibrate: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    calibrate_tokens: usize,
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// The decay and linear weight named on the command line.
+fn calibratable(args: &Args) -> Result<(DecayKind, LinearWeight)> {
+    let decay = match args.decay.as_str() {
+        "reference" => DecayKind::Reference,
+        "none" => DecayKind::None,
+        "calibrated" => DecayKind::Calibrated,
+        other => anyhow::bail!("--decay `{other}`: expected reference, none or calibrated"),
+    };
+    let weight = match args.linear_weight.as_str() {
+        "one" => LinearWeight::One,
+        "calibrated" => LinearWeight::Calibrated,
+        other => anyhow::bail!("--linear-weight `{other}`: expected one or calibrated"),
+    };
+    Ok((decay, weight))
+}
+
+/// The gate and output norm named on the command line.
+fn output_options(args: &Args) -> Result<(GateKind, OutputNorm)> {
+    let gate = match args.gate.as_str() {
+        "reference" => GateKind::Reference,
+        "none" => GateKind::None,
+        "identity" => GateKind::Identity,
+        other => anyhow::bail!("--gate `{other}`: expected reference, none or identity"),
+    };
+    let norm = match args.output_norm.as_str() {
+        "group-norm" => OutputNorm::GroupNorm,
+        "none" => OutputNorm::None,
+        other => anyhow::bail!("--output-norm `{other}`: expected group-norm or none"),
+    };
+    Ok((gate, norm))
+}
+
+/// The calibration tokens of `--calibrate`, if the config needs them.
+fn calibration(args: &Args, dijiang: &DiJiangConfig) -> Result<Option<Vec<u32>>> {
+    let needed = is_calibrated(dijiang);
+    let path = match (&args.calibrate, needed) {
+        (Some(path), true) => path,
+        (None, false) => return Ok(None),
+        (None, true) => anyhow::bail!("--decay calibrated / --linear-weight calibrated need --calibrate FILE"),
+        (Some(_), false) => anyhow::bail!("--calibrate: nothing to calibrate (--decay / --linear-weight calibrated)"),
+    };
+    let tokenizer = Tokenizer::for_model(Path::new(&args.teacher))
+        .with_context(|| format!("finding the tokenizer of {}", args.teacher))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let ids = crate::commands::eval::tokens(&tokenizer, &text, Some(args.calibrate_tokens))?;
+    anyhow::ensure!(
+        ids.len() > args.window + 1,
+        "{path} gives {} tokens; calibration needs more than --window + 1",
+        ids.len()
+    );
+    Ok(Some(ids))
+}
+
+/// The student's DiJiang options from the command line.
+fn dijiang_config(args: &Args) -> Result<DiJiangConfig> {
     let feature_map = match args.feature_map.as_str() {
         "reference" => FeatureMapKind::Reference,
         "weighted-exp" => FeatureMapKind::WeightedExp,
@@ -60,18 +139,34 @@ pub fn run(args: Args) -> Result<()> {
         "mlp" => FeatureTraining::Mlp,
         other => anyhow::bail!("--feature-training `{other}`: expected frozen, scales, projection or mlp"),
     };
-    let dijiang = DiJiangConfig {
+    let (gate, output_norm) = output_options(args)?;
+    let (decay, linear_weight) = calibratable(args)?;
+    Ok(DiJiangConfig {
         feature_training,
         feature_map,
         sampling: if args.mc { ScaleSampling::Mc { seed: args.seed } } else { ScaleSampling::Qmc { shift_seed: None } },
         feature_weights: args.feature_weights,
-        decay: if args.no_decay { DecayKind::None } else { DecayKind::Reference },
+        decay,
         seed: args.seed,
+        normalize: args.normalize,
+        window: args.window,
+        linear_weight,
+        gate,
+        output_norm,
         ..Default::default()
-    };
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dijiang = dijiang_config(&args)?;
+    let calibration = calibration(&args, &dijiang)?;
     let device = Default::default();
-    let student = convert::<Backend>(Path::new(&args.teacher), dijiang, &device)
-        .with_context(|| format!("converting {}", args.teacher))?;
+    let teacher = Path::new(&args.teacher);
+    let student = match &calibration {
+        Some(ids) => convert_calibrated::<Backend>(teacher, dijiang, ids, &device),
+        None => convert::<Backend>(teacher, dijiang, &device),
+    }
+    .with_context(|| format!("converting {}", args.teacher))?;
     let config = student.model.config().clone();
     let mut manifest = Manifest::new(config.clone());
     manifest.source = Some(args.teacher.clone());
@@ -79,7 +174,6 @@ pub fn run(args: Args) -> Result<()> {
     let out = Path::new(&args.out);
     save(&student.model, &manifest, out).with_context(|| format!("saving {}", args.out))?;
     // The tokenizer travels with the model, so that the student is self-contained.
-    let teacher = Path::new(&args.teacher);
     let tokenizer = match Tokenizer::for_model(teacher) {
         Ok(tokenizer) => Some(tokenizer.save_beside(out, teacher).context("saving the tokenizer")?),
         Err(e) => {
@@ -99,6 +193,9 @@ pub fn run(args: Args) -> Result<()> {
     println!("saved         {}", args.out);
     if let Some(tokenizer) = tokenizer {
         println!("tokenizer     {}", tokenizer.display());
+    }
+    if let (Some(ids), Some(path)) = (&calibration, &args.calibrate) {
+        println!("calibrated    on the teacher's attention to {} tokens of {path}", ids.len());
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ pub struct Args {
 /// The first `max` tokens of `text`, tokenising only as much of it as needed: a prefix of at least
 /// 8 characters per wanted token, doubled until it yields more tokens than kept (so that the cut
 /// cannot change the kept tokens) or the text ends.
-fn tokens(tokenizer: &Tokenizer, text: &str, max: Option<usize>) -> Result<Vec<u32>> {
+pub(crate) fn tokens(tokenizer: &Tokenizer, text: &str, max: Option<usize>) -> Result<Vec<u32>> {
     let Some(max) = max else { return Ok(tokenizer.encode(text)?) };
     let mut chars = 8 * (max + 16);
     loop {

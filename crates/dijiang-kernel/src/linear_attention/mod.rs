@@ -1,5 +1,5 @@
-//! Causal linear attention with per-head exponential decay, without a normaliser
-//! (docs/method.md sections 3 and 4), in three equivalent forms:
+//! Causal linear attention with per-head exponential decay (docs/method.md sections 3 and 4). Without a
+//! normaliser (the reference), in three equivalent forms:
 //!
 //! - [`parallel`]: `o_n = sum_{m <= n} gamma^(n-m) (phi(q_n) . phi(k_m)) v_m`, the masked quadratic
 //!   form the reference computes; the slow, obviously-correct twin the others are tested against.
@@ -7,6 +7,13 @@
 //!   linear in sequence length. The form to train and prefill with.
 //! - [`recurrent`]: `S_n = gamma S_{n-1} + phi(k_n) v_n^T`, `o_n = phi(q_n)^T S_n`; one step per
 //!   generated token, memory independent of context length.
+//!
+//! Beside them, the same three forms of two variants:
+//!
+//! - [`normalized`]: each output divided by the sum of its decayed scores (the standard
+//!   linear-attention normaliser), the running sum carried beside `S`.
+//! - [`hybrid`]: LoLCATs' sliding-window hybrid, exact softmax over the last `W` keys and the
+//!   decayed linear attention over the earlier ones, sharing one normaliser.
 //!
 //! Inputs are already feature-mapped (`phi(q)`, `phi(k)`). Decay is passed as `ln(gamma)` per query
 //! head (`<= 0`; `0` is no decay), and every decay factor is computed as `exp(k ln gamma)` with
@@ -17,10 +24,18 @@
 //! per query head (the decay is), `[b, h_q, m, d_v]`.
 
 mod chunked;
+pub mod hybrid;
+pub mod normalized;
 mod parallel;
 mod recurrent;
 
 pub use chunked::chunked;
+pub use hybrid::{
+    HybridInputs, WindowState, hybrid_chunked, hybrid_parallel, hybrid_recurrent, hybrid_rows, hybrid_step,
+};
+pub use normalized::{
+    normalized_chunked, normalized_parallel, normalized_recurrent, normalized_recurrent_step, normalized_rows,
+};
 pub use parallel::parallel;
 pub use recurrent::{recurrent, recurrent_step};
 

@@ -6,11 +6,12 @@
 mod dijiang;
 mod softmax;
 
-pub use dijiang::{DiJiangKernel, reference_log_decay};
+pub use dijiang::{DiJiangKernel, NORMALIZER_EPS, reference_log_decay};
 pub use softmax::SoftmaxKernel;
 
 use burn::nn::Linear;
 use burn::prelude::*;
+use dijiang_kernel::linear_attention::WindowState;
 
 use crate::config::{AttentionKernelConfig, ModelConfig};
 use crate::layers::{flat_linear, linear};
@@ -32,8 +33,12 @@ pub enum AttentionKernel<B: Backend> {
 pub enum LayerState<B: Backend> {
     /// Softmax: the keys and values of every position so far, `[b, h_kv, t, d]` each.
     Kv { k: Tensor<B, 4>, v: Tensor<B, 4> },
-    /// DiJiang: the recurrent state `[b, h_q, m, d_v]`, the same size at any context length.
+    /// DiJiang: the recurrent state `[b, h_q, m, d_v]` (`[S | z]`, `[b, h_q, m, d_v + 1]`,
+    /// normalised), the same size at any context length.
     Recurrent(Tensor<B, 4>),
+    /// The sliding-window hybrid: the linear state and a ring buffer of the last `W` keys,
+    /// features and values, the same size at any context length.
+    Window(WindowState<B>),
 }
 
 impl<B: Backend> LayerState<B> {
@@ -42,6 +47,7 @@ impl<B: Backend> LayerState<B> {
         match self {
             LayerState::Kv { k, v } => vec![k.dims(), v.dims()],
             LayerState::Recurrent(s) => vec![s.dims()],
+            LayerState::Window(s) => s.shapes(),
         }
     }
 
@@ -58,6 +64,13 @@ impl<B: Backend> LayerState<B> {
                 LayerState::Kv { k: k.clone().select(0, rows.clone()), v: v.clone().select(0, rows) }
             }
             LayerState::Recurrent(s) => LayerState::Recurrent(s.clone().select(0, rows)),
+            LayerState::Window(s) => LayerState::Window(WindowState {
+                linear: s.linear.clone().select(0, rows.clone()),
+                keys: s.keys.clone().select(0, rows.clone()),
+                features: s.features.clone().select(0, rows.clone()),
+                values: s.values.clone().select(0, rows),
+                seen: s.seen,
+            }),
         }
     }
 }
@@ -122,8 +135,8 @@ impl<B: Backend> Attention<B> {
     }
 
     /// The attention rows of a whole sequence (the quadratic form, for diagnostics and attention
-    /// transfer): softmax distributions for the teacher, the kernel's unnormalised non-negative
-    /// weights for DiJiang.
+    /// transfer): softmax distributions for the teacher; for DiJiang the kernel's weights
+    /// (un-normalised for the reference, rows summing to 1 normalised or hybrid).
     ///
     /// # Shapes
     /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, h_q, t, t]`
@@ -168,12 +181,8 @@ impl<B: Backend> Attention<B> {
                 kernel.forward(q, k, v)
             }
             AttentionKernel::DiJiang(kernel) => {
-                let past = match state.take() {
-                    Some(LayerState::Recurrent(s)) => Some(s),
-                    _ => None,
-                };
-                let (out, next) = kernel.forward_cached(q, k, v, x, past);
-                *state = Some(LayerState::Recurrent(next));
+                let (out, next) = kernel.forward_cached(q, k, v, x, state.take());
+                *state = Some(next);
                 out
             }
         };

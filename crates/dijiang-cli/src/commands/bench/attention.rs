@@ -1,6 +1,7 @@
 //! One attention layer's forward + backward time against sequence length: softmax attention,
-//! DiJiang's quadratic form (the reference's masked `(phi(Q) phi(K)^T * G) V`) and DiJiang chunked
-//! (each chunk length of `--chunks`; the fastest is the form's time).
+//! DiJiang's quadratic form (the reference's masked `(phi(Q) phi(K)^T * G) V`), DiJiang chunked
+//! and the sliding-window hybrid chunked (`--window` keys of exact softmax beside the normalised
+//! linear part; each chunk length of `--chunks`, the fastest being the form's time).
 //!
 //! Inputs are `q, k, v` of shape `[1, heads, t, d]` (gradients w.r.t. all three); the loss is the
 //! sum of the outputs. The feature map is the reference's (softmax over `x C T`), with the
@@ -13,7 +14,7 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_kernel::feature_map::{projection_tensor, reference_projection, softmax_features};
-use dijiang_kernel::linear_attention::{chunked, parallel};
+use dijiang_kernel::linear_attention::{HybridInputs, WindowState, chunked, hybrid_chunked, parallel};
 use dijiang_kernel::qmc::ScaleSampling;
 use dijiang_model::attention::{SoftmaxKernel, reference_log_decay};
 use serde_json::json;
@@ -40,6 +41,9 @@ pub struct Args {
     /// scores need `heads * t^2 * 4` bytes each, several at once for the backward pass).
     #[arg(long, default_value_t = 8192)]
     pub max_quadratic: usize,
+    /// The hybrid's window (0: no hybrid timings).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     #[arg(long, default_value = "runs/bench")]
@@ -51,6 +55,7 @@ enum Form {
     Softmax,
     Quadratic,
     Chunked(usize),
+    Hybrid(usize),
 }
 
 /// Forward + backward seconds of one form at length `t`.
@@ -77,6 +82,13 @@ fn time_form(form: Form, t: usize, args: &Args, device: &burn::tensor::Device<Ba
                 let state = Tensor::zeros([1, h, d, d], device);
                 chunked(fq, fk, v, log_decay.clone(), c, state).0.sum()
             }
+            Form::Hybrid(c) => {
+                let (phi_q, phi_k) =
+                    (softmax_features(q.clone(), proj.clone()), softmax_features(k.clone(), proj.clone()));
+                let x = HybridInputs { q, k, phi_q, phi_k, v, log_decay: log_decay.clone() };
+                let state = WindowState::empty(&x, args.window);
+                hybrid_chunked(x, c, state).0.sum()
+            }
         };
         let grads = loss.backward();
         drop(grads);
@@ -99,11 +111,24 @@ pub fn run(args: &Args) -> Result<()> {
             .collect();
         let (best_chunk, chunked_s) =
             by_chunk.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a chunk <= t");
+        let hybrid_by_chunk: Vec<(usize, f64)> = if args.window > 0 {
+            args.chunks
+                .iter()
+                .filter(|&&c| c <= t)
+                .map(|&c| (c, time_form(Form::Hybrid(c), t, args, &device)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let hybrid = hybrid_by_chunk.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
         let show = |s: Option<f64>| s.map_or_else(|| "skipped".to_string(), |s| format!("{:.4} s", s));
         println!(
-            "attention t={t:5}: softmax {}, dijiang quadratic {}, chunked {chunked_s:.4} s (chunk {best_chunk})",
+            "attention t={t:5}: softmax {}, dijiang quadratic {}, chunked {chunked_s:.4} s (chunk {best_chunk}), \
+             hybrid W={} {}",
             show(softmax_s),
-            show(quadratic_s)
+            show(quadratic_s),
+            args.window,
+            show(hybrid.map(|h| h.1))
         );
         rows.push(json!({
             "len": t,
@@ -112,6 +137,8 @@ pub fn run(args: &Args) -> Result<()> {
             "chunked_s": chunked_s,
             "best_chunk": best_chunk,
             "chunked_by_chunk": by_chunk.iter().map(|(c, s)| json!({"chunk": c, "seconds": s})).collect::<Vec<_>>(),
+            "hybrid_s": hybrid.map(|h| h.1),
+            "hybrid_best_chunk": hybrid.map(|h| h.0),
         }));
     }
     let result = json!({
@@ -120,6 +147,7 @@ pub fn run(args: &Args) -> Result<()> {
         "heads": args.heads,
         "head_dim": args.head_dim,
         "features": args.head_dim,
+        "window": args.window,
         "batch": 1,
         "rows": rows,
     });

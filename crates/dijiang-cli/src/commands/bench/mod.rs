@@ -2,8 +2,8 @@
 //! `runs/bench/`, on the backend the binary was built for (`--features cuda` for the GPU).
 //!
 //! - `attention`: one attention layer's forward + backward time against sequence length, for
-//!   softmax attention, DiJiang in the reference's quadratic form and DiJiang chunked (every chunk
-//!   length tried; the best one reported).
+//!   softmax attention, DiJiang in the reference's quadratic form, DiJiang chunked and the
+//!   sliding-window hybrid chunked (every chunk length tried; the best one reported).
 //! - `decode`: decoding tokens/s and state memory against context length, softmax (KV cache) and
 //!   DiJiang (recurrent state), for the pythia-70m and smollm2-135m shapes; prefill tokens/s.
 //! - `train`: training-step throughput (pythia-70m-DiJiang at blocks 512 and 2048, the default

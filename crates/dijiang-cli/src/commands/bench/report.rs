@@ -65,24 +65,33 @@ pub fn run(dir: &Path) -> Result<()> {
     if let Some(a) = &attention {
         writeln!(
             md,
-            "## Attention forward + backward ({} heads x {}, batch 1)\n\n| tokens | softmax | DiJiang quadratic | DiJiang chunked (best chunk) | quadratic / chunked | softmax / chunked |\n| --- | --- | --- | --- | --- | --- |",
-            a["heads"], a["head_dim"]
+            "## Attention forward + backward ({} heads x {}, batch 1)\n\n| tokens | softmax | DiJiang quadratic | DiJiang chunked (best chunk) | hybrid W={} chunked (best chunk) | quadratic / chunked | softmax / chunked | hybrid / chunked |\n| --- | --- | --- | --- | --- | --- | --- | --- |",
+            a["heads"], a["head_dim"], a["window"]
         )?;
-        let mut series = vec![Series::new("softmax"), Series::new("DiJiang quadratic"), Series::new("DiJiang chunked")];
+        let mut series = vec![
+            Series::new("softmax"),
+            Series::new("DiJiang quadratic"),
+            Series::new("DiJiang chunked"),
+            Series::new("hybrid chunked"),
+        ];
         for r in rows(a, "rows") {
             let t = r["len"].as_u64().unwrap_or(0);
             let (s, q, c) = (f(&r["softmax_s"]), f(&r["quadratic_s"]), f(&r["chunked_s"]));
+            let hybrid = f(&r["hybrid_s"]);
             writeln!(
                 md,
-                "| {t} | {} s | {} s | {} s ({}) | {} | {} |",
+                "| {t} | {} s | {} s | {} s ({}) | {} s ({}) | {} | {} | {} |",
                 fmt(s, 4),
                 fmt(q, 4),
                 fmt(c, 4),
                 r["best_chunk"],
+                fmt(hybrid, 4),
+                r["hybrid_best_chunk"],
                 fmt(q.zip(c).map(|(q, c)| q / c), 2),
-                fmt(s.zip(c).map(|(s, c)| s / c), 2)
+                fmt(s.zip(c).map(|(s, c)| s / c), 2),
+                fmt(hybrid.zip(c).map(|(h, c)| h / c), 2)
             )?;
-            for (series, v) in series.iter_mut().zip([s, q, c]) {
+            for (series, v) in series.iter_mut().zip([s, q, c, hybrid]) {
                 if let Some(v) = v {
                     series.points.push((t as f64, v));
                 }

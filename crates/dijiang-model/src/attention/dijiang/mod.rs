@@ -1,32 +1,32 @@
 //! The DiJiang attention kernel (docs/method.md section 3, with the options of section 5):
 //!
-//! `out = silu(x W_G) * GroupNorm(merge_heads(LinearAttention(phi(q), phi(k), v; gamma)))`
+//! `out = gate(x) * norm(merge_heads(LinearAttention(phi(q), phi(k), v; gamma)))`
 //!
 //! - `phi` is the configured feature map with a frozen projection (`proj`, saved with the model),
 //!   optionally times learnable feature weights D;
 //! - the decay is one `ln(gamma)` per query head (learnable or not), initialised to the reference's
-//!   `gamma_h = 1 - exp(linspace(ln(1/32), ln(1/512), H))[h]`;
-//! - no normaliser; GroupNorm with `num_groups = head_dim` over the merged heads (the reference's
-//!   quirk: groups of H consecutive channels); the swish gate `W_G` is applied as `x @ W_G`.
+//!   `gamma_h = 1 - exp(linspace(ln(1/32), ln(1/512), H))[h]` (or calibrated on the teacher);
+//! - the reference: no normaliser, GroupNorm with `num_groups = head_dim` over the merged heads (its
+//!   quirk: groups of H consecutive channels), the swish gate `silu(x W_G)`;
+//! - options (`DiJiangConfig`): the normalised form (`normalize`), the sliding-window hybrid
+//!   (`window`, [`forms`]), no or an identity-at-init gate and no GroupNorm ([`output`]).
+
+mod forms;
+mod output;
+
+pub use forms::NORMALIZER_EPS;
 
 use burn::module::Param;
-use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::nn::GroupNorm;
 use burn::prelude::*;
-use burn::tensor::activation::{relu, silu};
+use burn::tensor::activation::relu;
 use dijiang_kernel::feature_map::{
     paper_projection, performer_projection, positive_random_features, reference_projection, softmax_features,
     weighted_exp_features,
 };
-use dijiang_kernel::linear_attention::{chunked, decay_matrix, recurrent_step, repeat_kv};
 
-use super::merge_heads;
-use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, FeatureTraining, ModelConfig};
+use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, FeatureTraining, GateKind, ModelConfig};
 use crate::weights::{Init, WeightSource};
-
-/// The reference's gate init: Xavier uniform with gain 2^-2.5.
-const GATE_GAIN: f64 = 0.176_776_695_296_636_9;
-/// GroupNorm epsilon of the reference.
-const GROUP_NORM_EPS: f64 = 1e-5;
 
 /// The reference's per-head decays `ln(gamma_h)` for `h` heads.
 pub fn reference_log_decay(heads: usize) -> Vec<f64> {
@@ -52,13 +52,25 @@ pub struct DiJiangKernel<B: Backend> {
     /// `feature_training = mlp`: `W1 [d, d]` and `W2 [d, d]` (init 0) of `x + relu(x W1) W2`.
     pub mlp_in: Option<Param<Tensor<B, 2>>>,
     pub mlp_out: Option<Param<Tensor<B, 2>>>,
-    /// Output gate `W_G` `[hidden, heads*d]`, used as `x @ W_G`.
-    pub gate: Param<Tensor<B, 2>>,
-    pub group_norm: GroupNorm<B>,
+    /// Output gate `W_G` `[hidden, heads*d]`, used as `x @ W_G` (`gate = reference | identity`).
+    pub gate: Option<Param<Tensor<B, 2>>>,
+    /// `output_norm = group_norm`.
+    pub group_norm: Option<GroupNorm<B>>,
+    /// `window > 0`: `ln` of the linear part's weight beside the window, per query head `[h_q]`
+    /// (init 0: weight 1). LoLCATs' learned balance between the two parts.
+    pub log_linear_weight: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     feature_map: FeatureMapKind,
     #[module(skip)]
     chunk_len: usize,
+    #[module(skip)]
+    gate_kind: GateKind,
+    #[module(skip)]
+    normalize: bool,
+    #[module(skip)]
+    window: usize,
+    #[module(skip)]
+    learnable_decay: bool,
 }
 
 impl<B: Backend> DiJiangKernel<B> {
@@ -77,13 +89,12 @@ impl<B: Backend> DiJiangKernel<B> {
             .has_feature_weights()
             .then(|| Param::from_tensor(src.tensor(&format!("{name}.feature_weights"), [m], Init::Ones)));
         let decay_init = match dj.decay {
-            DecayKind::Reference => Init::Values(reference_log_decay(config.num_heads)),
+            // Calibrated values are set after the build, from the teacher (`calibrate`).
+            DecayKind::Reference | DecayKind::Calibrated => Init::Values(reference_log_decay(config.num_heads)),
             DecayKind::None => Init::Zeros,
         };
         let decay_name = format!("{name}.log_decay");
         let log_decay = src.tensor(&decay_name, [config.num_heads], decay_init);
-        let gate =
-            src.tensor(&format!("{name}.gate"), [config.hidden_size, width], Init::XavierUniform { gain: GATE_GAIN });
         let training = dj.feature_training;
         let scale = (training == FeatureTraining::Scales)
             .then(|| Param::from_tensor(src.tensor(&format!("{name}.scale"), [m], Init::Ones)));
@@ -94,11 +105,9 @@ impl<B: Backend> DiJiangKernel<B> {
         } else {
             (None, None)
         };
-        let mut group_norm = GroupNormConfig::new(d, width).with_epsilon(GROUP_NORM_EPS).init(src.device());
-        group_norm.gamma =
-            Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.gamma"), [width], Init::Ones)));
-        group_norm.beta =
-            Some(Param::from_tensor(src.tensor(&format!("{name}.group_norm.beta"), [width], Init::Zeros)));
+        let log_linear_weight = (dj.window > 0).then(|| {
+            Param::from_tensor(src.tensor(&format!("{name}.log_linear_weight"), [config.num_heads], Init::Zeros))
+        });
         Self {
             proj: Param::from_tensor(proj).set_require_grad(dj.is_trainable(&proj_name)),
             feature_weights,
@@ -106,11 +115,37 @@ impl<B: Backend> DiJiangKernel<B> {
             scale,
             mlp_in,
             mlp_out,
-            gate: Param::from_tensor(gate),
-            group_norm,
+            gate: output::build_gate(src, name, config.hidden_size, width, dj.gate),
+            group_norm: output::build_group_norm(src, name, d, width, dj.output_norm),
+            log_linear_weight,
             feature_map: dj.feature_map,
             chunk_len: dj.chunk_len,
+            gate_kind: dj.gate,
+            normalize: dj.normalize,
+            window: dj.window,
+            learnable_decay: dj.is_trainable(&decay_name),
         }
+    }
+
+    /// Replaces the decays by `log_decay` (`ln(gamma)` per query head, `[h_q]`), keeping whether
+    /// they are trainable (conversion with decays calibrated on the teacher).
+    ///
+    /// # Panics
+    /// If `log_decay` has not one value per query head.
+    pub fn set_log_decay(&mut self, log_decay: Tensor<B, 1>) {
+        assert_eq!(log_decay.dims(), self.log_decay.dims(), "one decay per query head");
+        self.log_decay = Param::from_tensor(log_decay).set_require_grad(self.learnable_decay);
+    }
+
+    /// Replaces the hybrid's linear-part weights by `exp(log_weight)` (`[h_q]`), e.g. calibrated
+    /// on the teacher.
+    ///
+    /// # Panics
+    /// If the kernel has no window or `log_weight` has not one value per query head.
+    pub fn set_log_linear_weight(&mut self, log_weight: Tensor<B, 1>) {
+        let current = self.log_linear_weight.as_ref().expect("a hybrid kernel (window > 0)");
+        assert_eq!(log_weight.dims(), current.dims(), "one weight per query head");
+        self.log_linear_weight = Some(Param::from_tensor(log_weight));
     }
 
     /// phi(x) for queries or keys.
@@ -152,62 +187,6 @@ impl<B: Backend> DiJiangKernel<B> {
     /// `ln(gamma)` per query head, clamped to `<= 0` (gamma <= 1) whatever training did.
     pub fn log_decay(&self) -> Tensor<B, 1> {
         self.log_decay.val().clamp_max(0.0)
-    }
-
-    /// The next `t` positions after `state` (`None`: the start of the sequence): chunked for a
-    /// sequence, one recurrent step for a single token with a state. Returns the output and the
-    /// state after the last position.
-    ///
-    /// # Shapes
-    /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]`, x (the block's input): `[b, t, hidden]`
-    /// - state: `[b, h_q, m, d_v]`
-    /// - output: `[b, t, h_q*d]`
-    pub fn forward_cached(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        x: Tensor<B, 3>,
-        state: Option<Tensor<B, 4>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
-        let [b, hq, t, _] = q.dims();
-        let [_, _, _, dv] = v.dims();
-        let m = self.proj.dims()[1];
-        let (q, k) = (self.features(q), self.features(k));
-        let (o, state) = match state {
-            Some(state) if t == 1 => recurrent_step(q, k, v, self.log_decay(), state),
-            state => {
-                let state = state.unwrap_or_else(|| Tensor::zeros([b, hq, m, dv], &x.device()));
-                chunked(q, k, v, self.log_decay(), self.chunk_len, state)
-            }
-        };
-        (self.output(merge_heads(o), x), state)
-    }
-
-    /// The attention rows of a whole sequence in the quadratic form, `(phi(q) phi(k)^T) * G` with
-    /// `G` the causal decay matrix: non-negative weights that, without a normaliser, need not sum
-    /// to 1 (divide by the row sums to compare them with softmax rows).
-    ///
-    /// # Shapes
-    /// - q: `[b, h_q, t, d]`, k: `[b, h_kv, t, d]` -> `[b, h_q, t, t]`
-    pub fn rows(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, hq, t, _] = q.dims();
-        let groups = hq / k.dims()[1];
-        let phi_k = repeat_kv(self.features(k), groups);
-        self.features(q).matmul(phi_k.swap_dims(2, 3)) * decay_matrix(self.log_decay(), t)
-    }
-
-    /// `silu(x W_G) * GroupNorm(o)`.
-    ///
-    /// # Shapes
-    /// - o: `[b, t, h_q*d]`, x: `[b, t, hidden]` -> `[b, t, h_q*d]`
-    fn output(&self, o: Tensor<B, 3>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, width] = o.dims();
-        let [_, _, hidden] = x.dims();
-        // GroupNorm per token: [b, t, C] -> [b*t, C]
-        let normed = self.group_norm.forward(o.reshape([b * t, width])).reshape([b, t, width]);
-        let gate = silu(x.reshape([b * t, hidden]).matmul(self.gate.val())).reshape([b, t, width]);
-        gate * normed
     }
 }
 
