@@ -124,8 +124,8 @@ impl Manifest {
         }
         // Shards are files beside the manifest: a name reaching elsewhere (`../x`, `/dev/zero`)
         // would make training read a file the dataset does not own.
-        let shards = manifest.train.shards.iter().chain(&manifest.validation.shards);
-        if let Some(shard) = shards.filter(|s| !is_plain_file_name(&s.file)).next() {
+        let mut shards = manifest.train.shards.iter().chain(&manifest.validation.shards);
+        if let Some(shard) = shards.find(|s| !is_plain_file_name(&s.file)) {
             return Err(DataError::Invalid(format!(
                 "{}: shard `{}` is not a file name beside the manifest",
                 path.display(),

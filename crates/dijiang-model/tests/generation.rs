@@ -134,7 +134,7 @@ fn check_mixed_decoding<Bk: Backend>(model: &Transformer<Bk>, what: &str, device
     let full = logits(model.forward(tokens::<Bk>(&ids, device)));
     let mut state = DecodeState::new(model.layers.len());
     let mut got = Vec::new();
-    let calls = (0..20).map(|i| i..i + 1).chain([20..53]).chain((53..len).map(|i| i..i + 1));
+    let calls = (0..20).map(|i| i..i + 1).chain(std::iter::once(20..53)).chain((53..len).map(|i| i..i + 1));
     for range in calls {
         got.extend(logits(model.forward_cached(tokens::<Bk>(&ids[range], device), &mut state)));
     }
