@@ -406,6 +406,35 @@ fn dry_run_prints_the_plan_and_missing_inputs_are_named() {
     assert!(!unknown.status.success() && text(&unknown).contains("stepz"), "{}", text(&unknown));
 }
 
+/// `eval.tasks`: zero-shot metrics at step 0 and at the end of each stage, in the logs and in
+/// `dijiang compare`; an unknown task name is refused before any work, naming the known ones.
+#[test]
+fn zero_shot_tasks_are_evaluated_at_step_0_and_at_stage_ends() {
+    let Some(dir) = setup() else { return };
+    let Some(evaldata) = shared("evaldata") else { return };
+    let data = format!("eval.task_data={}", evaldata.display());
+    let args = with(&[r#"eval.tasks=["copa","arc_easy"]"#, "eval.task_limit=4", &data]);
+    run_ok(train(dir, "runs-z", &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let m = metrics(&dir.join("runs-z/t"));
+    for step in [0, 2, 5] {
+        for tag in ["eval/zero_shot/copa/acc", "eval/zero_shot/arc_easy/acc", "eval/zero_shot/arc_easy/acc_norm"] {
+            let value = m.get(&(step, tag.to_string())).copied();
+            assert!(value.is_some_and(|v| (0.0..=1.0).contains(&v)), "{tag} at step {step}: {value:?}");
+        }
+    }
+    assert!(!m.keys().any(|(step, tag)| *step == 1 && tag.contains("zero_shot")), "only at stage ends");
+    let table = run_ok({
+        let mut c = dijiang();
+        c.arg("compare").arg(dir.join("runs-z/t"));
+        c
+    });
+    assert!(table.contains("copa acc ") && table.contains("arc_easy acc_norm "), "{table}");
+
+    let unknown = train(dir, "runs-z", &[r#"eval.tasks=["copa","nope"]"#, "--dry-run"]).output().unwrap();
+    assert!(!unknown.status.success(), "{}", text(&unknown));
+    assert!(text(&unknown).contains("nope") && text(&unknown).contains("hellaswag"), "{}", text(&unknown));
+}
+
 /// A 5-step run (2 attention-transfer steps, 3 distillation steps) and its extra overrides.
 const SHORT: &[&str] = &[
     "stages.0.steps=2",

@@ -28,6 +28,10 @@ pub struct Evaluation {
     /// and the student's normalised rows (`dijiang fidelity`), on the first validation window.
     pub attention_tv: Vec<f64>,
     pub tokens: usize,
+    /// Zero-shot metrics (`eval.tasks`) as `(zero_shot/TASK/METRIC, value)`, where they were
+    /// evaluated (step 0 and the end of each stage).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zero_shot: Vec<(String, f64)>,
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -59,6 +63,7 @@ impl Evaluation {
         for (name, per_layer) in [("attention_error", &self.attention_error), ("attention_tv", &self.attention_tv)] {
             values.extend(per_layer.iter().enumerate().map(|(i, v)| (format!("eval/{name}/layer_{i:02}"), *v)));
         }
+        values.extend(self.zero_shot.iter().map(|(tag, v)| (format!("eval/{tag}"), *v)));
         values
     }
 }
@@ -110,5 +115,6 @@ pub fn evaluate<B: Backend>(
         kl,
         attention_error: err2.iter().zip(&norm2).map(|(e, t)| (e / t.max(f64::MIN_POSITIVE)).sqrt()).collect(),
         tokens: n * validation.block(),
+        zero_shot: Vec::new(),
     }
 }

@@ -202,11 +202,35 @@ pub struct EvalConfig {
     pub every: usize,
     /// Validation batches per evaluation.
     pub batches: usize,
+    /// Zero-shot tasks (lm-eval names, as `dijiang evaluate --tasks`) evaluated at step 0 and at
+    /// the end of each stage; empty: none.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Documents per zero-shot task (MMLU: per subject, as lm-eval's `--limit`); 0: the whole split.
+    #[serde(default = "default_task_limit")]
+    pub task_limit: usize,
+    /// The zero-shot evaluation data (`just evaldata` writes it).
+    #[serde(default = "default_task_data")]
+    pub task_data: PathBuf,
+}
+
+fn default_task_limit() -> usize {
+    200
+}
+
+fn default_task_data() -> PathBuf {
+    PathBuf::from("datasets/evals")
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every: 100, batches: 8 }
+        Self {
+            every: 100,
+            batches: 8,
+            tasks: Vec::new(),
+            task_limit: default_task_limit(),
+            task_data: default_task_data(),
+        }
     }
 }
 
@@ -313,6 +337,9 @@ impl Experiment {
         }
         if dist.nodes > 1 && dist.orchestrator.is_none() {
             return Err("distributed: a multi-node run needs orchestrator = \"HOST:PORT\" (node 0's address)".into());
+        }
+        if !self.eval.tasks.is_empty() {
+            dijiang_eval::Task::parse_list(&self.eval.tasks.join(",")).map_err(|e| format!("eval.tasks: {e}"))?;
         }
         if self.checkpoint.keep == 0 {
             return Err("checkpoint.keep must be at least 1".into());

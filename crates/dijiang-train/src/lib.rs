@@ -9,7 +9,8 @@
 //!   - [`batches`]: each worker's share of each step's micro-batches;
 //!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`]);
 //!   - [`distributed`]: ranks, averaging across devices and nodes ([`reducer`]: the TCP hub);
-//!   - [`recorder`]: the writer's logs ([`metrics`], [`events`] for TensorBoard), evaluations ([`evaluation`], [`losses`]),
+//!   - [`recorder`]: the writer's logs ([`metrics`], [`events`] for TensorBoard), evaluations ([`evaluation`], [`losses`],
+//!     [`zero_shot`]: lm-eval tasks),
 //!     checkpoints ([`checkpoint`]) by the [`cadence`], and the run's end.
 //! - [`params`]: parameters by name. [`error`]: what can stop a run.
 
@@ -34,6 +35,7 @@ pub mod start;
 pub mod step;
 pub mod trainable;
 pub mod trainer;
+pub mod zero_shot;
 
 pub use error::TrainError;
 pub use evaluation::Evaluation;

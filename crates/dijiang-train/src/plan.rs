@@ -3,6 +3,7 @@
 //! tokens per step and a memory estimate. `just train --dry-run` prints it and stops.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use dijiang_data::manifest::Manifest;
 use dijiang_model::import::Checkpoint;
@@ -64,7 +65,27 @@ impl Plan {
         let mut plan = Self { teacher: None, data: None, missing: Vec::new(), errors: Vec::new() };
         let tokenizer = plan.check_teacher(experiment)?;
         plan.check_data(experiment, tokenizer.as_ref())?;
+        plan.check_task_data(experiment);
         Ok(plan)
+    }
+
+    /// The zero-shot evaluation data of `eval.tasks`: `just evaldata` fetches it into its default
+    /// place; elsewhere it is the user's to provide.
+    fn check_task_data(&mut self, experiment: &Experiment) {
+        let missing = crate::zero_shot::missing_data(experiment);
+        if missing.is_empty() {
+            return;
+        }
+        let dir = &experiment.eval.task_data;
+        let what = format!("zero-shot data {} ({})", dir.display(), missing.join(", "));
+        if dir == Path::new("datasets/evals") {
+            self.missing.push(Missing { what, command: "just evaldata".into() });
+        } else {
+            self.errors.push(format!(
+                "eval.task_data = {}: {what} not found; `just evaldata` writes it to datasets/evals",
+                dir.display()
+            ));
+        }
     }
 
     /// The teacher's architecture and tokenizer (from its preset while its weights are missing).

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::optim::AdamW;
 use crate::start::RunContext;
 use crate::step::StepRecord;
+use crate::zero_shot::ZeroShot;
 
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +58,7 @@ impl Outcome {
 pub struct Recorder<'a> {
     run: &'a RunContext<'a>,
     metrics: Metrics,
+    zero_shot: Option<ZeroShot>,
     bar: ProgressBar,
     outcome: Outcome,
 }
@@ -72,7 +74,8 @@ impl<'a> Recorder<'a> {
                 .progress_chars("=> "),
         );
         bar.set_position(state.step as u64);
-        Ok(Self { run, metrics, bar, outcome: Outcome::at(state, run.resumed_from) })
+        let zero_shot = ZeroShot::new(run.experiment)?;
+        Ok(Self { run, metrics, zero_shot, bar, outcome: Outcome::at(state, run.resumed_from) })
     }
 
     /// Evaluates the student at `step` on the held-out windows, and logs it.
@@ -85,7 +88,13 @@ impl<'a> Recorder<'a> {
     ) -> Result<()> {
         let e = &self.run.experiment;
         let micro = e.data.batch_size / e.data.grad_accumulation;
-        let evaluation = evaluate(&student.valid(), teacher, &self.run.validation, e.eval.batches, micro, device);
+        let student = student.valid();
+        let mut evaluation = evaluate(&student, teacher, &self.run.validation, e.eval.batches, micro, device);
+        if let Some(zero_shot) = self.zero_shot.as_ref().filter(|_| step == 0 || e.ends_a_stage(step)) {
+            evaluation.zero_shot = self.bar.suspend(|| zero_shot.evaluate(&student))?;
+            let scores: Vec<String> = evaluation.zero_shot.iter().map(|(tag, v)| format!("{tag} {v:.4}")).collect();
+            self.bar.suspend(|| tracing::info!("step {step}: {}", scores.join(", ")));
+        }
         self.bar.suspend(|| {
             tracing::info!(
                 "step {step}: eval perplexity {:.3} (teacher {:.3}), KL {:.4}, attention error {:.3}",

@@ -4,7 +4,8 @@
 //!
 //! Columns: the feature-map variant, the mean attention TV distance on the validation window
 //! (all layers) at step 0 and at the end of the first stage, the per-layer TV of `fidelity.json`,
-//! held-out perplexity after the first stage and at the end, tokens trained on and training time.
+//! held-out perplexity after the first stage and at the end, the zero-shot metrics of `eval.tasks`
+//! at the end, tokens trained on and training time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,9 +28,12 @@ pub struct Args {
 }
 
 /// `tag -> step -> value` from a run's metrics.jsonl.
-fn read_metrics(path: &Path) -> Result<BTreeMap<String, BTreeMap<usize, f64>>> {
+/// Each tag's values by step.
+type Metrics = BTreeMap<String, BTreeMap<usize, f64>>;
+
+fn read_metrics(path: &Path) -> Result<Metrics> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut metrics: BTreeMap<String, BTreeMap<usize, f64>> = BTreeMap::new();
+    let mut metrics: Metrics = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
@@ -62,6 +66,19 @@ fn fidelity_cell(fidelity: &serde_json::Value) -> String {
     }
 }
 
+/// The last value of each `eval/zero_shot/TASK/METRIC` (`eval.tasks`), as `TASK METRIC value`.
+fn zero_shot_cell(metrics: &Metrics) -> String {
+    let scores: Vec<String> = metrics
+        .iter()
+        .filter_map(|(tag, values)| {
+            let name = tag.strip_prefix("eval/zero_shot/")?.replace('/', " ");
+            let (_, v) = values.last_key_value()?;
+            Some(format!("{name} {v:.3}"))
+        })
+        .collect();
+    if scores.is_empty() { "-".into() } else { scores.join("; ") }
+}
+
 fn cell(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
@@ -69,13 +86,14 @@ fn cell(value: Option<f64>, digits: usize) -> String {
 pub fn run(args: Args) -> Result<()> {
     let mut table = String::from(
         "| run | feature training | TV validation: step 0 -> after stage 1 | TV held-out (layers) after stage 1 \
-         | perplexity after stage 1 -> end | tokens | training time |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+         | perplexity after stage 1 -> end | zero-shot at the end | tokens | training time |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut layers_label = None;
     if let Some(before) = &args.before {
         let fidelity = read_json(before)?;
         layers_label = layers_of(&fidelity);
-        writeln!(table, "| converted, untrained | (all) | | {} | | 0 | 0 s |", fidelity_cell(&fidelity))?;
+        writeln!(table, "| converted, untrained | (all) | | {} | | | 0 | 0 s |", fidelity_cell(&fidelity))?;
     }
     for dir in &args.runs {
         let experiment = Experiment::load(&dir.join("experiment.toml"), &[])
@@ -105,12 +123,13 @@ pub fn run(args: Args) -> Result<()> {
         let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
         writeln!(
             table,
-            "| {name} | {} | {} -> {} | {held_out} | {} -> {} | {} | {:.0} s |",
+            "| {name} | {} | {} -> {} | {held_out} | {} -> {} | {} | {} | {:.0} s |",
             variant,
             cell(at("eval/attention_tv", 0), 3),
             cell(at("eval/attention_tv", stage1), 3),
             cell(at("eval/perplexity", stage1), 1),
             cell(last("eval/perplexity"), 1),
+            zero_shot_cell(&metrics),
             dijiang_train::plan::group(outcome["tokens_seen"].as_u64().unwrap_or(0) as usize),
             outcome["train_seconds"].as_f64().unwrap_or(0.0),
         )?;
