@@ -8,10 +8,12 @@ use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend};
 use dijiang_kernel::linear_attention::{chunked, parallel, recurrent};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
+mod common;
+use common::{assert_close, flat};
+
 const LENGTHS: [usize; 6] = [1, 7, 63, 64, 65, 257];
 const HEAD_SIZES: [usize; 3] = [8, 60, 64];
 const CHUNKS: [usize; 2] = [16, 64];
-const TOLERANCE: f64 = 1e-5;
 
 /// Batch 2, 4 query heads over 2 key/value heads; decays: none, then the reference's range.
 const B: usize = 2;
@@ -97,22 +99,6 @@ fn run<AB: AutodiffBackend>(
             flat(inputs.log_decay.grad(&grads).expect("gradient").into_data()),
         ],
     }
-}
-
-fn flat(data: TensorData) -> Vec<f64> {
-    data.convert::<f64>().to_vec::<f64>().expect("float data")
-}
-
-/// max |a - b| / max |b|: the error relative to the tensor's scale.
-fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-30);
-    a.iter().zip(b).fold(0.0f64, |e, (x, y)| e.max((x - y).abs())) / scale
-}
-
-fn assert_close(what: &str, got: &[f64], want: &[f64]) {
-    let err = relative_error(got, want);
-    assert!(err <= TOLERANCE, "{what}: relative error {err:.3e} > {TOLERANCE:e}");
 }
 
 fn assert_same(what: &str, got: &Outcome, want: &Outcome) {

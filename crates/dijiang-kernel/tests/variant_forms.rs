@@ -13,7 +13,9 @@ use dijiang_kernel::linear_attention::{
 };
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-const TOLERANCE: f64 = 1e-5;
+mod common;
+use common::{assert_close, flat};
+
 /// The normaliser's epsilon. Every form adds it the same way, so its value does not change what is
 /// compared; it is larger than the model's (1e-6) because at t = 1 a normalised output is `v_0`
 /// up to `eps`, and its gradient with respect to the features, `O(eps / score)`, is then the
@@ -111,22 +113,6 @@ fn run<AB: AutodiffBackend>(
             ("ln gamma", flat(x.log_decay.grad(&grads).expect("gradient").into_data())),
         ],
     }
-}
-
-fn flat(data: TensorData) -> Vec<f64> {
-    data.convert::<f64>().to_vec::<f64>().expect("float data")
-}
-
-/// max |a - b| / max |b|: the error relative to the tensor's scale.
-fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(1e-30);
-    a.iter().zip(b).fold(0.0f64, |e, (x, y)| e.max((x - y).abs())) / scale
-}
-
-fn assert_close(what: &str, got: &[f64], want: &[f64]) {
-    let err = relative_error(got, want);
-    assert!(err <= TOLERANCE, "{what}: relative error {err:.3e} > {TOLERANCE:e}");
 }
 
 fn assert_same(what: &str, got: &Outcome, want: &Outcome) {
