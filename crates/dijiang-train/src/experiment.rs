@@ -338,6 +338,18 @@ impl Experiment {
         if dist.nodes > 1 && dist.orchestrator.is_none() {
             return Err("distributed: a multi-node run needs orchestrator = \"HOST:PORT\" (node 0's address)".into());
         }
+        // Calibration reads the teacher's attention on a text at conversion (`dijiang convert
+        // --calibrate FILE`); the trainer converts without one, so it would silently start from
+        // the reference's values.
+        let calibrated = self.student.decay == dijiang_model::config::DecayKind::Calibrated
+            || self.student.linear_weight == dijiang_model::LinearWeight::Calibrated;
+        if calibrated {
+            return Err(
+                "student: decay = \"calibrated\" and linear_weight = \"calibrated\" are set by `dijiang convert \
+                        --calibrate FILE`, not by the trainer's conversion yet; use the reference values here"
+                    .into(),
+            );
+        }
         if !self.eval.tasks.is_empty() {
             dijiang_eval::Task::parse_list(&self.eval.tasks.join(",")).map_err(|e| format!("eval.tasks: {e}"))?;
         }

@@ -61,6 +61,8 @@ fn dotted_overrides_apply_and_are_checked() {
         ("stages.9.steps=1", "past the 2 entries"),
         ("data.batch_size=two", "batch_size"),
         ("nonsense", "key=value"),
+        ("student.decay=calibrated", "dijiang convert"),
+        ("eval.tasks=[\"piqa\",\"nope\"]", "known tasks: piqa"),
     ] {
         let err = Experiment::load(&file, &[bad.to_string()]).unwrap_err().to_string();
         assert!(err.contains(says), "`{bad}`: {err}");
