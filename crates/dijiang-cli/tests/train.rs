@@ -217,7 +217,7 @@ fn two_stage_run_trains_and_improves_the_student() {
         c
     });
     let row = format!(
-        "| t | frozen | {:.3} -> {:.3} | - | {:.1} -> {:.1} | 5,120 |",
+        "| t | frozen | {:.3} -> {:.3} | - | {:.1} -> {:.1} | - | 5,120 |",
         at(0, "eval/attention_tv"),
         at(10, "eval/attention_tv"),
         at(10, "eval/perplexity"),
