@@ -465,16 +465,7 @@ fn single_device() -> Option<(&'static Path, &'static Metrics)> {
 
 /// The training losses of the 5 steps equal the single-device run's to 1e-5 (relative).
 fn assert_same_losses(got: &Metrics, want: &Metrics) {
-    for step in 1..=5 {
-        for tag in ["train/loss", "train/attention", "train/kl", "train/lm", "train/grad_norm"] {
-            let key = (step, tag.to_string());
-            let (Some(a), Some(b)) = (got.get(&key), want.get(&key)) else {
-                assert_eq!(got.contains_key(&key), want.contains_key(&key), "{key:?}");
-                continue;
-            };
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{key:?}: data-parallel {a} vs one device {b}");
-        }
-    }
+    assert_same_losses_over(got, want, 5);
 }
 
 /// Waits for `child` at most `limit`, killing it (and failing) past that.
@@ -505,33 +496,147 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn two_processes_on_localhost_match_one_device() {
-    let Some((dir, want)) = single_device() else { return };
-    let hub = format!("127.0.0.1:{}", free_port());
-    let nodes: Vec<std::process::Child> = (0..2)
-        .map(|rank| {
-            let args = with(&[
-                "distributed.nodes=2",
-                &format!("distributed.node_rank={rank}"),
-                &format!("distributed.orchestrator={hub}"),
-            ]);
-            let log = std::fs::File::create(dir.join(format!("node-{rank}.log"))).unwrap();
-            train(dir, "runs-mp", &args.iter().map(String::as_str).collect::<Vec<_>>())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap()
+/// 20 steps over both stages (10 attention transfer, 10 distillation) with a global batch of 12
+/// windows, which 1, 2, 3, 4 and 6 workers split evenly.
+const NODES_RUN: &[&str] = &[
+    "stages.0.steps=10",
+    "stages.0.warmup_steps=1",
+    "stages.1.steps=10",
+    "stages.1.warmup_steps=1",
+    "data.batch_size=12",
+    "data.grad_accumulation=1",
+    "eval.every=0",
+    "checkpoint.every=0",
+];
+
+/// The 20-step single-device run the multi-node ones must reproduce, made once.
+fn nodes_reference() -> Option<(&'static Path, &'static Metrics)> {
+    static RUN: OnceLock<Option<Metrics>> = OnceLock::new();
+    let dir = setup()?;
+    let metrics = RUN
+        .get_or_init(|| {
+            run_ok(train(dir, "runs-n1", NODES_RUN));
+            Some(metrics(&dir.join("runs-n1/t")))
         })
-        .collect();
+        .as_ref()?;
+    Some((dir, metrics))
+}
+
+/// `nodes` node processes on localhost, each with `devices` CPU devices, training `runs` with
+/// `extra` overrides; returns them running, with their log files.
+fn start_nodes(
+    dir: &Path,
+    runs: &str,
+    nodes: usize,
+    devices: usize,
+    extra: &[&str],
+) -> Vec<(std::process::Child, PathBuf)> {
+    let orchestrator = format!("127.0.0.1:{}", free_port());
+    let addresses: Vec<String> = (0..nodes).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
+    let devices = format!("devices={}", vec!["cpu"; devices].join(","));
+    (0..nodes)
+        .map(|rank| {
+            let mut args: Vec<String> = NODES_RUN.iter().chain(extra).map(|s| s.to_string()).collect();
+            args.extend([
+                devices.clone(),
+                format!("distributed.nodes={nodes}"),
+                format!("distributed.node_rank={rank}"),
+                format!("distributed.orchestrator={orchestrator}"),
+                format!("distributed.addresses=[{}]", addresses.join(",")),
+            ]);
+            let log = dir.join(format!("{runs}-node-{rank}.log"));
+            let file = std::fs::File::create(&log).unwrap();
+            let child = train(dir, runs, &args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap();
+            (child, log)
+        })
+        .collect()
+}
+
+fn read_logs(nodes: &[(std::process::Child, PathBuf)]) -> String {
+    let logs: Vec<String> = nodes.iter().map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default()).collect();
+    logs.join("\n----\n")
+}
+
+/// Waits (at most 5 minutes) for every node; asserts all succeeded.
+fn finish_nodes(mut nodes: Vec<(std::process::Child, PathBuf)>, what: &str) {
     let statuses: Vec<_> = nodes
-        .into_iter()
+        .iter_mut()
         .enumerate()
-        .map(|(rank, mut node)| wait_limited(&mut node, Duration::from_secs(300), &format!("node {rank}")))
+        .map(|(rank, (node, _))| wait_limited(node, Duration::from_secs(300), &format!("{what}: node {rank}")))
         .collect();
-    let logs: Vec<String> =
-        (0..2).map(|r| std::fs::read_to_string(dir.join(format!("node-{r}.log"))).unwrap_or_default()).collect();
-    assert!(statuses.iter().all(|s| s.success()), "nodes ended with {statuses:?}:\n{}", logs.join("\n----\n"));
-    assert!(logs[1].contains("data parallel: 1 device(s) here, 2 in all (node 1 of 2)"), "{}", logs[1]);
-    assert_same_losses(&metrics(&dir.join("runs-mp/t")), want);
+    assert!(statuses.iter().all(|s| s.success()), "{what}: nodes ended with {statuses:?}:\n{}", read_logs(&nodes));
+}
+
+/// 2 and 3 node processes on localhost, with 1 and 2 devices each, through burn-collective's
+/// global all-reduce: 20 steps over both stages equal the single-device run with the same global
+/// batch (1e-5 relative); the whole set twice in a row, so a stall between runs would show.
+#[test]
+fn nodes_on_localhost_match_one_device() {
+    let Some((dir, want)) = nodes_reference() else { return };
+    for round in 0..2 {
+        for (nodes, devices) in [(2, 1), (3, 1), (2, 2), (3, 2)] {
+            let runs = format!("runs-n{nodes}x{devices}-{round}");
+            let started = start_nodes(dir, &runs, nodes, devices, &[]);
+            let log1 = started[1].1.clone();
+            finish_nodes(started, &runs);
+            let log = std::fs::read_to_string(&log1).unwrap();
+            let world = nodes * devices;
+            let here = format!("data parallel: {devices} device(s) here, {world} in all (node 1 of {nodes})");
+            assert!(log.contains(&here), "{log}");
+            assert_same_losses_over(&metrics(&dir.join(format!("{runs}/t"))), want, 20);
+        }
+    }
+}
+
+/// Killing one node mid-run: the other exits within 60 s with an error naming the lost node, and
+/// restarting both resumes from the last checkpoint to the same values as an uninterrupted run.
+#[test]
+fn a_killed_node_stops_the_others_and_the_restart_resumes_exactly() {
+    let Some((dir, _)) = nodes_reference() else { return };
+    let checkpoints = ["checkpoint.every=5", "checkpoint.keep=10"];
+    finish_nodes(start_nodes(dir, "runs-kill-ref", 2, 1, &checkpoints), "uninterrupted");
+    let want = metrics(&dir.join("runs-kill-ref/t"));
+
+    let mut started = start_nodes(dir, "runs-kill", 2, 1, &checkpoints);
+    let first_checkpoint = dir.join("runs-kill/t/checkpoints/step-00000005");
+    wait_for(&first_checkpoint, &mut started[0].0);
+    started[1].0.kill().unwrap();
+    let killed = Instant::now();
+    let status = wait_limited(&mut started[0].0, Duration::from_secs(60), "node 0 after node 1 was killed");
+    let stopped_in = killed.elapsed();
+    let log = std::fs::read_to_string(&started[0].1).unwrap();
+    assert!(!status.success(), "node 0 went on without node 1:\n{log}");
+    assert!(log.contains("lost node 1 (127.0.0.1:"), "node 0's error names node 1:\n{log}");
+    started[1].0.wait().unwrap();
+    let error = log.lines().rfind(|l| l.contains("lost node 1")).unwrap_or_default().to_string();
+    println!("node 0 stopped {stopped_in:?} after node 1 was killed: {error}");
+
+    let resumed = start_nodes(dir, "runs-kill", 2, 1, &checkpoints);
+    finish_nodes(resumed, "resumed");
+    let got = metrics(&dir.join("runs-kill/t"));
+    for step in 1..=20 {
+        for tag in ["train/loss", "train/grad_norm"] {
+            let key = (step, tag.to_string());
+            assert_eq!(got.get(&key), want.get(&key), "{key:?}: resumed vs uninterrupted two-node run");
+        }
+    }
+}
+
+/// The training losses of `steps` steps equal the single-device run's to 1e-5 (relative).
+fn assert_same_losses_over(got: &Metrics, want: &Metrics, steps: usize) {
+    for step in 1..=steps {
+        for tag in ["train/loss", "train/attention", "train/kl", "train/lm", "train/grad_norm"] {
+            let key = (step, tag.to_string());
+            let (Some(a), Some(b)) = (got.get(&key), want.get(&key)) else {
+                assert_eq!(got.contains_key(&key), want.contains_key(&key), "{key:?}");
+                continue;
+            };
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-3), "{key:?}: data-parallel {a} vs one device {b}");
+        }
+    }
+    assert!(got.contains_key(&(steps, "train/loss".to_string())), "all {steps} steps ran");
 }

@@ -1,13 +1,13 @@
 //! Data parallelism: where a worker sits, how workers average what they computed (gradients and a
 //! few numbers, packed into one vector per step), and one worker thread per device.
 //!
-//! Between the devices of one node the average is burn-collective's all-reduce; across nodes it goes
-//! through the hub of [`crate::reducer`] on node 0 (burn-collective 0.21's multi-node path stalls:
-//! see there). A worker joins once ([`Reducer::join`]), averages every step
+//! The average is burn-collective's all-reduce: between the devices of one node, and across nodes
+//! through its global ring all-reduce ([`crate::nodes`]: addresses, node 0's orchestrator, and the
+//! watchdog that names a lost node). A worker joins once ([`Reducer::join`]), averages every step
 //! ([`Reducer::average`]) and leaves at the end ([`Reducer::leave`]), whatever happened in between.
 
 use std::collections::HashSet;
-use std::thread::JoinHandle;
+use std::time::Duration;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -18,7 +18,7 @@ use burn_collective::{self as collective, AllReduceStrategy, CollectiveConfig, P
 
 use crate::error::{Result, TrainError};
 use crate::experiment::DistributedConfig;
-use crate::reducer::{Hub, Link};
+use crate::nodes::{Nodes, Orchestrator};
 
 /// Where a worker sits in a data-parallel run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +40,10 @@ impl Rank {
 
 /// How the workers of a run average (decided once, from the experiment).
 #[derive(Debug, Clone)]
-pub enum Reduction {
-    /// This node's devices only: burn-collective's all-reduce between threads.
-    Local(CollectiveConfig),
-    /// Several nodes: every worker through the hub on node 0 at this address.
-    Nodes(String),
+pub struct Reduction {
+    config: CollectiveConfig,
+    /// The other nodes, in a multi-node run.
+    nodes: Option<Nodes>,
 }
 
 impl Reduction {
@@ -54,25 +53,25 @@ impl Reduction {
             return Ok(None);
         }
         if d.nodes > 1 {
-            let address = d.orchestrator.clone().ok_or_else(|| {
-                TrainError::Input("distributed.orchestrator = \"HOST:PORT\" is needed with nodes > 1".into())
-            })?;
-            return Ok(Some(Reduction::Nodes(address)));
+            let nodes = Nodes::of(d)?;
+            return Ok(Some(Self { config: nodes.collective_config(d.local_devices()), nodes: Some(nodes) }));
         }
         let config = CollectiveConfig::default()
             .with_num_devices(d.local_devices())
             .with_local_all_reduce_strategy(AllReduceStrategy::Tree(2));
-        Ok(Some(Reduction::Local(config)))
+        Ok(Some(Self { config, nodes: None }))
     }
 
-    /// On node 0 of a multi-node run: the hub, serving on a thread until the workers disconnect.
-    pub fn host(&self, d: &DistributedConfig) -> Result<Option<JoinHandle<Result<()>>>> {
-        match self {
-            Reduction::Nodes(address) if d.node_rank == 0 => {
-                let hub = Hub::bind(address, d.world())?;
-                Ok(Some(std::thread::spawn(move || hub.serve())))
-            }
-            _ => Ok(None),
+    /// On node 0 of a multi-node run: burn-collective's orchestrator, serving until dropped.
+    pub fn host(&self) -> Result<Option<Orchestrator>> {
+        self.nodes.as_ref().map_or(Ok(None), Nodes::host_orchestrator)
+    }
+
+    /// On node 0, once its own workers are done: lets the other nodes leave before the
+    /// orchestrator stops.
+    pub fn await_departures(&self) {
+        if let Some(nodes) = &self.nodes {
+            nodes.await_departures(LEAVE_TIMEOUT);
         }
     }
 }
@@ -81,32 +80,31 @@ impl Reduction {
 pub enum Reducer<B: Backend> {
     /// A single worker: averaging is the identity.
     Single,
-    Local {
+    Collective {
         peer: PeerId,
         device: B::Device,
-    },
-    Nodes {
-        link: Link,
-        device: B::Device,
+        /// The other nodes, watched while a collective call waits for them.
+        nodes: Option<Nodes>,
     },
 }
+
+/// How long leaving may wait for the orchestrator (node 0 may already have finished and gone).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<B: Backend> Reducer<B> {
     /// Joins `reduction` as `rank` on `device`.
     pub fn join(reduction: Option<&Reduction>, rank: Rank, device: &B::Device) -> Result<Self> {
-        Ok(match reduction {
-            None => Reducer::Single,
-            Some(Reduction::Local(config)) => {
-                let peer = PeerId::from(rank.global);
-                collective::register::<B>(peer, device.clone(), config.clone()).map_err(|e| {
-                    TrainError::Distributed(format!("joining the collective as device {}: {e:?}", rank.global))
-                })?;
-                Reducer::Local { peer, device: device.clone() }
-            }
-            Some(Reduction::Nodes(address)) => {
-                Reducer::Nodes { link: Link::connect(address, rank.global)?, device: device.clone() }
-            }
-        })
+        let Some(reduction) = reduction else { return Ok(Reducer::Single) };
+        let peer = PeerId::from(rank.global);
+        let (config, at) = (reduction.config.clone(), device.clone());
+        let register = move || collective::register::<B>(peer, at, config);
+        let what = format!("device {} joining the run", rank.global);
+        let joined = match &reduction.nodes {
+            None => register(),
+            Some(nodes) => nodes.wait(&what, false, Some(nodes.join_timeout), register)?,
+        };
+        joined.map_err(|e| TrainError::Distributed(format!("{what}: {e:?}")))?;
+        Ok(Reducer::Collective { peer, device: device.clone(), nodes: reduction.nodes.clone() })
     }
 
     /// The mean over all workers of `grads` (those of `module`'s parameters) and of `values`, in one
@@ -121,41 +119,36 @@ impl<B: Backend> Reducer<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let device = match self {
-            Reducer::Single => return Ok((grads, values)),
-            Reducer::Local { device, .. } | Reducer::Nodes { device, .. } => device.clone(),
+        let Reducer::Collective { peer, device, nodes } = self else { return Ok((grads, values)) };
+        let (flat, layout) = Layout::pack::<AB, M>(module, grads, values, device);
+        let (peer, flat) = (*peer, flat.into_primitive().tensor());
+        let all_reduce = move || collective::all_reduce::<B>(peer, flat, ReduceOperation::Mean);
+        let reduced = match nodes {
+            None => all_reduce(),
+            Some(nodes) => nodes.wait("the all-reduce of the gradients", true, None, all_reduce)?,
         };
-        let (flat, layout) = Layout::pack::<AB, M>(module, grads, values, &device);
-        let flat = self.mean(flat)?;
-        Ok(layout.unpack::<AB, M>(module, flat))
-    }
-
-    /// The mean of `flat` over all workers.
-    fn mean(&mut self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
-        match self {
-            Reducer::Single => Ok(flat),
-            Reducer::Local { peer, .. } => {
-                let reduced = collective::all_reduce::<B>(*peer, flat.into_primitive().tensor(), ReduceOperation::Mean)
-                    .map_err(|e| TrainError::Distributed(format!("all-reduce failed: {e:?}")))?;
-                Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
-            }
-            Reducer::Nodes { link, device } => {
-                let values = flat.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-                let mean = link.all_reduce_mean(&values)?;
-                let n = mean.len();
-                Ok(Tensor::from_data(TensorData::new(mean, [n]), &*device))
-            }
-        }
+        let reduced = reduced.map_err(|e| match nodes {
+            Some(nodes) => nodes.failure("the all-reduce of the gradients", &format!("{e:?}")),
+            None => TrainError::Distributed(format!("all-reduce failed: {e:?}")),
+        })?;
+        Ok(layout.unpack::<AB, M>(module, Tensor::from_primitive(TensorPrimitive::Float(reduced))))
     }
 
     /// Leaves the reduction (every worker must, for the others to finish).
     pub fn leave(self) -> Result<()> {
-        match self {
-            Reducer::Local { peer, .. } => collective::finish_collective::<B>(peer)
-                .map_err(|e| TrainError::Distributed(format!("leaving the collective: {e:?}"))),
-            // Closing the connection tells the hub.
-            Reducer::Single | Reducer::Nodes { .. } => Ok(()),
+        let Reducer::Collective { peer, nodes, .. } = self else { return Ok(()) };
+        let finish = move || collective::finish_collective::<B>(peer);
+        let Some(nodes) = nodes else {
+            return finish().map_err(|e| TrainError::Distributed(format!("leaving the collective: {e:?}")));
+        };
+        // The run's work is done (or failed already): node 0 stops its orchestrator when its own
+        // workers are done, so another node's goodbye may find it gone. Not an error.
+        match nodes.wait("leaving the run", false, Some(LEAVE_TIMEOUT), finish) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("leaving the collective: {e:?}"),
+            Err(e) => tracing::debug!("{e}"),
         }
+        Ok(())
     }
 }
 

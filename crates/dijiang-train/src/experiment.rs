@@ -53,7 +53,7 @@ pub struct Experiment {
 /// Data parallelism: the devices of this node, and the nodes of a multi-node run. Every device holds
 /// a replica of the student and the teacher; each global batch is split evenly across all devices
 /// of all nodes, gradients are averaged before every update (burn-collective's all-reduce between
-/// the devices of one node; across nodes, the hub of [`crate::reducer`]).
+/// the devices of one node and, through node 0's orchestrator, between nodes: [`crate::nodes`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedConfig {
@@ -66,10 +66,21 @@ pub struct DistributedConfig {
     /// This node's index, 0 ..= nodes - 1 (node 0 writes checkpoints and logs).
     #[serde(default)]
     pub node_rank: u32,
-    /// `HOST:PORT` of node 0, where every worker of every node meets to average gradients (node 0
-    /// listens there).
+    /// `HOST:PORT` of node 0's burn-collective orchestrator, where the nodes meet (node 0 listens
+    /// there).
     #[serde(default)]
     pub orchestrator: Option<String>,
+    /// Every node's `HOST:PORT` for gradient transfers, by node rank (each node listens on its
+    /// own). Empty: all nodes on the orchestrator's host, on the ports after the orchestrator's.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// How long the nodes may take to all join the run (seconds).
+    #[serde(default = "join_timeout_s")]
+    pub join_timeout_s: u64,
+}
+
+fn join_timeout_s() -> u64 {
+    600
 }
 
 fn one_u32() -> u32 {
@@ -78,7 +89,14 @@ fn one_u32() -> u32 {
 
 impl Default for DistributedConfig {
     fn default() -> Self {
-        Self { devices: Vec::new(), nodes: 1, node_rank: 0, orchestrator: None }
+        Self {
+            devices: Vec::new(),
+            nodes: 1,
+            node_rank: 0,
+            orchestrator: None,
+            addresses: Vec::new(),
+            join_timeout_s: join_timeout_s(),
+        }
     }
 }
 
@@ -337,6 +355,13 @@ impl Experiment {
         }
         if dist.nodes > 1 && dist.orchestrator.is_none() {
             return Err("distributed: a multi-node run needs orchestrator = \"HOST:PORT\" (node 0's address)".into());
+        }
+        if !dist.addresses.is_empty() && dist.addresses.len() != dist.nodes as usize {
+            return Err(format!(
+                "distributed.addresses has {} entries for {} nodes: give every node's HOST:PORT, in node-rank order",
+                dist.addresses.len(),
+                dist.nodes
+            ));
         }
         // Calibration reads the teacher's attention on a text at conversion (`dijiang convert
         // --calibrate FILE`); the trainer converts without one, so it would silently start from

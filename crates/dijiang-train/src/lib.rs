@@ -8,7 +8,8 @@
 //!   - [`start`]: inputs, run directory, resume or convert;
 //!   - [`batches`]: each worker's share of each step's micro-batches;
 //!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`]);
-//!   - [`distributed`]: ranks, averaging across devices and nodes ([`reducer`]: the TCP hub);
+//!   - [`distributed`]: ranks, averaging across devices and nodes ([`nodes`]: addresses, node 0's
+//!     orchestrator, lost-node detection);
 //!   - [`recorder`]: the writer's logs ([`metrics`], [`events`] for TensorBoard), evaluations ([`evaluation`], [`losses`],
 //!     [`zero_shot`]: lm-eval tasks),
 //!     checkpoints ([`checkpoint`]) by the [`cadence`], and the run's end.
@@ -24,12 +25,12 @@ pub mod events;
 pub mod experiment;
 pub mod losses;
 pub mod metrics;
+pub mod nodes;
 pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod plan;
 pub mod recorder;
-pub mod reducer;
 pub mod schedule;
 pub mod start;
 pub mod step;

@@ -83,14 +83,15 @@ pub fn train_with<B: AutodiffBackend>(
         let (here, world, node) = (devices.len(), dist.world(), dist.node_rank);
         tracing::info!("data parallel: {here} device(s) here, {world} in all (node {node} of {})", dist.nodes);
     }
-    let hub = run.reduction.as_ref().map(|r| r.host(dist)).transpose()?.flatten();
+    // Node 0 hosts burn-collective's orchestrator for as long as its workers train.
+    let orchestrator = run.reduction.as_ref().map(Reduction::host).transpose()?.flatten();
     let replicas = Replica::for_devices(start, inputs.teacher, devices);
     let first = dist.node_rank as usize * devices.len();
     let outcome = on_each_device(devices, replicas, first, dist.world(), |rank, device, replica| {
         worker::<B>(&run, rank, device, replica)
     });
-    if let Some(hub) = hub {
-        hub.join().expect("the hub panicked")?;
+    if orchestrator.is_some() {
+        run.reduction.as_ref().expect("an orchestrator belongs to a reduction").await_departures();
     }
     outcome
 }
