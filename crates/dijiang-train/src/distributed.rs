@@ -54,7 +54,8 @@ impl Reduction {
         }
         if d.nodes > 1 {
             let nodes = Nodes::of(d)?;
-            return Ok(Some(Self { config: nodes.collective_config(d.local_devices()), nodes: Some(nodes) }));
+            let config = nodes.collective_config(d.local_devices());
+            return Ok(Some(Self { config, nodes: Some(nodes) }));
         }
         let config = CollectiveConfig::default()
             .with_num_devices(d.local_devices())
@@ -121,17 +122,34 @@ impl<B: Backend> Reducer<B> {
     {
         let Reducer::Collective { peer, device, nodes } = self else { return Ok((grads, values)) };
         let (flat, layout) = Layout::pack::<AB, M>(module, grads, values, device);
-        let (peer, flat) = (*peer, flat.into_primitive().tensor());
-        let all_reduce = move || collective::all_reduce::<B>(peer, flat, ReduceOperation::Mean);
         let reduced = match nodes {
-            None => all_reduce(),
-            Some(nodes) => nodes.wait("the all-reduce of the gradients", true, None, all_reduce)?,
+            None => {
+                Self::mean(*peer, flat).map_err(|e| TrainError::Distributed(format!("all-reduce failed: {e:?}")))?
+            }
+            Some(nodes) => {
+                // Between nodes every slice travels as one websocket message, which this
+                // process bounds (`Nodes::collective_config`): reduce in chunks of at most
+                // `nodes.chunk` values, of equal sizes (a ring needs at least one value per node).
+                let total = flat.dims()[0];
+                let size = total.div_ceil(total.div_ceil(nodes.chunk).max(1));
+                let chunks = (0..total).step_by(size).map(|at| flat.clone().slice(at..(at + size).min(total)));
+                let what = "the all-reduce of the gradients";
+                let mut reduced = Vec::new();
+                for chunk in chunks {
+                    let peer = *peer;
+                    let mean = nodes.wait(what, true, None, move || Self::mean(peer, chunk))?;
+                    reduced.push(mean.map_err(|e| nodes.failure(what, &format!("{e:?}")))?);
+                }
+                Tensor::cat(reduced, 0)
+            }
         };
-        let reduced = reduced.map_err(|e| match nodes {
-            Some(nodes) => nodes.failure("the all-reduce of the gradients", &format!("{e:?}")),
-            None => TrainError::Distributed(format!("all-reduce failed: {e:?}")),
-        })?;
-        Ok(layout.unpack::<AB, M>(module, Tensor::from_primitive(TensorPrimitive::Float(reduced))))
+        Ok(layout.unpack::<AB, M>(module, reduced))
+    }
+
+    /// burn-collective's mean of `flat` over all workers.
+    fn mean(peer: PeerId, flat: Tensor<B, 1>) -> std::result::Result<Tensor<B, 1>, collective::CollectiveError> {
+        let reduced = collective::all_reduce::<B>(peer, flat.into_primitive().tensor(), ReduceOperation::Mean)?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
     }
 
     /// Leaves the reduction (every worker must, for the others to finish).

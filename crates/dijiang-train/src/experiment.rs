@@ -77,6 +77,14 @@ pub struct DistributedConfig {
     /// How long the nodes may take to all join the run (seconds).
     #[serde(default = "join_timeout_s")]
     pub join_timeout_s: u64,
+    /// The most values one all-reduce between nodes carries (the gradients go in chunks of at most
+    /// this many f32 values; one chunk is one message per ring step, at most 512 MiB).
+    #[serde(default = "chunk_values")]
+    pub chunk_values: usize,
+}
+
+fn chunk_values() -> usize {
+    32 << 20
 }
 
 fn join_timeout_s() -> u64 {
@@ -96,6 +104,7 @@ impl Default for DistributedConfig {
             orchestrator: None,
             addresses: Vec::new(),
             join_timeout_s: join_timeout_s(),
+            chunk_values: chunk_values(),
         }
     }
 }
@@ -355,6 +364,13 @@ impl Experiment {
         }
         if dist.nodes > 1 && dist.orchestrator.is_none() {
             return Err("distributed: a multi-node run needs orchestrator = \"HOST:PORT\" (node 0's address)".into());
+        }
+        if dist.chunk_values == 0 || dist.chunk_values > 128 << 20 {
+            return Err(format!(
+                "distributed.chunk_values = {}: must be 1 ..= {} (128 Mi values, 512 MiB per message)",
+                dist.chunk_values,
+                128 << 20
+            ));
         }
         if !dist.addresses.is_empty() && dist.addresses.len() != dist.nodes as usize {
             return Err(format!(

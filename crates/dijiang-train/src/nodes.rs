@@ -40,6 +40,8 @@ pub struct Nodes {
     pub rank: usize,
     /// How long joining may take (every node must start within it).
     pub join_timeout: Duration,
+    /// The most values one all-reduce between nodes carries.
+    pub chunk: usize,
 }
 
 impl Nodes {
@@ -63,11 +65,15 @@ impl Nodes {
             addresses,
             rank: d.node_rank as usize,
             join_timeout: Duration::from_secs(d.join_timeout_s),
+            chunk: d.chunk_values,
         })
     }
 
-    /// burn-collective's configuration for this node with `local_devices` devices.
+    /// burn-collective's configuration for this node with `local_devices` devices. Also bounds
+    /// what this process accepts from a peer to the largest message the run sends: a chunk of
+    /// f32 values and its envelope.
     pub fn collective_config(&self, local_devices: usize) -> CollectiveConfig {
+        burn_communication::websocket::set_max_message_size(self.chunk * 4 + (1 << 20));
         let ws = |a: &str| Address::from_str(&format!("ws://{a}")).expect("any string is an address");
         let (_, data_port) = split_host_port(&self.addresses[self.rank]).expect("checked in Nodes::of");
         CollectiveConfig::default()

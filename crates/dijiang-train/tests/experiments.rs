@@ -63,8 +63,15 @@ fn dotted_overrides_apply_and_are_checked() {
         ("nonsense", "key=value"),
         ("student.decay=calibrated", "dijiang convert"),
         ("eval.tasks=[\"piqa\",\"nope\"]", "known tasks: piqa"),
+        ("distributed.nodes=2", "orchestrator"),
+        ("distributed.node_rank=1", "must be below nodes"),
+        ("distributed.chunk_values=0", "chunk_values = 0"),
     ] {
         let err = Experiment::load(&file, &[bad.to_string()]).unwrap_err().to_string();
         assert!(err.contains(says), "`{bad}`: {err}");
     }
+    let two_nodes = ["distributed.nodes=2".to_string(), "distributed.orchestrator=127.0.0.1:29500".into()];
+    let one_address = [two_nodes.as_slice(), &["distributed.addresses=[\"127.0.0.1:29501\"]".to_string()]].concat();
+    let err = Experiment::load(&file, &one_address).unwrap_err().to_string();
+    assert!(err.contains("distributed.addresses has 1 entries for 2 nodes"), "{err}");
 }

@@ -22,18 +22,28 @@ impl ProtocolClient for WsClient {
     }
 }
 
+/// dijiang patch: the largest message (and frame) a client accepts, in bytes. Upstream accepted
+/// messages of any size (`max_message_size(None)`) in frames of up to 512 MiB, so a peer decided how
+/// much this process buffers; a caller that knows the size of what it will download sets the bound.
+static MAX_MESSAGE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(512 * 1024 * 1024);
+
+/// dijiang patch: bounds the messages that clients opened from now on accept (default 512 MiB).
+pub fn set_max_message_size(bytes: usize) {
+    MAX_MESSAGE_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Open a new WebSocket connection to the address
 async fn connect_ws(address: Address, route: String) -> Option<WsClientChannel> {
     let address = parse_ws_address(address).ok()?;
     let address = format!("{address}/{route}");
-    const MB: usize = 1024 * 1024;
+    let max = MAX_MESSAGE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
     let (stream, _) = connect_async_with_config(
         address.clone(),
         Some(
             WebSocketConfig::default()
                 .write_buffer_size(0)
-                .max_message_size(None)
-                .max_frame_size(Some(MB * 512))
+                .max_message_size(Some(max))
+                .max_frame_size(Some(max))
                 .accept_unmasked_frames(true)
                 .read_buffer_size(64 * 1024), // 64 KiB (previous default)
         ),
