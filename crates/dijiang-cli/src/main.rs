@@ -6,6 +6,7 @@
 
 mod backend;
 mod commands;
+mod heap;
 mod plot;
 
 use anyhow::Result;
@@ -59,6 +60,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    heap::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
