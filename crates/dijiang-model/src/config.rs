@@ -293,6 +293,79 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub attention: AttentionKernelConfig,
+    /// Low-rank adapters on some projections (training only: an exported model has them merged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+}
+
+/// Low-rank adapters (LoRA): each targeted projection `W` gains `(alpha / rank) A B`, `A`
+/// `[d_in, rank]` random, `B` `[rank, d_out]` zero (so the model starts as it was). What a stage with
+/// `trainable = "lora"` trains beside the new attention parameters; merged into the weights when
+/// the model is exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// The adapted projections (default: the attention's q, k, v, o).
+    #[serde(default = "default_lora_targets")]
+    pub targets: Vec<LoraTarget>,
+}
+
+fn default_lora_targets() -> Vec<LoraTarget> {
+    vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O]
+}
+
+/// A projection LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LoraTarget {
+    /// The end of the projection's parameter path (`layers.3.attn.q`).
+    fn suffix(self) -> &'static str {
+        match self {
+            LoraTarget::Q => ".attn.q",
+            LoraTarget::K => ".attn.k",
+            LoraTarget::V => ".attn.v",
+            LoraTarget::O => ".attn.o",
+            LoraTarget::Gate => ".mlp.gate",
+            LoraTarget::Up => ".mlp.up",
+            LoraTarget::Down => ".mlp.down",
+        }
+    }
+}
+
+impl LoraConfig {
+    /// Whether the projection at `path` (e.g. `layers.3.attn.q`) gets an adapter.
+    pub fn targets_param(&self, path: &str) -> bool {
+        self.targets.iter().any(|t| path.ends_with(t.suffix()))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.rank == 0 || !(self.alpha.is_finite() && self.alpha > 0.0) || self.targets.is_empty() {
+            return Err(format!(
+                "lora needs rank >= 1, alpha > 0 and at least one target (got rank {}, alpha {}, {} targets)",
+                self.rank,
+                self.alpha,
+                self.targets.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a parameter belongs to a LoRA adapter.
+pub fn is_lora_param(name: &str) -> bool {
+    name.contains(".lora.")
 }
 
 impl ModelConfig {
@@ -327,6 +400,7 @@ impl ModelConfig {
             bos_token_id: Some(1),
             eos_token_id: Some(2),
             attention: AttentionKernelConfig::Softmax,
+            lora: None,
         }
     }
 
@@ -350,6 +424,7 @@ impl ModelConfig {
             bos_token_id: Some(0),
             eos_token_id: Some(0),
             attention: AttentionKernelConfig::Softmax,
+            lora: None,
         }
     }
 
@@ -484,6 +559,9 @@ impl ModelConfig {
         if !(0.0..=1.0).contains(&self.rotary_pct) {
             return fail(format!("rotary_pct must be in [0, 1], got {}", self.rotary_pct));
         }
+        if let Some(lora) = &self.lora {
+            lora.validate().map_err(ModelError::Config)?;
+        }
         if let AttentionKernelConfig::Dijiang(dj) = &self.attention {
             if dj.chunk_len == 0 {
                 return fail("attention.chunk_len must be positive".into());
@@ -557,6 +635,7 @@ impl ModelConfig {
                 bos_token_id: token("bos_token_id"),
                 eos_token_id: token("eos_token_id"),
                 attention: AttentionKernelConfig::Softmax,
+                lora: None,
             },
             "gpt_neox" => Self {
                 arch: Architecture::GptNeox,
@@ -577,6 +656,7 @@ impl ModelConfig {
                 bos_token_id: token("bos_token_id"),
                 eos_token_id: token("eos_token_id"),
                 attention: AttentionKernelConfig::Softmax,
+                lora: None,
             },
             _ => unreachable!("model_type checked above"),
         };

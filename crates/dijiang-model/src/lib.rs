@@ -29,7 +29,8 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{
-    AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, LinearWeight, ModelConfig, OutputNorm,
+    AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, LinearWeight, LoraConfig, LoraTarget, ModelConfig,
+    OutputNorm,
 };
 pub use error::ModelError;
-pub use transformer::{DecodeState, ForwardOutput, Trace, Transformer};
+pub use transformer::{DecodeState, ForwardOutput, LayerTrace, Trace, Transformer};

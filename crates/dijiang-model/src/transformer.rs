@@ -1,13 +1,13 @@
 //! The decoder-only Transformer: embedding, blocks (pre-norm, sequential or GPT-NeoX parallel
 //! residual), final norm and output head (tied to the embedding or not).
 
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::prelude::*;
 
 use crate::attention::{Attention, LayerState};
-use crate::config::ModelConfig;
+use crate::config::{LoraConfig, ModelConfig};
 use crate::error::ModelError;
-use crate::layers::{Mlp, Norm, embedding, flat_linear, linear};
+use crate::layers::{Mlp, Norm, Projection, embedding, flat_linear, linear};
 use crate::rope::rope_tables;
 use crate::weights::{Fresh, Skeleton, WeightSource};
 
@@ -43,26 +43,48 @@ impl<B: Backend> Block<B> {
         sin: &Tensor<B, 2>,
         state: &mut Option<LayerState<B>>,
     ) -> Tensor<B, 3> {
-        self.forward_traced(x, cos, sin, state).0
+        let attn = self.attn.forward_cached(self.attn_norm.forward(x.clone()), cos, sin, state);
+        self.residual(x, attn)
     }
 
-    /// The block's output and its attention output (what attention transfer matches).
-    pub fn forward_traced(
+    /// A whole sequence from scratch, keeping what attention transfer reads (the teacher's side),
+    /// with the attention rows if `rows`: the block's output and its trace.
+    pub fn forward_layer_trace(
         &self,
         x: Tensor<B, 3>,
         cos: &Tensor<B, 2>,
         sin: &Tensor<B, 2>,
-        state: &mut Option<LayerState<B>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let attn = self.attn.forward_cached(self.attn_norm.forward(x.clone()), cos, sin, state);
-        let out = if self.parallel_residual {
+        rows: bool,
+    ) -> (Tensor<B, 3>, LayerTrace<B>) {
+        let normed = self.attn_norm.forward(x.clone());
+        let (q, k, v) = self.attn.heads(normed.clone(), cos, sin);
+        let rows = rows.then(|| self.attn.rows_from_heads(q.clone(), k.clone()));
+        let attention = self.attn.forward_from_heads(q.clone(), k.clone(), v.clone(), normed.clone());
+        let out = self.residual(x.clone(), attention.clone());
+        (out, LayerTrace { input: x, normed, q, k, v, attention, rows })
+    }
+
+    /// The block's output from its input and its attention output (sequential or parallel
+    /// residual).
+    fn residual(&self, x: Tensor<B, 3>, attn: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.parallel_residual {
             let mlp = self.mlp.forward(self.mlp_norm.forward(x.clone()));
-            x + attn.clone() + mlp
+            x + attn + mlp
         } else {
-            let x = x + attn.clone();
+            let x = x + attn;
             x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
-        };
-        (out, attn)
+        }
+    }
+
+    /// The block at `path` (`layers.3`) with adapters where `lora` targets its projections.
+    pub fn with_lora(self, path: &str, lora: &LoraConfig, src: &mut impl WeightSource<B>) -> Self {
+        let attn = self.attn.with_lora(&format!("{path}.attn"), lora, src);
+        Self { attn, mlp: self.mlp.with_lora(&format!("{path}.mlp"), lora, src), ..self }
+    }
+
+    /// The block with every adapter merged into its weight.
+    pub fn merged(self) -> Self {
+        Self { attn: self.attn.merged(), mlp: self.mlp.merged(), ..self }
     }
 
     /// The attention output (after `o`) for the block input `x` at positions `0..t`.
@@ -91,7 +113,7 @@ pub struct Transformer<B: Backend> {
     pub layers: Vec<Block<B>>,
     pub final_norm: Norm<B>,
     /// `None` when the output head is tied to the embedding.
-    pub lm_head: Option<Linear<B>>,
+    pub lm_head: Option<Projection<B>>,
     #[module(skip)]
     config: ModelConfig,
 }
@@ -129,14 +151,31 @@ impl<B: Backend> DecodeState<B> {
     }
 }
 
-/// What distillation needs from a forward pass: every block's input and attention output, and
-/// the logits if asked for.
+/// One block of a teacher's forward pass as attention transfer reads it: the block's input, its
+/// attention's input and heads, its attention output, and if asked its attention rows.
+#[derive(Debug, Clone)]
+pub struct LayerTrace<B: Backend> {
+    /// `[b, t, hidden]`: the block's input.
+    pub input: Tensor<B, 3>,
+    /// `[b, t, hidden]`: the attention's input (after `attn_norm`).
+    pub normed: Tensor<B, 3>,
+    /// `[b, h_q, t, d]`: the rotated queries.
+    pub q: Tensor<B, 4>,
+    /// `[b, h_kv, t, d]`: the rotated keys.
+    pub k: Tensor<B, 4>,
+    /// `[b, h_kv, t, d]`: the values.
+    pub v: Tensor<B, 4>,
+    /// `[b, t, hidden]`: the attention output (after `o`).
+    pub attention: Tensor<B, 3>,
+    /// `[b, h_q, t, t]`: the attention rows, when traced with them.
+    pub rows: Option<Tensor<B, 4>>,
+}
+
+/// What distillation needs from a forward pass: every block's [`LayerTrace`], and the logits if
+/// asked for.
 #[derive(Debug)]
 pub struct Trace<B: Backend> {
-    /// `[b, t, hidden]` per layer: the input of block `i`.
-    pub layer_inputs: Vec<Tensor<B, 3>>,
-    /// `[b, t, hidden]` per layer: block `i`'s attention output (after `o`).
-    pub attention_outputs: Vec<Tensor<B, 3>>,
+    pub layers: Vec<LayerTrace<B>>,
     /// `[b, t, vocab]`
     pub logits: Option<Tensor<B, 3>>,
 }
@@ -159,7 +198,7 @@ impl<B: Backend> Transformer<B> {
             embed: embedding(src, "embed", v, h),
             layers: (0..config.num_layers).map(|i| Block::build(src, &format!("layers.{i}"), config)).collect(),
             final_norm: Norm::build(src, "final_norm", config),
-            lm_head: (!config.tie_embeddings).then(|| linear(src, "lm_head", h, v, false)),
+            lm_head: (!config.tie_embeddings).then(|| linear(src, "lm_head", h, v, false, None)),
             config: config.clone(),
         }
     }
@@ -172,6 +211,28 @@ impl<B: Backend> Transformer<B> {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The model with LoRA adapters on the projections `lora` targets, `A` seeded by `seed` and
+    /// each parameter's name, `B` zero: the same function until the adapters train. Its config
+    /// records `lora` (a checkpoint of it is rebuilt with the adapters).
+    pub fn with_lora(self, lora: &LoraConfig, seed: u64) -> Self {
+        let device = self.embed.weight.device();
+        let mut src = Fresh { seed, device: &device };
+        let layers =
+            self.layers.into_iter().enumerate().map(|(i, b)| b.with_lora(&format!("layers.{i}"), lora, &mut src));
+        Self { layers: layers.collect(), config: ModelConfig { lora: Some(lora.clone()), ..self.config }, ..self }
+    }
+
+    /// The model with every adapter merged into its weight (`W + (alpha / r) A B`) and none left:
+    /// the same function in the plain format generation, evaluation and export read.
+    pub fn merged(self) -> Self {
+        Self {
+            layers: self.layers.into_iter().map(Block::merged).collect(),
+            lm_head: self.lm_head.map(Projection::merged),
+            config: ModelConfig { lora: None, ..self.config },
+            ..self
+        }
     }
 
     /// Logits for a batch of token sequences.
@@ -206,20 +267,32 @@ impl<B: Backend> Transformer<B> {
         self.body(tokens, state, false).0
     }
 
-    /// Every block's input and attention output, and the logits if `with_logits`.
-    pub fn trace(&self, tokens: Tensor<B, 2, Int>, with_logits: bool) -> Trace<B> {
+    /// Every block's trace (with its attention rows if `rows`) and the logits if `with_logits`.
+    pub fn trace(&self, tokens: Tensor<B, 2, Int>, rows: bool, with_logits: bool) -> Trace<B> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        let logits = self.trace_layers(tokens, rows, with_logits, |trace| layers.push(trace));
+        Trace { layers, logits }
+    }
+
+    /// The forward pass handing each block's trace to `sink` as soon as the block is done (so
+    /// attention transfer can work on layer `i` while the teacher computes layer `i + 1`, and
+    /// only a few layers' traces are alive at a time); the logits if `with_logits`.
+    pub fn trace_layers(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        rows: bool,
+        with_logits: bool,
+        mut sink: impl FnMut(LayerTrace<B>),
+    ) -> Option<Tensor<B, 3>> {
         let [_, t] = tokens.dims();
         let (cos, sin) = self.rope(0, t, &tokens.device());
         let mut x = self.embed.forward(tokens);
-        let (mut layer_inputs, mut attention_outputs) = (Vec::new(), Vec::new());
         for layer in &self.layers {
-            layer_inputs.push(x.clone());
-            let (out, attn) = layer.forward_traced(x, &cos, &sin, &mut None);
-            attention_outputs.push(attn);
+            let (out, trace) = layer.forward_layer_trace(x, &cos, &sin, rows);
+            sink(trace);
             x = out;
         }
-        let logits = with_logits.then(|| self.head(self.final_norm.forward(x)));
-        Trace { layer_inputs, attention_outputs, logits }
+        with_logits.then(|| self.head(self.final_norm.forward(x)))
     }
 
     /// Block `layer`'s attention output for the block input `x` at positions `0..t` (the student
@@ -231,6 +304,35 @@ impl<B: Backend> Transformer<B> {
         let [_, t, _] = x.dims();
         let (cos, sin) = self.rope(0, t, &x.device());
         self.layers[layer].attention(x, &cos, &sin)
+    }
+
+    /// Block `layer`'s attention output on a teacher's trace of the same block: from the
+    /// teacher's heads when `shared_heads` (the student's `attn_norm` and q / k / v are the
+    /// teacher's, so its heads would be the same: computing them again is a third of the work),
+    /// else from the block input.
+    ///
+    /// # Shapes
+    /// - the trace's tensors as in [`LayerTrace`] -> `[b, t, hidden]`
+    pub fn layer_attention_on(&self, layer: usize, trace: &LayerTrace<B>, shared_heads: bool) -> Tensor<B, 3> {
+        if shared_heads {
+            let (q, k, v) = (trace.q.clone(), trace.k.clone(), trace.v.clone());
+            self.layers[layer].attn.forward_from_heads(q, k, v, trace.normed.clone())
+        } else {
+            self.layer_attention(layer, trace.input.clone())
+        }
+    }
+
+    /// Block `layer`'s attention rows on a teacher's trace of the same block (see
+    /// [`Transformer::layer_attention_on`] for `shared_heads`).
+    ///
+    /// # Shapes
+    /// - the trace's tensors as in [`LayerTrace`] -> `[b, h_q, t, t]`
+    pub fn layer_rows_on(&self, layer: usize, trace: &LayerTrace<B>, shared_heads: bool) -> Tensor<B, 4> {
+        if shared_heads {
+            self.layers[layer].attn.rows_from_heads(trace.q.clone(), trace.k.clone())
+        } else {
+            self.layer_rows(layer, trace.input.clone())
+        }
     }
 
     /// Block `layer`'s attention rows for the block input `x` (see [`Attention::rows`]).

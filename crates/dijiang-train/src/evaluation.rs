@@ -90,15 +90,15 @@ pub fn evaluate<B: Backend>(
         let windows: Vec<Vec<u32>> = chunk.iter().map(|&i| validation.get(i).expect("in range")).collect();
         let batch: LmBatch<B> = LmBatcher.batch(windows, device);
         let w = chunk.len() as f64 / n as f64;
-        let trace = teacher.trace(batch.inputs.clone(), true);
+        let trace = teacher.trace(batch.inputs.clone(), false, true);
         let teacher_logits = trace.logits.expect("traced with logits");
         let logits = student.forward(batch.inputs.clone());
         loss += w * scalar(cross_entropy(logits.clone(), batch.targets.clone()));
         teacher_loss += w * scalar(cross_entropy(teacher_logits.clone(), batch.targets.clone()));
         kl += w * scalar(kl_divergence(teacher_logits, logits, 1.0));
         for i in 0..layers {
-            let out = student.layer_attention(i, trace.layer_inputs[i].clone());
-            let target = trace.attention_outputs[i].clone();
+            let out = student.layer_attention(i, trace.layers[i].input.clone());
+            let target = trace.layers[i].attention.clone();
             err2[i] += scalar((out - target.clone()).square().sum());
             norm2[i] += scalar(target.square().sum());
         }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
+use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::objective::Objective;
@@ -38,6 +38,10 @@ pub struct Experiment {
     /// The student's DiJiang attention (the student is the teacher converted with these options).
     #[serde(default)]
     pub student: DiJiangConfig,
+    /// LoRA adapters added to the student (what `trainable = "lora"` stages train; merged into the
+    /// weights of the exported model). None: no adapters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     pub data: DataConfig,
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -190,6 +194,9 @@ pub enum Trainable {
     Kernel,
     /// Everything but the frozen feature projections (the reference recipe).
     All,
+    /// The LoRA adapters (`[lora]`) and the attention kernels' new parameters: the base weights
+    /// stay frozen.
+    Lora,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,6 +348,15 @@ impl Experiment {
         if self.stages.is_empty() {
             return Err("at least one [[stages]] entry is needed".into());
         }
+        if self.lora.is_none()
+            && let Some(s) = self.stages.iter().find(|s| s.trainable == Trainable::Lora)
+        {
+            return Err(format!(
+                "stage `{}` trains LoRA adapters (trainable = \"lora\") but the experiment has none: add a [lora] \
+                 section, e.g. `[lora]` with `rank = 8` and `alpha = 16`",
+                s.name
+            ));
+        }
         for (i, s) in self.stages.iter().enumerate() {
             let at = format!("stages.{i} (`{}`)", s.name);
             if s.steps == 0 || s.lr <= 0.0 || s.min_lr < 0.0 || s.min_lr > s.lr {
@@ -431,6 +447,7 @@ impl Experiment {
 
     /// The student's architecture: the teacher's, with this experiment's DiJiang attention.
     pub fn student_config(&self, teacher: &ModelConfig) -> ModelConfig {
-        teacher.clone().with_attention(AttentionKernelConfig::Dijiang(self.student.clone()))
+        let student = teacher.clone().with_attention(AttentionKernelConfig::Dijiang(self.student.clone()));
+        ModelConfig { lora: self.lora.clone(), ..student }
     }
 }

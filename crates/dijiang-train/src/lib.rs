@@ -36,6 +36,7 @@ pub mod start;
 pub mod step;
 pub mod trainable;
 pub mod trainer;
+pub mod transfer;
 pub mod zero_shot;
 
 pub use error::TrainError;

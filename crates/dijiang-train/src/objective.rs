@@ -13,11 +13,12 @@ use std::fmt;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use dijiang_data::dataset::LmBatch;
-use dijiang_model::{Trace, Transformer};
+use dijiang_model::{LayerTrace, Trace, Transformer};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::losses::{cross_entropy, kl_divergence, mse, row_kl};
+use crate::transfer::{lift, shares_heads};
 
 /// One loss term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,21 +78,38 @@ impl Term {
 
     /// The term's value on one micro-batch (differentiable through the student).
     fn loss<B: AutodiffBackend>(self, f: &Forward<'_, B>, temperature: f64) -> Tensor<B, 1> {
-        let inner = |x: &Tensor<B::InnerBackend, 3>| Tensor::<B, 3>::from_inner(x.clone());
         match self {
             Term::Lm => cross_entropy(f.student_logits().clone(), Tensor::from_inner(f.batch.targets.clone())),
             Term::Kl => {
                 let teacher = f.trace().logits.as_ref().expect("traced with logits: Kl needs them");
-                kl_divergence(inner(teacher), f.student_logits().clone(), temperature)
+                kl_divergence(Tensor::from_inner(teacher.clone()), f.student_logits().clone(), temperature)
             }
-            Term::Attention => f.mean_over_layers(|i, x| {
-                let out = f.student.layer_attention(i, inner(x));
-                mse(out, inner(&f.trace().attention_outputs[i]))
-            }),
-            Term::AttentionRows => f.mean_over_layers(|i, x| {
-                let p = f.teacher().layer_rows(i, x.clone());
-                row_kl(Tensor::from_inner(p), f.student.layer_rows(i, inner(x)))
-            }),
+            Term::Attention | Term::AttentionRows => {
+                let parts: Vec<Tensor<B, 1>> = (f.trace().layers.iter().enumerate())
+                    .map(|(i, trace)| self.layer_loss(f.student, i, &lift(trace), f.shared_heads()))
+                    .collect();
+                Tensor::cat(parts, 0).mean()
+            }
+        }
+    }
+
+    /// A layer-local term's value at one layer, on the teacher's trace of that layer (lifted to
+    /// the student's backend; constants to autodiff). `shared_heads`: see
+    /// [`Transformer::layer_attention_on`].
+    fn layer_loss<B: AutodiffBackend>(
+        self,
+        student: &Transformer<B>,
+        layer: usize,
+        trace: &LayerTrace<B>,
+        shared_heads: bool,
+    ) -> Tensor<B, 1> {
+        match self {
+            Term::Attention => mse(student.layer_attention_on(layer, trace, shared_heads), trace.attention.clone()),
+            Term::AttentionRows => {
+                let teacher = trace.rows.clone().expect("traced with rows: AttentionRows needs them");
+                row_kl(teacher, student.layer_rows_on(layer, trace, shared_heads))
+            }
+            Term::Lm | Term::Kl => unreachable!("{self} is not layer-local"),
         }
     }
 }
@@ -107,10 +125,13 @@ struct Forward<'a, B: AutodiffBackend> {
     student: &'a Transformer<B>,
     teacher: Option<&'a Transformer<B::InnerBackend>>,
     batch: &'a LmBatch<B::InnerBackend>,
+    /// Whether the teacher's trace carries its attention rows (some term needs them).
+    teacher_rows: bool,
     /// Whether the teacher's trace carries its logits (some term needs them).
     teacher_logits: bool,
     trace: OnceCell<Trace<B::InnerBackend>>,
     logits: OnceCell<Tensor<B, 3>>,
+    shared_heads: OnceCell<bool>,
 }
 
 impl<B: AutodiffBackend> Forward<'_, B> {
@@ -119,18 +140,16 @@ impl<B: AutodiffBackend> Forward<'_, B> {
     }
 
     fn trace(&self) -> &Trace<B::InnerBackend> {
-        self.trace.get_or_init(|| self.teacher().trace(self.batch.inputs.clone(), self.teacher_logits))
+        self.trace
+            .get_or_init(|| self.teacher().trace(self.batch.inputs.clone(), self.teacher_rows, self.teacher_logits))
     }
 
     fn student_logits(&self) -> &Tensor<B, 3> {
         self.logits.get_or_init(|| self.student.forward(Tensor::from_inner(self.batch.inputs.clone())))
     }
 
-    /// The mean over layers of `per_layer(layer, the teacher's input to that layer)`.
-    fn mean_over_layers(&self, per_layer: impl Fn(usize, &Tensor<B::InnerBackend, 3>) -> Tensor<B, 1>) -> Tensor<B, 1> {
-        let inputs = &self.trace().layer_inputs;
-        let parts: Vec<Tensor<B, 1>> = inputs.iter().enumerate().map(|(i, x)| per_layer(i, x)).collect();
-        Tensor::cat(parts, 0).mean()
+    fn shared_heads(&self) -> bool {
+        *self.shared_heads.get_or_init(|| shares_heads(self.student, self.teacher()))
     }
 }
 
@@ -217,6 +236,30 @@ impl Objective {
         self.terms().any(|(t, _)| t.is_layer_local())
     }
 
+    /// Whether every term is computed layer by layer: then a step needs no student forward
+    /// beyond each layer's attention, and streams the teacher's layers (`transfer`).
+    pub fn is_layer_local(&self) -> bool {
+        self.terms().all(|(t, _)| t.is_layer_local())
+    }
+
+    /// Whether the teacher's trace must carry its attention rows.
+    pub fn needs_teacher_rows(&self) -> bool {
+        self.weight(Term::AttentionRows) > 0.0
+    }
+
+    /// The weighted loss of one layer of a layer-local objective ([`Objective::is_layer_local`])
+    /// on the teacher's trace of that layer (lifted to the student's backend), and its terms as
+    /// numbers. The objective's loss is the mean of these over layers.
+    pub fn layer_loss<B: AutodiffBackend>(
+        &self,
+        student: &Transformer<B>,
+        layer: usize,
+        trace: &LayerTrace<B>,
+        shared_heads: bool,
+    ) -> (Tensor<B, 1>, TermValues) {
+        self.weighted(|term| term.layer_loss(student, layer, trace, shared_heads))
+    }
+
     /// Constraints serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         // NaN fails every check: `w >= 0.0` is false for it.
@@ -248,14 +291,21 @@ impl Objective {
             student,
             teacher,
             batch,
+            teacher_rows: self.needs_teacher_rows(),
             teacher_logits: self.needs_teacher_logits(),
             trace: OnceCell::new(),
             logits: OnceCell::new(),
+            shared_heads: OnceCell::new(),
         };
+        self.weighted(|term| term.loss(&forward, self.temperature))
+    }
+
+    /// The weighted sum of the terms' values `value(term)`, and the values as numbers.
+    fn weighted<B: AutodiffBackend>(&self, value: impl Fn(Term) -> Tensor<B, 1>) -> (Tensor<B, 1>, TermValues) {
         let mut values = TermValues { terms: Vec::new(), total: 0.0 };
         let mut total: Option<Tensor<B, 1>> = None;
         for (term, weight) in self.terms() {
-            let loss = term.loss(&forward, self.temperature);
+            let loss = value(term);
             values.terms.push((term, scalar(&loss)));
             let weighted = loss.mul_scalar(weight);
             total = Some(match total {

@@ -75,6 +75,23 @@ pub fn params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
     visitor.out
 }
 
+struct Values<B: Backend>(Vec<Tensor<B, 1>>);
+
+impl<B: Backend> ModuleVisitor<B> for Values<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        let n = value.shape().num_elements();
+        self.0.push(value.reshape([n]));
+    }
+}
+
+/// Every float parameter's values of `module`, flattened, in visiting order (as [`params`]).
+pub fn flat_values<B: Backend, M: Module<B>>(module: &M) -> Vec<Tensor<B, 1>> {
+    let mut visitor = Values(Vec::new());
+    module.visit(&mut visitor);
+    visitor.0
+}
+
 struct SetTrainable<'a> {
     path: PathTracker,
     trainable: &'a dyn Fn(&str) -> bool,

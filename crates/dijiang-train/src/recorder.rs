@@ -9,7 +9,7 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use dijiang_model::Transformer;
-use dijiang_model::import::native;
+use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -199,7 +199,10 @@ impl<'a> Recorder<'a> {
         let mut outcome = Outcome { interrupted, evaluations, ..Outcome::at(state, self.run.resumed_from) };
         if !interrupted {
             let dir = self.run.dir.join("model");
-            native::save(&student.valid(), &self.run.manifest, &dir)?;
+            // LoRA adapters merged into their weights: the exported model is a plain student.
+            let model = student.valid().merged();
+            let manifest = Manifest { config: model.config().clone(), ..self.run.manifest.clone() };
+            native::save(&model, &manifest, &dir)?;
             let teacher = &self.run.experiment.teacher.path;
             if let Ok(tokenizer) = Tokenizer::for_model(teacher) {
                 tokenizer.save_beside(&dir, teacher)?;

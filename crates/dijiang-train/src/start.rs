@@ -166,7 +166,13 @@ impl<B: AutodiffBackend> Start<B> {
         match found {
             Some(found) => Self::resume(found, experiment, student_config, device),
             None => Ok(Self {
-                student: convert::<B>(&experiment.teacher.path, experiment.student.clone(), device)?.model,
+                student: {
+                    let student = convert::<B>(&experiment.teacher.path, experiment.student.clone(), device)?.model;
+                    match &experiment.lora {
+                        Some(lora) => student.with_lora(lora, experiment.seed),
+                        None => student,
+                    }
+                },
                 optimizer: AdamW::new(experiment.optimizer.clone()),
                 state: TrainerState::start(experiment.clone()),
                 resumed_from: None,

@@ -12,6 +12,7 @@ use crate::distributed::Reducer;
 use crate::error::Result;
 use crate::objective::{Objective, TermValues};
 use crate::optim::AdamW;
+use crate::transfer;
 
 /// What every worker must agree on after a step, besides the gradients: any worker's signal is
 /// every worker's.
@@ -104,6 +105,10 @@ fn accumulate<B: AutodiffBackend>(
     student: &Transformer<B>,
     inputs: &StepInputs<'_, B>,
 ) -> (GradientsParams, TermValues) {
+    if inputs.objective.is_layer_local() {
+        let teacher = inputs.teacher.expect("attention transfer reads the teacher");
+        return transfer::accumulate(student, teacher, inputs.objective, &inputs.micro_batches);
+    }
     let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
     let mut terms = TermValues::zeros(inputs.objective);
     let scale = 1.0 / inputs.micro_batches.len() as f64;

@@ -2,6 +2,7 @@
 //! benchmark uses. A parameter trains when the stage selects it ([`Trainable`]) and the model lets it
 //! train at all ([`DiJiangConfig::is_trainable`]: frozen projections, fixed decays).
 
+use dijiang_model::config::is_lora_param;
 use dijiang_model::convert::is_kernel_param;
 use dijiang_model::transformer::parameter_shapes;
 use dijiang_model::{DiJiangConfig, ModelConfig};
@@ -15,6 +16,7 @@ pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool
         && match trainable {
             Trainable::Kernel => is_kernel_param(name),
             Trainable::All => true,
+            Trainable::Lora => is_kernel_param(name) || is_lora_param(name),
         }
 }
 

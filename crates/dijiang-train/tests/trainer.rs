@@ -284,3 +284,60 @@ fn train_child() {
         Err(e) => println!("TRAIN FAILED: {e}"),
     }
 }
+
+/// A LoRA stage after attention transfer: the plan counts the adapters, the stage trains only
+/// them and the kernels (the base weights stay the teacher's), checkpoints keep the adapters, and
+/// the exported model has them merged (the same logits as the last checkpoint, no adapter left).
+#[test]
+fn a_lora_stage_trains_adapters_and_kernels_and_exports_a_merged_model() {
+    use dijiang_model::config::is_lora_param;
+    use dijiang_model::convert::is_kernel_param;
+    use dijiang_model::{LoraConfig, LoraTarget};
+    use dijiang_train::experiment::Trainable;
+
+    let (dir, mut experiment) = setup("lora", Architecture::Llama);
+    experiment.stages[1].trainable = Trainable::Lora;
+    let err = experiment.validate().unwrap_err();
+    assert!(err.contains("[lora]") && err.contains("distill"), "{err}");
+    let lora = LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Up] };
+    experiment.lora = Some(lora.clone());
+    experiment.validate().unwrap();
+
+    let device = Default::default();
+    let teacher = dijiang_model::import::load::<I>(&dir.join("teacher"), &device).unwrap().model;
+    let student = dijiang_model::convert::convert::<B>(&dir.join("teacher"), experiment.student.clone(), &device)
+        .unwrap()
+        .model
+        .with_lora(&lora, experiment.seed);
+    let (total, per_stage) = parameter_counts(&experiment, teacher.config());
+    assert_eq!(total, student.num_params());
+    let stage = set_trainable(student, &|name| trains(Trainable::Lora, &experiment.student, name));
+    let trained: Vec<_> = params(&stage).into_iter().filter(|p| p.trainable).collect();
+    assert!(trained.iter().all(|p| is_kernel_param(&p.name) || is_lora_param(&p.name)));
+    assert!(trained.iter().any(|p| is_lora_param(&p.name)));
+    assert_eq!(per_stage[1], trained.iter().map(|p| p.numel()).sum::<usize>());
+
+    let outcome = run(&dir, &experiment, "lora", false, 1);
+    assert_eq!(outcome.step, STEPS);
+    let exported = dijiang_model::import::load::<I>(outcome.model.as_ref().unwrap(), &device).unwrap().model;
+    assert!(exported.config().lora.is_none());
+    assert!(params(&exported).iter().all(|p| !is_lora_param(&p.name)));
+    let newest = std::fs::read_dir(dir.join("lora/checkpoints")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let adapted = dijiang_model::import::load::<I>(&newest.join("model"), &device).unwrap().model;
+    assert_eq!(adapted.config().lora.as_ref(), Some(&lora), "{}", newest.display());
+    let b = adapted.layers[0].attn.q.lora.as_ref().unwrap().b.val();
+    assert!(b.abs().max().into_scalar() > 0.0, "the adapters trained");
+    let base = |m: &dijiang_model::Transformer<I>| m.layers[1].mlp.clone();
+    let same_base = match (base(&adapted), base(&teacher)) {
+        (dijiang_model::layers::Mlp::SwiGlu(a), dijiang_model::layers::Mlp::SwiGlu(t)) => {
+            a.up.weight.val().equal(t.up.weight.val()).all().into_scalar()
+        }
+        _ => false,
+    };
+    assert!(same_base, "a LoRA stage leaves the base weights as the teacher's");
+    let tokens = burn::tensor::Tensor::<I, 2, burn::tensor::Int>::from_data([[3, 17, 42, 9, 100, 7, 64, 21]], &device);
+    let (a, e) = (adapted.forward(tokens.clone()), exported.forward(tokens));
+    let diff = (a.clone() - e).abs().max().into_scalar() / a.abs().max().into_scalar();
+    assert!(diff < 1e-5, "the exported model is the adapted one merged: {diff}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,12 +9,11 @@ mod softmax;
 pub use dijiang::{DiJiangKernel, NORMALIZER_EPS, reference_log_decay};
 pub use softmax::SoftmaxKernel;
 
-use burn::nn::Linear;
 use burn::prelude::*;
 use dijiang_kernel::linear_attention::WindowState;
 
-use crate::config::{AttentionKernelConfig, ModelConfig};
-use crate::layers::{flat_linear, linear};
+use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
+use crate::layers::{Projection, flat_linear, linear};
 use crate::rope::apply_rope;
 use crate::weights::WeightSource;
 
@@ -78,10 +77,10 @@ impl<B: Backend> LayerState<B> {
 /// Multi-head (grouped-query) self-attention with rotary embeddings.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q: Linear<B>,
-    pub k: Linear<B>,
-    pub v: Linear<B>,
-    pub o: Linear<B>,
+    pub q: Projection<B>,
+    pub k: Projection<B>,
+    pub v: Projection<B>,
+    pub o: Projection<B>,
     pub kernel: AttentionKernel<B>,
     #[module(skip)]
     num_heads: usize,
@@ -95,7 +94,7 @@ impl<B: Backend> Attention<B> {
     pub fn build(src: &mut impl WeightSource<B>, name: &str, config: &ModelConfig) -> Self {
         let (h, d) = (config.hidden_size, config.head_dim);
         let (q_out, kv_out) = (config.num_heads * d, config.num_kv_heads * d);
-        let bias = config.attention_bias;
+        let (bias, lora) = (config.attention_bias, config.lora.as_ref());
         let kernel = match &config.attention {
             AttentionKernelConfig::Softmax => AttentionKernel::Softmax(SoftmaxKernel::new(d)),
             AttentionKernelConfig::Dijiang(dj) => {
@@ -103,15 +102,28 @@ impl<B: Backend> Attention<B> {
             }
         };
         Self {
-            q: linear(src, &format!("{name}.q"), h, q_out, bias),
-            k: linear(src, &format!("{name}.k"), h, kv_out, bias),
-            v: linear(src, &format!("{name}.v"), h, kv_out, bias),
-            o: linear(src, &format!("{name}.o"), q_out, h, bias),
+            q: linear(src, &format!("{name}.q"), h, q_out, bias, lora),
+            k: linear(src, &format!("{name}.k"), h, kv_out, bias, lora),
+            v: linear(src, &format!("{name}.v"), h, kv_out, bias, lora),
+            o: linear(src, &format!("{name}.o"), q_out, h, bias, lora),
             kernel,
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
             head_dim: d,
         }
+    }
+
+    /// The block with LoRA adapters on the projections `lora` targets (see
+    /// [`Projection::with_lora`]); `name` is the block's path (`layers.3.attn`).
+    pub fn with_lora(self, name: &str, lora: &LoraConfig, src: &mut impl WeightSource<B>) -> Self {
+        let mut adapt = |p: Projection<B>, n: &str| p.with_lora(&format!("{name}.{n}"), lora, src);
+        let (q, k, v, o) = (adapt(self.q, "q"), adapt(self.k, "k"), adapt(self.v, "v"), adapt(self.o, "o"));
+        Self { q, k, v, o, ..self }
+    }
+
+    /// The block with every adapter merged into its weight.
+    pub fn merged(self) -> Self {
+        Self { q: self.q.merged(), k: self.k.merged(), v: self.v.merged(), o: self.o.merged(), ..self }
     }
 
     /// Queries and keys (rotated) and values, per head.
@@ -142,10 +154,34 @@ impl<B: Backend> Attention<B> {
     /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, h_q, t, t]`
     pub fn rows(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
         let (q, k, _) = self.heads(x, cos, sin);
+        self.rows_from_heads(q, k)
+    }
+
+    /// [`Attention::rows`] from the rotated queries and keys ([`Attention::heads`]).
+    ///
+    /// # Shapes
+    /// - q: `[b, h_q, t, d]`, k: `[b, h_kv, t, d]` -> `[b, h_q, t, t]`
+    pub fn rows_from_heads(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
         match &self.kernel {
             AttentionKernel::Softmax(kernel) => kernel.rows(q, k),
             AttentionKernel::DiJiang(kernel) => kernel.rows(q, k),
         }
+    }
+
+    /// A whole sequence's output from its heads ([`Attention::heads`]) and the block's normed
+    /// input `x`: what [`Attention::forward`] does after the projections. Attention transfer
+    /// runs a student whose projections are its teacher's from the teacher's heads.
+    ///
+    /// # Shapes
+    /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]`, x: `[b, t, hidden]` -> `[b, t, hidden]`
+    pub fn forward_from_heads(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        self.mix(q, k, v, x, &mut None)
     }
 
     /// A whole sequence from scratch.
@@ -169,6 +205,18 @@ impl<B: Backend> Attention<B> {
         state: &mut Option<LayerState<B>>,
     ) -> Tensor<B, 3> {
         let (q, k, v) = self.heads(x.clone(), cos, sin);
+        self.mix(q, k, v, x, state)
+    }
+
+    /// The kernel on the heads, continuing `state`, then the output projection.
+    fn mix(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        x: Tensor<B, 3>,
+        state: &mut Option<LayerState<B>>,
+    ) -> Tensor<B, 3> {
         let merged = match &self.kernel {
             AttentionKernel::Softmax(kernel) => {
                 let (k, v) = match state.take() {

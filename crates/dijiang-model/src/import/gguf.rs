@@ -332,6 +332,7 @@ fn config_from_metadata(
         bos_token_id: token("bos_token_id"),
         eos_token_id: token("eos_token_id"),
         attention: crate::config::AttentionKernelConfig::Softmax,
+        lora: None,
     })
 }
 

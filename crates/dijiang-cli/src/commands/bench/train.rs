@@ -26,6 +26,7 @@ use dijiang_train::optim::AdamW;
 use dijiang_train::params::{params, set_trainable};
 use dijiang_train::step::{Signals, StepInputs, step};
 use dijiang_train::trainable::trains;
+use dijiang_train::transfer::shares_heads;
 use serde_json::json;
 
 use super::{machine, median_time, write_json};
@@ -132,6 +133,26 @@ fn time_steps(
     })
 }
 
+/// Median seconds of the one-graph form of a layer-local stage (attention transfer as it ran
+/// before the streamed step, the baseline of `dijiang_train::transfer`): the teacher's whole
+/// trace, every layer's student attention from the block input, one backward. The student's
+/// projections differ from the teacher's (another seed), so it computes its own heads, as the
+/// one-graph step did. The AdamW update of the few kernel parameters is left out.
+fn time_one_graph(
+    student: Transformer<AB>,
+    objective: &Objective,
+    teacher: &Transformer<Backend>,
+    data: &LmBatch<Backend>,
+    reps: usize,
+    device: &Device,
+) -> f64 {
+    assert!(!shares_heads(&student, teacher), "the baseline computes the student's own heads");
+    median_time(device, reps, 120.0, || {
+        let (loss, _) = objective.loss(&student, Some(teacher), data);
+        let _ = loss.backward();
+    })
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let device: Device = Default::default();
     let (n, peak) = matmul_peak(&device);
@@ -201,6 +222,13 @@ pub fn run(args: &Args) -> Result<()> {
             teacher_flops + 3.0 * forward_flops(&inner, &config, block, batch)
         });
         record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);
+        if stage.loss.is_layer_local() {
+            let student = set_trainable(Transformer::<AB>::init(&config, 1, &device)?, &|name| {
+                trains(stage.trainable, &experiment.student, name)
+            });
+            let seconds = time_one_graph(student, &stage.loss, &teacher, &data, args.reps, &device);
+            record(format!("default stage {} ({}), one graph", i + 1, stage.name), block, batch, seconds, None);
+        }
     }
 
     let result = json!({
