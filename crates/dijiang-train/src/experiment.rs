@@ -329,6 +329,18 @@ impl Experiment {
         Ok(experiment)
     }
 
+    /// A stage that trains LoRA adapters needs the experiment to have them.
+    fn check_lora(&self) -> Result<(), String> {
+        match self.stages.iter().find(|s| s.trainable == Trainable::Lora) {
+            Some(s) if self.lora.is_none() => Err(format!(
+                "stage `{}` trains LoRA adapters (trainable = \"lora\") but the experiment has none: add a [lora] \
+                 section, e.g. `[lora]` with `rank = 8` and `alpha = 16`",
+                s.name
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Constraints serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         let d = &self.data;
@@ -348,15 +360,7 @@ impl Experiment {
         if self.stages.is_empty() {
             return Err("at least one [[stages]] entry is needed".into());
         }
-        if self.lora.is_none()
-            && let Some(s) = self.stages.iter().find(|s| s.trainable == Trainable::Lora)
-        {
-            return Err(format!(
-                "stage `{}` trains LoRA adapters (trainable = \"lora\") but the experiment has none: add a [lora] \
-                 section, e.g. `[lora]` with `rank = 8` and `alpha = 16`",
-                s.name
-            ));
-        }
+        self.check_lora()?;
         for (i, s) in self.stages.iter().enumerate() {
             let at = format!("stages.{i} (`{}`)", s.name);
             if s.steps == 0 || s.lr <= 0.0 || s.min_lr < 0.0 || s.min_lr > s.lr {

@@ -153,6 +153,23 @@ fn time_one_graph(
     })
 }
 
+/// FLOPs of a step of an end-to-end stage (none for layer-local ones): the student's forward and
+/// backward, and the teacher's forward where the loss reads its logits.
+fn stage_flops(
+    loss: &Objective,
+    (teacher, teacher_config): (&Transformer<Backend>, &ModelConfig),
+    config: &ModelConfig,
+    (block, batch): (usize, usize),
+    device: &Device,
+) -> Option<f64> {
+    (!loss.has_layer_local_terms()).then(|| {
+        let inner = Transformer::<Backend>::init(config, 0, device).expect("the same config");
+        let teacher_flops =
+            if loss.needs_teacher_logits() { forward_flops(teacher, teacher_config, block, batch) } else { 0.0 };
+        teacher_flops + 3.0 * forward_flops(&inner, config, block, batch)
+    })
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let device: Device = Default::default();
     let (n, peak) = matmul_peak(&device);
@@ -206,27 +223,16 @@ pub fn run(args: &Args) -> Result<()> {
     let (block, batch) = (experiment.data.block_size, experiment.data.batch_size / experiment.data.grad_accumulation);
     let data = random_batch(config.vocab_size, block, batch, &device);
     for (i, stage) in experiment.stages.iter().enumerate() {
-        let student = set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| {
-            trains(stage.trainable, &experiment.student, name)
-        });
-        let seconds = time_steps(student, &stage.loss, Some(&teacher), &data, args.reps, &device);
-        // FLOPs only for end-to-end stages: the student's forward and backward, and the teacher's
-        // forward where the loss reads its logits.
-        let flops = (!stage.loss.has_layer_local_terms()).then(|| {
-            let inner = Transformer::<Backend>::init(&config, 0, &device).expect("the same config");
-            let teacher_flops = if stage.loss.needs_teacher_logits() {
-                forward_flops(&teacher, &teacher_config, block, batch)
-            } else {
-                0.0
-            };
-            teacher_flops + 3.0 * forward_flops(&inner, &config, block, batch)
-        });
+        // Seed 0: the teacher's values outside the kernels (a converted student); 1: others.
+        let student = |seed| -> Result<Transformer<AB>> {
+            let student = Transformer::<AB>::init(&config, seed, &device)?;
+            Ok(set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name)))
+        };
+        let seconds = time_steps(student(0)?, &stage.loss, Some(&teacher), &data, args.reps, &device);
+        let flops = stage_flops(&stage.loss, (&teacher, &teacher_config), &config, (block, batch), &device);
         record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);
         if stage.loss.is_layer_local() {
-            let student = set_trainable(Transformer::<AB>::init(&config, 1, &device)?, &|name| {
-                trains(stage.trainable, &experiment.student, name)
-            });
-            let seconds = time_one_graph(student, &stage.loss, &teacher, &data, args.reps, &device);
+            let seconds = time_one_graph(student(1)?, &stage.loss, &teacher, &data, args.reps, &device);
             record(format!("default stage {} ({}), one graph", i + 1, stage.name), block, batch, seconds, None);
         }
     }
