@@ -36,10 +36,10 @@ fn scratch_experiment(tag: &str, edit: impl Fn(String) -> String) -> std::path::
 
 #[test]
 fn unknown_keys_and_wrong_types_name_the_key_and_the_file() {
-    let path = scratch_experiment("unknown", |t| t.replace("block_size = 256", "block_size = 256\nblok_size = 3"));
+    let path = scratch_experiment("unknown", |t| t.replace("block_size = 512", "block_size = 512\nblok_size = 3"));
     let err = Experiment::load(&path, &[]).unwrap_err().to_string();
     assert!(err.contains("blok_size") && err.contains(&path.display().to_string()), "{err}");
-    let path = scratch_experiment("type", |t| t.replace("batch_size = 4", "batch_size = \"four\""));
+    let path = scratch_experiment("type", |t| t.replace("batch_size = 2", "batch_size = \"four\""));
     let err = Experiment::load(&path, &[]).unwrap_err().to_string();
     assert!(err.contains("batch_size") && err.contains("line"), "{err}");
     let path = scratch_experiment("constraint", |t| t.replace("grad_accumulation = 1", "grad_accumulation = 3"));
