@@ -3,7 +3,7 @@
 //! function, no adapter parameters, no `lora` in the config). Tiny random LLaMA and GPT-NeoX models,
 //! the adapters on every projection kind they have.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::module::Param;
@@ -63,7 +63,7 @@ fn scratch(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dijiang-lora-{tag}-{}", std::process::id()))
 }
 
-fn names(dir: &PathBuf) -> Vec<String> {
+fn names(dir: &Path) -> Vec<String> {
     let files = dijiang_model::import::safetensors::SafetensorsFiles::open(&dir.join("model.safetensors")).unwrap();
     files.names().cloned().collect()
 }

@@ -4,7 +4,7 @@
 //! attention from the teacher's block input, the mean over layers in one graph, one backward.
 //! Tiny random LLaMA and GPT-NeoX teachers, the reference and the normalised hybrid students.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{ModuleVisitor, Param};
@@ -34,7 +34,7 @@ fn teacher_dir(tag: &str, arch: Architecture) -> (PathBuf, Transformer<I>) {
     (dir, teacher)
 }
 
-fn student(dir: &PathBuf, dj: DiJiangConfig, trainable: fn(&str) -> bool) -> Transformer<B> {
+fn student(dir: &Path, dj: DiJiangConfig, trainable: fn(&str) -> bool) -> Transformer<B> {
     let student = convert::<B>(dir, dj, &Default::default()).unwrap().model;
     set_trainable(student, &trainable)
 }
