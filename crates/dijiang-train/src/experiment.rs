@@ -9,6 +9,7 @@ use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfi
 use serde::{Deserialize, Serialize};
 
 use crate::objective::Objective;
+use crate::trainable::Group;
 
 /// What can be wrong with an experiment.
 #[derive(Debug, thiserror::Error)]
@@ -210,8 +211,42 @@ pub struct Stage {
     #[serde(default)]
     pub warmup_steps: usize,
     pub trainable: Trainable,
+    /// Learning-rate multipliers per parameter group (LoRA recipes train adapters and new
+    /// attention parameters faster than anything else): `lr_scale = { kernel = 1.0, lora = 2.0 }`.
+    #[serde(default)]
+    pub lr_scale: LrScale,
     /// The stage's loss: `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }` (see [`crate::objective::Term`]).
     pub loss: Objective,
+}
+
+/// A stage's learning-rate multiplier for each parameter group ([`Group`]); 1 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LrScale {
+    pub kernel: f64,
+    pub lora: f64,
+    pub base: f64,
+}
+
+impl Default for LrScale {
+    fn default() -> Self {
+        Self { kernel: 1.0, lora: 1.0, base: 1.0 }
+    }
+}
+
+impl LrScale {
+    /// The multiplier of the parameter `name`.
+    pub fn of(&self, name: &str) -> f64 {
+        match Group::of(name) {
+            Group::Kernel => self.kernel,
+            Group::Lora => self.lora,
+            Group::Base => self.base,
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        [self.kernel, self.lora, self.base].iter().all(|x| x.is_finite() && *x > 0.0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,6 +405,9 @@ impl Experiment {
                 return Err(format!("{at}: warmup_steps ({}) exceeds steps ({})", s.warmup_steps, s.steps));
             }
             s.loss.validate().map_err(|m| format!("{at}: {m}"))?;
+            if !s.lr_scale.is_valid() {
+                return Err(format!("{at}: lr_scale multipliers (kernel, lora, base) must be finite and > 0"));
+            }
         }
         let dist = &self.distributed;
         let world = dist.world();

@@ -80,7 +80,9 @@ impl<B: Backend> AdamW<B> {
 
     /// Applies one update with learning rate `lr` to every parameter of `module` that has a gradient
     /// in `grads`, the gradients first multiplied by `grad_scale` (clipping).
-    pub fn step<AB, M>(&mut self, module: M, grads: GradientsParams, lr: f64, grad_scale: f64) -> M
+    /// One update of every parameter that has a gradient, each at its learning rate `lr(name)`
+    /// (parameter groups), the gradients scaled by `grad_scale` (clipping).
+    pub fn step<AB, M>(&mut self, module: M, grads: GradientsParams, lr: &dyn Fn(&str) -> f64, grad_scale: f64) -> M
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
@@ -185,7 +187,7 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for Sq
 struct Update<'a, B: Backend> {
     optimizer: &'a mut AdamW<B>,
     grads: GradientsParams,
-    lr: f64,
+    lr: &'a dyn Fn(&str) -> f64,
     grad_scale: f64,
     path: PathTracker,
 }
@@ -206,7 +208,7 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         };
         let grad = if self.grad_scale == 1.0 { grad } else { grad.mul_scalar(self.grad_scale) };
         let name = self.path.name();
-        let updated = self.optimizer.update(&name, tensor.inner(), grad, self.lr);
+        let updated = self.optimizer.update(&name, tensor.inner(), grad, (self.lr)(&name));
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
     }
 }
@@ -230,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_pytorch_adamw_with_decay_on_matrices_only_and_global_clipping() {
+    fn matches_pytorch_adamw_with_decay_on_matrices_only_global_clipping_and_groups() {
         let device = Default::default();
         let config = OptimizerConfig { weight_decay: 0.1, ..Default::default() };
         let mut linear: Linear<B> = LinearConfig::new(3, 2).init(&device);
@@ -252,7 +254,8 @@ mod tests {
                 xs.iter().map(|a| a * a).sum::<f64>() * (c[0] * c[0] + c[1] * c[1]) + c[0] * c[0] + c[1] * c[1];
             assert!((norm - sq.sqrt()).abs() < 1e-4 * sq.sqrt(), "global norm {norm} vs {}", sq.sqrt());
             let scale = 1.0 / norm; // clip to norm 1
-            linear = optimizer.step(linear, grads, 1e-2, scale);
+            // Parameter groups: the bias at twice the weight's learning rate.
+            linear = optimizer.step(linear, grads, &|name| if name == "bias" { 2e-2 } else { 1e-2 }, scale);
             for i in 0..3 {
                 for j in 0..2 {
                     let k = i * 2 + j;
@@ -260,7 +263,7 @@ mod tests {
                 }
             }
             for j in 0..2 {
-                b[j] = torch_adamw(b[j], c[j] * scale, 1e-2, 0.0, &config, t, &mut mb[j], &mut vb[j]);
+                b[j] = torch_adamw(b[j], c[j] * scale, 2e-2, 0.0, &config, t, &mut mb[j], &mut vb[j]);
             }
         }
         let got_w: Vec<f64> = linear.weight.val().into_data().convert::<f64>().to_vec().unwrap();

@@ -27,6 +27,7 @@ mod tests {
             min_lr: 1e-4,
             warmup_steps: 10,
             trainable: Trainable::All,
+            lr_scale: Default::default(),
             loss: Objective::new([(Term::Lm, 1.0)]),
         }
     }

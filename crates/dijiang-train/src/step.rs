@@ -10,6 +10,7 @@ use dijiang_model::Transformer;
 
 use crate::distributed::Reducer;
 use crate::error::Result;
+use crate::experiment::LrScale;
 use crate::objective::{Objective, TermValues};
 use crate::optim::AdamW;
 use crate::transfer;
@@ -43,6 +44,8 @@ pub struct StepInputs<'a, B: AutodiffBackend> {
     /// This worker's micro-batches (their gradients are averaged).
     pub micro_batches: Vec<LmBatch<B::InnerBackend>>,
     pub lr: f64,
+    /// The learning rate's multiplier per parameter group.
+    pub lr_scale: LrScale,
     /// Global-norm clipping threshold (0: off).
     pub clip: f64,
     pub signals: Signals,
@@ -93,7 +96,7 @@ pub fn step<B: AutodiffBackend>(
     let applied = terms.total.is_finite() && grad_norm.is_finite();
     let student = if applied {
         let scale = if inputs.clip > 0.0 && grad_norm > inputs.clip { inputs.clip / (grad_norm + 1e-6) } else { 1.0 };
-        optimizer.step(student, grads, inputs.lr, scale)
+        optimizer.step(student, grads, &|name| inputs.lr * inputs.lr_scale.of(name), scale)
     } else {
         student
     };

@@ -9,6 +9,29 @@ use dijiang_model::{DiJiangConfig, ModelConfig};
 
 use crate::experiment::{Experiment, Trainable};
 
+/// The parameter groups a stage can give their own learning rates (`lr_scale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The attention kernels' new parameters (`layers.*.attn.kernel.*`).
+    Kernel,
+    /// LoRA adapters (`*.lora.a`, `*.lora.b`).
+    Lora,
+    /// Everything else: the teacher's weights.
+    Base,
+}
+
+impl Group {
+    pub fn of(name: &str) -> Self {
+        if is_kernel_param(name) {
+            Group::Kernel
+        } else if is_lora_param(name) {
+            Group::Lora
+        } else {
+            Group::Base
+        }
+    }
+}
+
 /// Whether a stage that trains `trainable` trains the parameter `name` of a student with kernel
 /// options `student`.
 pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool {
@@ -16,7 +39,7 @@ pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool
         && match trainable {
             Trainable::Kernel => is_kernel_param(name),
             Trainable::All => true,
-            Trainable::Lora => is_kernel_param(name) || is_lora_param(name),
+            Trainable::Lora => Group::of(name) != Group::Base,
         }
 }
 

@@ -170,6 +170,7 @@ fn train_loop<B: AutodiffBackend>(
             teacher: Some(&teacher),
             micro_batches: batches.next_step(device),
             lr: learning_rate(stage, stage_step),
+            lr_scale: stage.lr_scale,
             clip: e.optimizer.clip_grad_norm,
             signals: Signals { stop: run.stop.load(Ordering::SeqCst), abort: failure.is_some() },
         };

@@ -66,10 +66,20 @@ fn dotted_overrides_apply_and_are_checked() {
         ("distributed.nodes=2", "orchestrator"),
         ("distributed.node_rank=1", "must be below nodes"),
         ("distributed.chunk_values=0", "chunk_values = 0"),
+        ("stages.1.lr_scale.lora=0", "lr_scale multipliers"),
+        ("stages.1.lr_scale.loraa=2", "loraa"),
     ] {
         let err = Experiment::load(&file, &[bad.to_string()]).unwrap_err().to_string();
         assert!(err.contains(says), "`{bad}`: {err}");
     }
+    // Learning rates per parameter group.
+    let e = Experiment::load(&file, &["stages.1.lr_scale.kernel=2".to_string(), "stages.1.lr_scale.lora=3".into()])
+        .unwrap();
+    let scale = e.stages[1].lr_scale;
+    assert_eq!(scale.of("layers.4.attn.kernel.proj"), 2.0);
+    assert_eq!(scale.of("layers.4.attn.q.lora.a"), 3.0);
+    assert_eq!(scale.of("layers.4.attn.q.weight"), 1.0);
+    assert_eq!(e.stages[0].lr_scale.of("layers.4.attn.kernel.proj"), 1.0, "1 unless set");
     let two_nodes = ["distributed.nodes=2".to_string(), "distributed.orchestrator=127.0.0.1:29500".into()];
     let one_address = [two_nodes.as_slice(), &["distributed.addresses=[\"127.0.0.1:29501\"]".to_string()]].concat();
     let err = Experiment::load(&file, &one_address).unwrap_err().to_string();

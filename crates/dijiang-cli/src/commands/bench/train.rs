@@ -124,6 +124,7 @@ fn time_steps(
             teacher,
             micro_batches: vec![data.clone()],
             lr: 1e-4,
+            lr_scale: Default::default(),
             clip: 1.0,
             signals: Signals::default(),
         };
