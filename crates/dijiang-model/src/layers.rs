@@ -55,6 +55,11 @@ impl<B: Backend> Projection<B> {
         Self { lora: Some(Lora::build(src, path, d_in, d_out, lora)), ..self }
     }
 
+    /// The projection without its adapter (not merged: the weight it was trained beside).
+    pub fn without_lora(&self) -> Self {
+        Self { weight: self.weight.clone(), bias: self.bias.clone(), lora: None }
+    }
+
     /// The same function without an adapter: `W + s A B` (what exporting a LoRA-trained model
     /// saves; the saved format has no adapters).
     pub fn merged(self) -> Self {
@@ -201,6 +206,18 @@ impl<B: Backend> Mlp<B> {
                 Mlp::SwiGlu(SwiGlu { gate, up, down })
             }
             Mlp::Gelu(m) => Mlp::Gelu(GeluMlp { up: adapt(m.up, "up"), down: adapt(m.down, "down") }),
+        }
+    }
+
+    /// The block without its adapters (not merged).
+    pub fn without_lora(&self) -> Self {
+        match self {
+            Mlp::SwiGlu(m) => Mlp::SwiGlu(SwiGlu {
+                gate: m.gate.without_lora(),
+                up: m.up.without_lora(),
+                down: m.down.without_lora(),
+            }),
+            Mlp::Gelu(m) => Mlp::Gelu(GeluMlp { up: m.up.without_lora(), down: m.down.without_lora() }),
         }
     }
 

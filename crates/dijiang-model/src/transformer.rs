@@ -5,7 +5,7 @@ use burn::nn::Embedding;
 use burn::prelude::*;
 
 use crate::attention::{Attention, LayerState};
-use crate::config::{LoraConfig, ModelConfig};
+use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::layers::{Mlp, Norm, Projection, embedding, flat_linear, linear};
 use crate::rope::rope_tables;
@@ -85,6 +85,17 @@ impl<B: Backend> Block<B> {
     /// The block with every adapter merged into its weight.
     pub fn merged(self) -> Self {
         Self { attn: self.attn.merged(), mlp: self.mlp.merged(), ..self }
+    }
+
+    /// The softmax block this one was converted from (see [`Transformer::teacher_view`]).
+    fn teacher_view(&self) -> Self {
+        Self {
+            attn_norm: self.attn_norm.clone(),
+            attn: self.attn.softmax_view(),
+            mlp_norm: self.mlp_norm.clone(),
+            mlp: self.mlp.without_lora(),
+            parallel_residual: self.parallel_residual,
+        }
     }
 
     /// The attention output (after `o`) for the block input `x` at positions `0..t`.
@@ -222,6 +233,21 @@ impl<B: Backend> Transformer<B> {
         let layers =
             self.layers.into_iter().enumerate().map(|(i, b)| b.with_lora(&format!("layers.{i}"), lora, &mut src));
         Self { layers: layers.collect(), config: ModelConfig { lora: Some(lora.clone()), ..self.config }, ..self }
+    }
+
+    /// The softmax teacher this student was converted from, as a view of its weights: every
+    /// attention kernel back to softmax, adapters left out (not merged), no tensor copied (module
+    /// clones share their tensors). It is the teacher while the base weights are the teacher's,
+    /// which stages that train only the new attention parameters or adapters leave them.
+    pub fn teacher_view(&self) -> Self {
+        let config = ModelConfig { attention: AttentionKernelConfig::Softmax, lora: None, ..self.config.clone() };
+        Self {
+            embed: self.embed.clone(),
+            layers: self.layers.iter().map(Block::teacher_view).collect(),
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.as_ref().map(Projection::without_lora),
+            config,
+        }
     }
 
     /// The model with every adapter merged into its weight (`W + (alpha / r) A B`) and none left:

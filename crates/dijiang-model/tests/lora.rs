@@ -1,6 +1,7 @@
 //! LoRA adapters: added to a model they change nothing until they train (`B = 0`); a checkpoint of
 //! an adapted model is rebuilt with its adapters; merging folds them into the weights (the same
-//! function, no adapter parameters, no `lora` in the config). Tiny random LLaMA and GPT-NeoX models,
+//! function, no adapter parameters, no `lora` in the config). The teacher view of an adapted
+//! student is its teacher. Tiny random LLaMA and GPT-NeoX models,
 //! the adapters on every projection kind they have.
 
 use std::path::{Path, PathBuf};
@@ -10,10 +11,11 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_model::config::{Architecture, is_lora_param};
+use dijiang_model::convert::convert;
 use dijiang_model::import::load;
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::layers::{GeluMlp, Mlp, Projection, SwiGlu};
-use dijiang_model::{LoraConfig, LoraTarget, ModelConfig, Transformer};
+use dijiang_model::{DiJiangConfig, LoraConfig, LoraTarget, ModelConfig, Transformer};
 
 type B = NdArray<f32>;
 
@@ -105,6 +107,26 @@ fn adapters_start_as_identity_survive_a_checkpoint_and_merge_into_the_weights() 
         assert_eq!(names(&plain).len(), saved.len() - expected);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&plain);
+    }
+}
+
+/// A converted student with trained adapters, viewed as its teacher (softmax kernels, adapters
+/// left out): the teacher's logits bit for bit.
+#[test]
+fn the_teacher_view_of_a_student_is_its_teacher() {
+    let device = Default::default();
+    for arch in [Architecture::Llama, Architecture::GptNeox] {
+        let config = ModelConfig::tiny(arch);
+        let teacher = Transformer::<B>::init(&config, 13, &device).unwrap();
+        let dir = scratch(&format!("{arch:?}-view"));
+        save(&teacher, &Manifest::new(config.clone()), &dir).unwrap();
+        let student = convert::<B>(&dir, DiJiangConfig { chunk_len: 4, ..DiJiangConfig::default() }, &device).unwrap();
+        let student = trained(student.model.with_lora(&lora(), 1));
+        assert!(max_rel_diff(&logits(&student), &logits(&teacher)) > 1e-3, "{arch:?}: the student differs");
+        let view = student.teacher_view();
+        assert_eq!(view.config(), teacher.config());
+        assert_eq!(logits(&view), logits(&teacher), "{arch:?}: the view is the teacher");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

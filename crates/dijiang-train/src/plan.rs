@@ -12,7 +12,7 @@ use dijiang_model::{AttentionKernelConfig, ModelConfig};
 
 use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
-use crate::trainable::parameter_counts;
+use crate::trainable::{parameter_counts, teacher_is_view};
 
 /// Something the run needs that is not there yet, and the command that makes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,13 +34,15 @@ pub struct Plan {
     pub errors: Vec<String>,
 }
 
-/// A rough peak-memory estimate per device in bytes (f32): both models' weights, gradients and
+/// A rough peak-memory estimate per device in bytes (f32): both models' weights (one copy when the
+/// teacher is a view of the student, [`teacher_is_view`]), gradients and
 /// AdamW moments of the largest trainable set (all replicated on every device), and the
 /// activations autodiff keeps for one device's share of a micro-batch.
 pub fn memory_estimate(experiment: &Experiment, teacher: &ModelConfig) -> u64 {
     let (total, trainable) = parameter_counts(experiment, teacher);
     let trainable = trainable.into_iter().max().unwrap_or(0) as u64;
-    let weights = (teacher.num_params() + total) as u64;
+    let teacher_weights = if teacher_is_view(experiment) { 0 } else { teacher.num_params() };
+    let weights = (teacher_weights + total) as u64;
     let d = &experiment.data;
     // Data parallelism replicates everything but the activations, which are split.
     let micro = (d.batch_size / d.grad_accumulation / experiment.distributed.world()).max(1) as u64;
@@ -212,10 +214,11 @@ impl Plan {
                 let dist = &experiment.distributed;
                 let _ = writeln!(
                     out,
-                    "memory      ~{:.1} GiB per device, f32 ({} device(s) on each of {} node(s); rough estimate)",
+                    "memory      ~{:.1} GiB per device, f32 ({} device(s) on each of {} node(s){}; rough estimate)",
                     bytes as f64 / (1u64 << 30) as f64,
                     dist.local_devices(),
-                    dist.nodes
+                    dist.nodes,
+                    if teacher_is_view(experiment) { ", the teacher a view of the student's weights" } else { "" }
                 );
             }
             None => {

@@ -43,6 +43,22 @@ pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool
         }
 }
 
+/// Whether a stage that trains `trainable` changes the base weights (those the student shares with
+/// its teacher).
+pub fn trains_base_weights(trainable: Trainable) -> bool {
+    match trainable {
+        Trainable::All => true,
+        Trainable::Kernel | Trainable::Lora => false,
+    }
+}
+
+/// Whether the run's teacher is a view of the student's own weights
+/// ([`dijiang_model::Transformer::teacher_view`]) rather than a second copy: when no stage trains
+/// the base weights, they stay the teacher's for the whole run.
+pub fn teacher_is_view(experiment: &Experiment) -> bool {
+    experiment.stages.iter().all(|s| !trains_base_weights(s.trainable))
+}
+
 /// The student's parameter count and, per stage, how many of them train.
 pub fn parameter_counts(experiment: &Experiment, teacher: &ModelConfig) -> (usize, Vec<usize>) {
     let shapes = parameter_shapes(&experiment.student_config(teacher));

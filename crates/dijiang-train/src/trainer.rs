@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use dijiang_model::Transformer;
 use dijiang_model::import::native::Manifest;
@@ -28,7 +28,7 @@ use crate::recorder::{Outcome, Recorder};
 use crate::schedule::learning_rate;
 use crate::start::{Inputs, RunContext, RunLock, Start, prepare_dir};
 use crate::step::{Signals, StepInputs, step};
-use crate::trainable::trains;
+use crate::trainable::{teacher_is_view, trains};
 
 /// How to run an experiment.
 #[derive(Debug, Clone)]
@@ -85,7 +85,16 @@ pub fn train_with<B: AutodiffBackend>(
     }
     // Node 0 hosts burn-collective's orchestrator for as long as its workers train.
     let orchestrator = run.reduction.as_ref().map(Reduction::host).transpose()?.flatten();
-    let replicas = Replica::for_devices(start, inputs.teacher, devices);
+    // No stage trains the base weights: the teacher is the student's own weights run as softmax,
+    // and the loaded copy goes (bit for bit the same values: the student was converted from it).
+    let teacher = if teacher_is_view(experiment) {
+        tracing::info!("teacher: a view of the student's weights (no stage trains them), no second copy");
+        drop(inputs.teacher);
+        start.student.valid().teacher_view()
+    } else {
+        inputs.teacher
+    };
+    let replicas = Replica::for_devices(start, teacher, devices);
     let first = dist.node_rank as usize * devices.len();
     let outcome = on_each_device(devices, replicas, first, dist.world(), |rank, device, replica| {
         worker::<B>(&run, rank, device, replica)

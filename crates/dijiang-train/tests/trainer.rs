@@ -286,8 +286,9 @@ fn train_child() {
 }
 
 /// A LoRA stage after attention transfer: the plan counts the adapters, the stage trains only
-/// them and the kernels (the base weights stay the teacher's), checkpoints keep the adapters, and
-/// the exported model has them merged (the same logits as the last checkpoint, no adapter left).
+/// them and the kernels (the base weights stay the teacher's, so the teacher is a view of them),
+/// checkpoints keep the adapters, and the exported model has them merged (the same logits as the
+/// last checkpoint, no adapter left).
 #[test]
 fn a_lora_stage_trains_adapters_and_kernels_and_exports_a_merged_model() {
     use dijiang_model::config::is_lora_param;
@@ -317,8 +318,14 @@ fn a_lora_stage_trains_adapters_and_kernels_and_exports_a_merged_model() {
     assert!(trained.iter().any(|p| is_lora_param(&p.name)));
     assert_eq!(per_stage[1], trained.iter().map(|p| p.numel()).sum::<usize>());
 
+    assert!(dijiang_train::trainable::teacher_is_view(&experiment), "no stage trains the base weights");
     let outcome = run(&dir, &experiment, "lora", false, 1);
     assert_eq!(outcome.step, STEPS);
+    // The teacher is a view of the student's weights here, the loaded teacher in the reference run:
+    // the same teacher (same weights and data).
+    let tag = (0, "eval/teacher_perplexity".to_string());
+    let (_, _, want) = reference(Architecture::Llama);
+    assert_eq!(metrics(&dir.join("lora"))[&tag], want[&tag], "the teacher view is the teacher");
     let exported = dijiang_model::import::load::<I>(outcome.model.as_ref().unwrap(), &device).unwrap().model;
     assert!(exported.config().lora.is_none());
     assert!(params(&exported).iter().all(|p| !is_lora_param(&p.name)));

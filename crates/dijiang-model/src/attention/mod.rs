@@ -121,6 +121,21 @@ impl<B: Backend> Attention<B> {
         Self { q, k, v, o, ..self }
     }
 
+    /// The softmax block this one was converted from: the same projections without adapters,
+    /// the softmax kernel (see [`crate::Transformer::teacher_view`]).
+    pub fn softmax_view(&self) -> Self {
+        Self {
+            q: self.q.without_lora(),
+            k: self.k.without_lora(),
+            v: self.v.without_lora(),
+            o: self.o.without_lora(),
+            kernel: AttentionKernel::Softmax(SoftmaxKernel::new(self.head_dim)),
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     /// The block with every adapter merged into its weight.
     pub fn merged(self) -> Self {
         Self { q: self.q.merged(), k: self.k.merged(), v: self.v.merged(), o: self.o.merged(), ..self }
