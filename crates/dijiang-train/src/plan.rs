@@ -34,6 +34,18 @@ pub struct Plan {
     pub errors: Vec<String>,
 }
 
+/// The plan's memory line: the estimate, the devices, whether the teacher is a view.
+fn memory_line(experiment: &Experiment, teacher: &ModelConfig) -> String {
+    let gib = memory_estimate(experiment, teacher) as f64 / (1u64 << 30) as f64;
+    let dist = &experiment.distributed;
+    let view = if teacher_is_view(experiment) { ", the teacher a view of the student's weights" } else { "" };
+    format!(
+        "memory      ~{gib:.1} GiB per device, f32 ({} device(s) on each of {} node(s){view}; rough estimate)",
+        dist.local_devices(),
+        dist.nodes
+    )
+}
+
 /// A rough peak-memory estimate per device in bytes (f32): both models' weights (one copy when the
 /// teacher is a view of the student, [`teacher_is_view`]), gradients and
 /// AdamW moments of the largest trainable set (all replicated on every device), and the
@@ -210,16 +222,7 @@ impl Plan {
                         stage.loss.describe()
                     );
                 }
-                let bytes = memory_estimate(experiment, config);
-                let dist = &experiment.distributed;
-                let _ = writeln!(
-                    out,
-                    "memory      ~{:.1} GiB per device, f32 ({} device(s) on each of {} node(s){}; rough estimate)",
-                    bytes as f64 / (1u64 << 30) as f64,
-                    dist.local_devices(),
-                    dist.nodes,
-                    if teacher_is_view(experiment) { ", the teacher a view of the student's weights" } else { "" }
-                );
+                let _ = writeln!(out, "{}", memory_line(experiment, config));
             }
             None => {
                 let _ = writeln!(out, "teacher     {} (not there yet)", experiment.teacher.path.display());
