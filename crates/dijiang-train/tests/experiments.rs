@@ -36,10 +36,10 @@ fn scratch_experiment(tag: &str, edit: impl Fn(String) -> String) -> std::path::
 
 #[test]
 fn unknown_keys_and_wrong_types_name_the_key_and_the_file() {
-    let path = scratch_experiment("unknown", |t| t.replace("block_size = 512", "block_size = 512\nblok_size = 3"));
+    let path = scratch_experiment("unknown", |t| t.replace("block_size = 1024", "block_size = 1024\nblok_size = 3"));
     let err = Experiment::load(&path, &[]).unwrap_err().to_string();
     assert!(err.contains("blok_size") && err.contains(&path.display().to_string()), "{err}");
-    let path = scratch_experiment("type", |t| t.replace("batch_size = 2", "batch_size = \"four\""));
+    let path = scratch_experiment("type", |t| t.replace("batch_size = 1", "batch_size = \"four\""));
     let err = Experiment::load(&path, &[]).unwrap_err().to_string();
     assert!(err.contains("batch_size") && err.contains("line"), "{err}");
     let path = scratch_experiment("constraint", |t| t.replace("grad_accumulation = 1", "grad_accumulation = 3"));
@@ -69,7 +69,8 @@ fn dotted_overrides_apply_and_are_checked() {
         ("stages.1.lr_scale.lora=0", "lr_scale multipliers"),
         ("stages.1.lr_scale.loraa=2", "loraa"),
     ] {
-        let err = Experiment::load(&file, &[bad.to_string()]).unwrap_err().to_string();
+        // Batches of 4: divisible across the devices of the distributed cases.
+        let err = Experiment::load(&file, &["data.batch_size=4".to_string(), bad.to_string()]).unwrap_err().to_string();
         assert!(err.contains(says), "`{bad}`: {err}");
     }
     // Learning rates per parameter group.
@@ -80,7 +81,11 @@ fn dotted_overrides_apply_and_are_checked() {
     assert_eq!(scale.of("layers.4.attn.q.lora.a"), 3.0);
     assert_eq!(scale.of("layers.4.attn.q.weight"), 1.0);
     assert_eq!(e.stages[0].lr_scale.of("layers.4.attn.kernel.proj"), 1.0, "1 unless set");
-    let two_nodes = ["distributed.nodes=2".to_string(), "distributed.orchestrator=127.0.0.1:29500".into()];
+    let two_nodes = [
+        "data.batch_size=4".to_string(),
+        "distributed.nodes=2".into(),
+        "distributed.orchestrator=127.0.0.1:29500".into(),
+    ];
     let one_address = [two_nodes.as_slice(), &["distributed.addresses=[\"127.0.0.1:29501\"]".to_string()]].concat();
     let err = Experiment::load(&file, &one_address).unwrap_err().to_string();
     assert!(err.contains("distributed.addresses has 1 entries for 2 nodes"), "{err}");
