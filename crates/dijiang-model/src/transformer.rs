@@ -321,6 +321,42 @@ impl<B: Backend> Transformer<B> {
         with_logits.then(|| self.head(self.final_norm.forward(x)))
     }
 
+    /// The embedding output and every block's output, in order (`num_layers + 1` tensors: block
+    /// `i`'s input is the `i`-th): the boundaries block recomputation keeps instead of the blocks'
+    /// activations ([`Transformer::block`] recomputes one block from its input).
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> each `[b, t, hidden]`
+    pub fn block_boundaries(&self, tokens: Tensor<B, 2, Int>) -> Vec<Tensor<B, 3>> {
+        let [_, t] = tokens.dims();
+        let (cos, sin) = self.rope(0, t, &tokens.device());
+        let mut boundaries = Vec::with_capacity(self.layers.len() + 1);
+        boundaries.push(self.embed.forward(tokens));
+        for layer in &self.layers {
+            let x = boundaries.last().expect("the embedding output").clone();
+            boundaries.push(layer.forward(x, &cos, &sin, &mut None));
+        }
+        boundaries
+    }
+
+    /// Block `layer`'s output for its input `x` at positions `0..t` (a whole sequence from scratch).
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
+    pub fn block(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, t, _] = x.dims();
+        let (cos, sin) = self.rope(0, t, &x.device());
+        self.layers[layer].forward(x, &cos, &sin, &mut None)
+    }
+
+    /// The logits from the last block's output: the final norm, then the output head.
+    ///
+    /// # Shapes
+    /// - x: `[b, t, hidden]` -> `[b, t, vocab]`
+    pub fn logits_from_last(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.head(self.final_norm.forward(x))
+    }
+
     /// Block `layer`'s attention output for the block input `x` at positions `0..t` (the student
     /// side of attention transfer: the same input as the teacher's block saw).
     ///

@@ -53,6 +53,30 @@ pub struct Experiment {
     pub eval: EvalConfig,
     #[serde(default)]
     pub distributed: DistributedConfig,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+}
+
+/// How a training step trades compute for memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// What the backward pass recomputes instead of keeping.
+    #[serde(default)]
+    pub recompute: Recompute,
+}
+
+/// What a training step recomputes in backward ([`crate::recompute`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recompute {
+    /// Nothing: autodiff keeps every activation of every block until backward.
+    #[default]
+    None,
+    /// Each block from its input, one at a time in backward (exact; about a third more compute):
+    /// activations of one block plus every block's input. For stages whose loss reads logits
+    /// (`lm`, `kl`); attention transfer is layer by layer anyway.
+    Blocks,
 }
 
 /// Data parallelism: the devices of this node, and the nodes of a multi-node run. Every device holds
@@ -405,6 +429,15 @@ impl Experiment {
                 return Err(format!("{at}: warmup_steps ({}) exceeds steps ({})", s.warmup_steps, s.steps));
             }
             s.loss.validate().map_err(|m| format!("{at}: {m}"))?;
+            if self.memory.recompute == Recompute::Blocks && s.loss.has_layer_local_terms() && !s.loss.is_layer_local()
+            {
+                return Err(format!(
+                    "{at}: memory.recompute = \"blocks\" recomputes the end-to-end forward, but this loss mixes it \
+                     with layer terms ({}): put the attention terms in a stage of their own or set \
+                     memory.recompute = \"none\"",
+                    s.loss.describe()
+                ));
+            }
             if !s.lr_scale.is_valid() {
                 return Err(format!("{at}: lr_scale multipliers (kernel, lora, base) must be finite and > 0"));
             }

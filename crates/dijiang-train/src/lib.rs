@@ -3,11 +3,13 @@
 //!
 //! - [`experiment`]: the experiment files and `key=value` overrides; [`objective`]: a stage's loss
 //!   terms; [`trainable`]: which parameters a stage trains.
-//! - [`plan`]: what a run needs and will do, checked before any work (`--dry-run`).
+//! - [`plan`]: what a run needs and will do, checked before any work (`--dry-run`); [`memory`]: the
+//!   memory model it prints.
 //! - [`trainer`]: the loop, from the rooms below it:
 //!   - [`start`]: inputs, run directory, resume or convert;
 //!   - [`batches`]: each worker's share of each step's micro-batches;
-//!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`]);
+//!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`];
+//!     [`transfer`]: layer-local stages streamed; [`recompute`]: block recomputation);
 //!   - [`distributed`]: ranks, averaging across devices and nodes ([`nodes`]: addresses, node 0's
 //!     orchestrator, lost-node detection);
 //!   - [`recorder`]: the writer's logs ([`metrics`], [`events`] for TensorBoard), evaluations ([`evaluation`], [`losses`],
@@ -24,12 +26,14 @@ pub mod evaluation;
 pub mod events;
 pub mod experiment;
 pub mod losses;
+pub mod memory;
 pub mod metrics;
 pub mod nodes;
 pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod plan;
+pub mod recompute;
 pub mod recorder;
 pub mod schedule;
 pub mod start;

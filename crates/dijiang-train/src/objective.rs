@@ -86,7 +86,7 @@ impl Term {
             }
             Term::Attention | Term::AttentionRows => {
                 let parts: Vec<Tensor<B, 1>> = (f.trace().layers.iter().enumerate())
-                    .map(|(i, trace)| self.layer_loss(f.student, i, &lift(trace), f.shared_heads()))
+                    .map(|(i, trace)| self.layer_loss(f.student(), i, &lift(trace), f.shared_heads()))
                     .collect();
                 Tensor::cat(parts, 0).mean()
             }
@@ -122,13 +122,17 @@ impl fmt::Display for Term {
 
 /// The forward passes the terms of one micro-batch read, each computed once, on first use.
 struct Forward<'a, B: AutodiffBackend> {
-    student: &'a Transformer<B>,
+    /// `None` when the logits are given (block recomputation) and no term reads the layers.
+    student: Option<&'a Transformer<B>>,
     teacher: Option<&'a Transformer<B::InnerBackend>>,
     batch: &'a LmBatch<B::InnerBackend>,
     /// Whether the teacher's trace carries its attention rows (some term needs them).
     teacher_rows: bool,
     /// Whether the teacher's trace carries its logits (some term needs them).
     teacher_logits: bool,
+    /// Whether the teacher's trace keeps its layers (some term is layer-local; without one, only
+    /// the logits are kept: the layers' traces would hold ~6 hidden-sized tensors per layer).
+    teacher_layers: bool,
     trace: OnceCell<Trace<B::InnerBackend>>,
     logits: OnceCell<Tensor<B, 3>>,
     shared_heads: OnceCell<bool>,
@@ -140,16 +144,27 @@ impl<B: AutodiffBackend> Forward<'_, B> {
     }
 
     fn trace(&self) -> &Trace<B::InnerBackend> {
-        self.trace
-            .get_or_init(|| self.teacher().trace(self.batch.inputs.clone(), self.teacher_rows, self.teacher_logits))
+        self.trace.get_or_init(|| {
+            let (tokens, rows) = (self.batch.inputs.clone(), self.teacher_rows);
+            if self.teacher_layers {
+                self.teacher().trace(tokens, rows, self.teacher_logits)
+            } else {
+                let logits = self.teacher().trace_layers(tokens, rows, self.teacher_logits, drop);
+                Trace { layers: Vec::new(), logits }
+            }
+        })
+    }
+
+    fn student(&self) -> &Transformer<B> {
+        self.student.expect("only objectives without layer terms are given logits instead of the student")
     }
 
     fn student_logits(&self) -> &Tensor<B, 3> {
-        self.logits.get_or_init(|| self.student.forward(Tensor::from_inner(self.batch.inputs.clone())))
+        self.logits.get_or_init(|| self.student().forward(Tensor::from_inner(self.batch.inputs.clone())))
     }
 
     fn shared_heads(&self) -> bool {
-        *self.shared_heads.get_or_init(|| shares_heads(self.student, self.teacher()))
+        *self.shared_heads.get_or_init(|| shares_heads(self.student(), self.teacher()))
     }
 }
 
@@ -288,13 +303,40 @@ impl Objective {
     ) -> (Tensor<B, 1>, TermValues) {
         assert!(teacher.is_some() || !self.needs_teacher(), "the objective {} needs the teacher", self.describe());
         let forward = Forward {
-            student,
+            student: Some(student),
             teacher,
             batch,
             teacher_rows: self.needs_teacher_rows(),
             teacher_logits: self.needs_teacher_logits(),
+            teacher_layers: self.has_layer_local_terms(),
             trace: OnceCell::new(),
             logits: OnceCell::new(),
+            shared_heads: OnceCell::new(),
+        };
+        self.weighted(|term| term.loss(&forward, self.temperature))
+    }
+
+    /// The weighted loss of one micro-batch from the student's logits (computed by the caller, as
+    /// block recomputation does from the last block's output) and, when a term reads them, the
+    /// teacher's logits; the same value as [`Objective::loss`]. Only for objectives without
+    /// layer-local terms ([`Objective::has_layer_local_terms`]).
+    pub fn loss_from_logits<B: AutodiffBackend>(
+        &self,
+        student_logits: Tensor<B, 3>,
+        teacher_logits: Option<Tensor<B::InnerBackend, 3>>,
+        batch: &LmBatch<B::InnerBackend>,
+    ) -> (Tensor<B, 1>, TermValues) {
+        assert!(!self.has_layer_local_terms(), "the objective {} reads the layers, not only logits", self.describe());
+        assert!(teacher_logits.is_some() || !self.needs_teacher_logits(), "the objective needs the teacher's logits");
+        let forward = Forward::<B> {
+            student: None,
+            teacher: None,
+            batch,
+            teacher_rows: false,
+            teacher_logits: false,
+            teacher_layers: false,
+            trace: OnceCell::from(Trace { layers: Vec::new(), logits: teacher_logits }),
+            logits: OnceCell::from(student_logits),
             shared_heads: OnceCell::new(),
         };
         self.weighted(|term| term.loss(&forward, self.temperature))

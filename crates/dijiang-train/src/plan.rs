@@ -12,7 +12,7 @@ use dijiang_model::{AttentionKernelConfig, ModelConfig};
 
 use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
-use crate::trainable::{parameter_counts, teacher_is_view};
+use crate::trainable::parameter_counts;
 
 /// Something the run needs that is not there yet, and the command that makes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,42 +34,15 @@ pub struct Plan {
     pub errors: Vec<String>,
 }
 
-/// The plan's memory line: the estimate, the devices, whether the teacher is a view.
+/// The plan's memory line: the estimate by component at the run's peak, the devices.
 fn memory_line(experiment: &Experiment, teacher: &ModelConfig) -> String {
-    let gib = memory_estimate(experiment, teacher) as f64 / (1u64 << 30) as f64;
     let dist = &experiment.distributed;
-    let view = if teacher_is_view(experiment) { ", the teacher a view of the student's weights" } else { "" };
     format!(
-        "memory      ~{gib:.1} GiB per device, f32 ({} device(s) on each of {} node(s){view}; rough estimate)",
+        "memory      {} ({} device(s) on each of {} node(s), f32)",
+        crate::memory::estimate(experiment, teacher),
         dist.local_devices(),
         dist.nodes
     )
-}
-
-/// A rough peak-memory estimate per device in bytes (f32): both models' weights (one copy when the
-/// teacher is a view of the student, [`teacher_is_view`]), gradients and
-/// AdamW moments of the largest trainable set (all replicated on every device), and the
-/// activations autodiff keeps for one device's share of a micro-batch.
-pub fn memory_estimate(experiment: &Experiment, teacher: &ModelConfig) -> u64 {
-    let (total, trainable) = parameter_counts(experiment, teacher);
-    let trainable = trainable.into_iter().max().unwrap_or(0) as u64;
-    let teacher_weights = if teacher_is_view(experiment) { 0 } else { teacher.num_params() };
-    let weights = (teacher_weights + total) as u64;
-    let d = &experiment.data;
-    // Data parallelism replicates everything but the activations, which are split.
-    let micro = (d.batch_size / d.grad_accumulation / experiment.distributed.world()).max(1) as u64;
-    let (b, t) = (micro, d.block_size as u64);
-    let (h, i, v) = (teacher.hidden_size as u64, teacher.intermediate_size as u64, teacher.vocab_size as u64);
-    let heads = teacher.num_heads as u64;
-    let c = experiment.student.chunk_len as u64;
-    let m = experiment.student.num_features(teacher.head_dim) as u64;
-    // Per layer and token: ~16 hidden-sized tensors (norms, projections, gate, residuals), ~4
-    // intermediate-sized (MLP), the chunk scores, and the feature maps.
-    let per_token_layer = 16 * h + 4 * i + 2 * heads * c + 2 * heads * m;
-    let activations = b * t * teacher.num_layers as u64 * per_token_layer;
-    // Logits: student logits, their softmax / log-softmax and gradient, the teacher's.
-    let logits = 5 * b * t * v;
-    4 * (weights + 3 * trainable + activations + logits)
 }
 
 impl Plan {

@@ -22,10 +22,29 @@ use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
 use crate::optim::AdamW;
 use crate::plan::Plan;
+use crate::trainable::teacher_is_view;
+
+/// The teacher as a run gets it.
+pub enum Teacher<B: Backend> {
+    /// Its weights, loaded: some stage trains the base weights, so the teacher must stay apart.
+    Loaded(Transformer<B>),
+    /// Only its architecture: no stage trains the base weights, so the teacher will be a view of
+    /// the student's (converted from the same checkpoint) and its weights are never loaded twice.
+    View(ModelConfig),
+}
+
+impl<B: Backend> Teacher<B> {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Teacher::Loaded(model) => model.config(),
+            Teacher::View(config) => config,
+        }
+    }
+}
 
 /// The frozen teacher and the data of a run.
 pub struct Inputs<B: Backend> {
-    pub teacher: Transformer<B>,
+    pub teacher: Teacher<B>,
     pub train: Windows,
     pub validation: Windows,
 }
@@ -42,9 +61,13 @@ impl<B: Backend> Inputs<B> {
             return Err(TrainError::Input(format!("{} is missing: run `{}` first", m.what, m.command)));
         }
         let path = &experiment.teacher.path;
-        let teacher = load::<B>(path, device)
-            .map_err(|e| TrainError::context(format!("loading the teacher {}", path.display()), e))?
-            .model;
+        let teacher = if teacher_is_view(experiment) {
+            Teacher::View(plan.teacher.expect("checked by the plan: the teacher is there"))
+        } else {
+            let loaded = load::<B>(path, device)
+                .map_err(|e| TrainError::context(format!("loading the teacher {}", path.display()), e))?;
+            Teacher::Loaded(loaded.model)
+        };
         let d = &experiment.data;
         Ok(Self {
             teacher,
@@ -56,7 +79,7 @@ impl<B: Backend> Inputs<B> {
     /// A teacher and data held in memory (`train` and `validation` token streams).
     pub fn in_memory(teacher: Transformer<B>, train: Vec<u32>, validation: Vec<u32>, block: usize) -> Self {
         let windows = |tokens| Windows::new(TokenStream::from_tokens(tokens).into(), block);
-        Self { teacher, train: windows(train), validation: windows(validation) }
+        Self { teacher: Teacher::Loaded(teacher), train: windows(train), validation: windows(validation) }
     }
 }
 

@@ -10,10 +10,10 @@ use dijiang_model::Transformer;
 
 use crate::distributed::Reducer;
 use crate::error::Result;
-use crate::experiment::LrScale;
+use crate::experiment::{LrScale, Recompute};
 use crate::objective::{Objective, TermValues};
 use crate::optim::AdamW;
-use crate::transfer;
+use crate::{recompute, transfer};
 
 /// What every worker must agree on after a step, besides the gradients: any worker's signal is
 /// every worker's.
@@ -46,6 +46,8 @@ pub struct StepInputs<'a, B: AutodiffBackend> {
     pub lr: f64,
     /// The learning rate's multiplier per parameter group.
     pub lr_scale: LrScale,
+    /// What backward recomputes instead of keeping.
+    pub recompute: Recompute,
     /// Global-norm clipping threshold (0: off).
     pub clip: f64,
     pub signals: Signals,
@@ -111,6 +113,9 @@ fn accumulate<B: AutodiffBackend>(
     if inputs.objective.is_layer_local() {
         let teacher = inputs.teacher.expect("attention transfer reads the teacher");
         return transfer::accumulate(student, teacher, inputs.objective, &inputs.micro_batches);
+    }
+    if inputs.recompute == Recompute::Blocks {
+        return recompute::accumulate(student, inputs.teacher, inputs.objective, &inputs.micro_batches);
     }
     let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
     let mut terms = TermValues::zeros(inputs.objective);

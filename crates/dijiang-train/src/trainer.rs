@@ -26,7 +26,7 @@ use crate::optim::AdamW;
 use crate::params::set_trainable;
 use crate::recorder::{Outcome, Recorder};
 use crate::schedule::learning_rate;
-use crate::start::{Inputs, RunContext, RunLock, Start, prepare_dir};
+use crate::start::{Inputs, RunContext, RunLock, Start, Teacher, prepare_dir};
 use crate::step::{Signals, StepInputs, step};
 use crate::trainable::{teacher_is_view, trains};
 
@@ -85,14 +85,15 @@ pub fn train_with<B: AutodiffBackend>(
     }
     // Node 0 hosts burn-collective's orchestrator for as long as its workers train.
     let orchestrator = run.reduction.as_ref().map(Reduction::host).transpose()?.flatten();
-    // No stage trains the base weights: the teacher is the student's own weights run as softmax,
-    // and the loaded copy goes (bit for bit the same values: the student was converted from it).
-    let teacher = if teacher_is_view(experiment) {
-        tracing::info!("teacher: a view of the student's weights (no stage trains them), no second copy");
-        drop(inputs.teacher);
-        start.student.valid().teacher_view()
-    } else {
-        inputs.teacher
+    // No stage trains the base weights: the teacher is the student's own weights run as softmax
+    // (bit for bit the teacher's values: the student was converted from them), and a teacher
+    // handed in loaded goes.
+    let teacher = match inputs.teacher {
+        Teacher::Loaded(teacher) if !teacher_is_view(experiment) => teacher,
+        _ => {
+            tracing::info!("teacher: a view of the student's weights (no stage trains them), no second copy");
+            start.student.valid().teacher_view()
+        }
     };
     let replicas = Replica::for_devices(start, teacher, devices);
     let first = dist.node_rank as usize * devices.len();
@@ -180,6 +181,7 @@ fn train_loop<B: AutodiffBackend>(
             micro_batches: batches.next_step(device),
             lr: learning_rate(stage, stage_step),
             lr_scale: stage.lr_scale,
+            recompute: e.memory.recompute,
             clip: e.optimizer.clip_grad_norm,
             signals: Signals { stop: run.stop.load(Ordering::SeqCst), abort: failure.is_some() },
         };

@@ -90,3 +90,17 @@ fn dotted_overrides_apply_and_are_checked() {
     let err = Experiment::load(&file, &one_address).unwrap_err().to_string();
     assert!(err.contains("distributed.addresses has 1 entries for 2 nodes"), "{err}");
 }
+
+#[test]
+fn block_recomputation_refuses_a_loss_that_mixes_layer_terms_with_logits() {
+    let mixed = |t: String| {
+        t.replace("loss = { kl = 1.0, lm = 0.1, temperature = 1.0 }", "loss = { kl = 1.0, attention = 0.5 }")
+    };
+    let path = scratch_experiment("recompute", mixed);
+    assert!(Experiment::load(&path, &[]).is_ok(), "without recomputation the mix is allowed");
+    let err = Experiment::load(&path, &["memory.recompute=blocks".into()]).unwrap_err().to_string();
+    assert!(err.contains("stages.1 (`distill`)") && err.contains("memory.recompute"), "{err}");
+    let err = Experiment::load(&path, &["memory.recompute=everything".into()]).unwrap_err().to_string();
+    assert!(err.contains("everything") && err.contains("blocks"), "{err}");
+    let _ = std::fs::remove_file(&path);
+}

@@ -182,6 +182,35 @@ fn two_workers_match_one() {
     assert!(compared >= STEPS * 4, "{compared} values compared");
 }
 
+/// `memory.recompute = "blocks"`: the same run to f32 round-off (the distillation stage
+/// recomputes each block in backward; attention transfer streams as before), and an interrupted
+/// recomputed run resumes to its uninterrupted numbers bit for bit.
+#[test]
+fn block_recomputation_trains_as_the_plain_step_and_resumes_exactly() {
+    use dijiang_train::experiment::{MemoryConfig, Recompute};
+
+    let (dir, experiment, plain) = reference(Architecture::Llama);
+    let recomputed = Experiment { memory: MemoryConfig { recompute: Recompute::Blocks }, ..experiment.clone() };
+    run(dir, &recomputed, "blocks", false, 1);
+    let got = metrics(&dir.join("blocks"));
+    let mut compared = 0;
+    for ((step, tag), want) in plain {
+        if tag.starts_with("train/") && tag != "train/tokens_per_s" {
+            let value = got[&(*step, tag.clone())];
+            let tolerance = 1e-5 * want.abs().max(1e-2);
+            assert!((value - want).abs() <= tolerance, "{tag} at {step}: recomputed {value} vs plain {want}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= STEPS * 4, "{compared} values compared");
+    // Stopped after its first step (Ctrl-C), then resumed through the recomputed stage: the same
+    // numbers bit for bit (recomputation is a fixed sequence of operations).
+    let stopped = run(dir, &recomputed, "blocks-resumed", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    run(dir, &recomputed, "blocks-resumed", false, 1);
+    assert_same(&metrics(&dir.join("blocks-resumed")), &got);
+}
+
 #[test]
 fn the_plan_counts_what_the_trainer_trains() {
     for arch in [Architecture::Llama, Architecture::GptNeox] {

@@ -5,7 +5,8 @@
 //!   cross-entropy, backward, global-norm clipping and an AdamW update, at block 512 x batch 4 and
 //!   2048 x 1 (`--shapes`).
 //! - The default experiment (`experiments/default.toml`: SmolLM2-135M's shape, its batch and both
-//!   stages' losses): teacher forward on the inner backend, the student's loss, backward, AdamW.
+//!   stages' losses): teacher forward on the inner backend, the student's loss, backward, AdamW;
+//!   end-to-end stages also with block recomputation (its cost in time).
 //!
 //! Model FLOPs per token, forward: `2 x` the weights used in matrix products (each feature-map
 //! weight once per head) plus the attention mixing (softmax: `4 t d` per head; chunked DiJiang:
@@ -20,7 +21,7 @@ use burn::tensor::Distribution;
 use dijiang_data::dataset::LmBatch;
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transformer};
 use dijiang_train::distributed::Reducer;
-use dijiang_train::experiment::{Experiment, Trainable};
+use dijiang_train::experiment::{Experiment, Recompute, Trainable};
 use dijiang_train::objective::{Objective, Term};
 use dijiang_train::optim::AdamW;
 use dijiang_train::params::{params, set_trainable};
@@ -110,7 +111,7 @@ fn matmul_peak(device: &Device) -> (usize, f64) {
 /// backward, clipping to norm 1, an AdamW update), after a warm-up step.
 fn time_steps(
     student: Transformer<AB>,
-    objective: &Objective,
+    (objective, recompute): (&Objective, Recompute),
     teacher: Option<&Transformer<Backend>>,
     data: &LmBatch<Backend>,
     reps: usize,
@@ -125,6 +126,7 @@ fn time_steps(
             micro_batches: vec![data.clone()],
             lr: 1e-4,
             lr_scale: Default::default(),
+            recompute,
             clip: 1.0,
             signals: Signals::default(),
         };
@@ -210,7 +212,8 @@ pub fn run(args: &Args) -> Result<()> {
         let student =
             set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| trains(Trainable::All, &dj, name));
         let data = random_batch(config.vocab_size, block, batch, &device);
-        let seconds = time_steps(student, &Objective::new([(Term::Lm, 1.0)]), None, &data, args.reps, &device);
+        let lm = Objective::new([(Term::Lm, 1.0)]);
+        let seconds = time_steps(student, (&lm, Recompute::None), None, &data, args.reps, &device);
         record(format!("{}-dijiang LM", args.model), block, batch, seconds, Some(flops));
     }
 
@@ -229,9 +232,17 @@ pub fn run(args: &Args) -> Result<()> {
             let student = Transformer::<AB>::init(&config, seed, &device)?;
             Ok(set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name)))
         };
-        let seconds = time_steps(student(0)?, &stage.loss, Some(&teacher), &data, args.reps, &device);
+        let seconds =
+            time_steps(student(0)?, (&stage.loss, Recompute::None), Some(&teacher), &data, args.reps, &device);
         let flops = stage_flops(&stage.loss, (&teacher, &teacher_config), &config, (block, batch), &device);
         record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);
+        if !stage.loss.has_layer_local_terms() {
+            // The same step with block recomputation (`[memory] recompute = "blocks"`): its cost.
+            let blocks = (&stage.loss, Recompute::Blocks);
+            let seconds = time_steps(student(0)?, blocks, Some(&teacher), &data, args.reps, &device);
+            let name = format!("default stage {} ({}), block recomputation", i + 1, stage.name);
+            record(name, block, batch, seconds, flops);
+        }
         if stage.loss.is_layer_local() {
             let seconds = time_one_graph(student(1)?, &stage.loss, &teacher, &data, args.reps, &device);
             record(format!("default stage {} ({}), one graph", i + 1, stage.name), block, batch, seconds, None);

@@ -1,8 +1,14 @@
-//! Layer-local attention transfer (`transfer::accumulate`: the teacher streamed layer by layer on a
-//! helper thread, one backward per layer, the student's heads taken from the teacher's where they
-//! are the same) against the one-graph loss written out independently: every layer's student
-//! attention from the teacher's block input, the mean over layers in one graph, one backward.
-//! Tiny random LLaMA and GPT-NeoX teachers, the reference and the normalised hybrid students.
+//! The memory-saving training steps compute the gradients plain autodiff computes.
+//!
+//! - Layer-local attention transfer (`transfer::accumulate`: the teacher streamed layer by layer
+//!   on a helper thread, one backward per layer, the student's heads taken from the teacher's where
+//!   they are the same) against the one-graph loss written out independently: every layer's student
+//!   attention from the teacher's block input, the mean over layers in one graph, one backward.
+//! - Block recomputation (`recompute::accumulate`) against the plain step: one graph through the
+//!   whole student, one backward per micro-batch.
+//!
+//! Tiny random LLaMA (tied embeddings) and GPT-NeoX (parallel residual, untied head) teachers, the
+//! reference and the normalised hybrid students.
 
 use std::path::{Path, PathBuf};
 
@@ -12,12 +18,14 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use dijiang_data::dataset::LmBatch;
 use dijiang_model::config::{Architecture, GateKind, OutputNorm};
+use dijiang_model::config::{LoraConfig, LoraTarget};
 use dijiang_model::convert::{convert, is_kernel_param};
 use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::{DiJiangConfig, ModelConfig, Transformer};
 use dijiang_train::losses::{mse, row_kl};
 use dijiang_train::objective::{Objective, Term, TermValues};
 use dijiang_train::params::set_trainable;
+use dijiang_train::recompute;
 use dijiang_train::transfer::{accumulate, shares_heads};
 
 type I = NdArray;
@@ -100,8 +108,15 @@ fn assert_streamed_equals_one_graph(student: &Transformer<B>, teacher: &Transfor
     let data = batches(teacher.config().vocab_size);
     let (streamed, values): (_, TermValues) = accumulate(student, teacher, &objective, &data);
     let (reference, total) = one_graph(student, teacher, &objective, &data);
-    assert!((values.total - total).abs() <= 1e-6 * total.abs(), "loss {} vs {total}", values.total);
-    let (got, want) = (grads_of(student, &streamed), grads_of(student, &reference));
+    assert_same(student, (&streamed, values.total), (&reference, total));
+}
+
+/// `got`'s loss equals `want`'s to `1e-6` (relative), and their gradients agree to `1e-6` of the
+/// largest gradient, on the same parameters.
+fn assert_same(student: &Transformer<B>, got: (&GradientsParams, f64), want: (&GradientsParams, f64)) {
+    let ((got, got_loss), (want, want_loss)) = (got, want);
+    assert!((got_loss - want_loss).abs() <= 1e-6 * want_loss.abs(), "loss {got_loss} vs {want_loss}");
+    let (got, want) = (grads_of(student, got), grads_of(student, want));
     let scale = want.iter().flatten().flatten().fold(0f32, |m, g| m.max(g.abs()));
     assert!(scale > 0.0, "some gradient");
     let mut compared = 0;
@@ -114,6 +129,33 @@ fn assert_streamed_equals_one_graph(student: &Transformer<B>, teacher: &Transfor
         }
     }
     assert!(compared > 0);
+}
+
+/// The plain step's gradients: one graph through the whole student per micro-batch.
+fn plain(
+    student: &Transformer<B>,
+    teacher: &Transformer<I>,
+    objective: &Objective,
+    batches: &[LmBatch<I>],
+) -> (GradientsParams, f64) {
+    let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
+    let mut total = 0.0;
+    for batch in batches {
+        let (loss, values) = objective.loss(student, Some(teacher), batch);
+        total += values.total / batches.len() as f64;
+        let grads = loss.div_scalar(batches.len() as f64).backward();
+        accumulator.accumulate(student, GradientsParams::from_grads(grads, student));
+    }
+    (accumulator.grads(), total)
+}
+
+/// Block recomputation's gradients and loss equal the plain step's.
+fn assert_recomputed_equals_plain(student: &Transformer<B>, teacher: &Transformer<I>) {
+    let objective = Objective::new([(Term::Kl, 1.0), (Term::Lm, 0.25)]).with_temperature(2.0);
+    let data = batches(teacher.config().vocab_size);
+    let (recomputed, values) = recompute::accumulate(student, Some(teacher), &objective, &data);
+    let (reference, total) = plain(student, teacher, &objective, &data);
+    assert_same(student, (&recomputed, values.total), (&reference, total));
 }
 
 fn hybrid() -> DiJiangConfig {
@@ -158,4 +200,26 @@ fn changed_projections_are_not_shared() {
     assert!(!shares_heads(&changed, &teacher), "a frozen but different q is not the teacher's");
     assert_streamed_equals_one_graph(&changed, &teacher);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn block_recomputation_equals_plain_autodiff() {
+    for arch in [Architecture::Llama, Architecture::GptNeox] {
+        let (dir, teacher) = teacher_dir("recompute", arch);
+        for dj in [reference(), hybrid()] {
+            // Everything trains, the embedding (tied to the head in the tiny LLaMA) included.
+            assert_recomputed_equals_plain(&student(&dir, dj.clone(), |_| true), &teacher);
+            // Only the new attention parameters: backward stops at block 0, the embedding frozen.
+            assert_recomputed_equals_plain(&student(&dir, dj.clone(), is_kernel_param), &teacher);
+            // Only the top block and the final norm: backward stops at the top block.
+            let top = student(&dir, dj, |name| name.starts_with("layers.1.") || name.starts_with("final_norm"));
+            assert_recomputed_equals_plain(&top, &teacher);
+        }
+        // LoRA adapters (B initialised to zero: A gets no gradient until B moves, B does).
+        let lora = LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down] };
+        let with_lora = convert::<B>(&dir, hybrid(), &Default::default()).unwrap().model.with_lora(&lora, 1);
+        let with_lora = set_trainable(with_lora, &|name: &str| name.contains(".lora."));
+        assert_recomputed_equals_plain(&with_lora, &teacher);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
