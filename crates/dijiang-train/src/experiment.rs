@@ -73,7 +73,8 @@ pub enum Recompute {
     /// Nothing: autodiff keeps every activation of every block until backward.
     #[default]
     None,
-    /// Each block from its input, one at a time in backward (exact; about a third more compute):
+    /// Each block from its input, one at a time in backward (exact; every block's forward runs twice:
+    /// +1.8% time on the default experiment's distillation step, docs/memory.md):
     /// activations of one block plus every block's input. For stages whose loss reads logits
     /// (`lm`, `kl`); attention transfer is layer by layer anyway.
     Blocks,

@@ -25,6 +25,8 @@ use crate::plan::Plan;
 use crate::trainable::teacher_is_view;
 
 /// The teacher as a run gets it.
+// One value per run, moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Teacher<B: Backend> {
     /// Its weights, loaded: some stage trains the base weights, so the teacher must stay apart.
     Loaded(Transformer<B>),
