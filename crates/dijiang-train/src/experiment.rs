@@ -244,6 +244,30 @@ pub struct Stage {
     pub loss: Objective,
 }
 
+impl Stage {
+    /// Constraints serde cannot express (the message is prefixed with the stage's place).
+    fn validate(&self, recompute: Recompute) -> Result<(), String> {
+        if self.steps == 0 || self.lr <= 0.0 || self.min_lr < 0.0 || self.min_lr > self.lr {
+            return Err("steps > 0 and 0 <= min_lr <= lr > 0 are needed".into());
+        }
+        if self.warmup_steps > self.steps {
+            return Err(format!("warmup_steps ({}) exceeds steps ({})", self.warmup_steps, self.steps));
+        }
+        self.loss.validate()?;
+        if recompute == Recompute::Blocks && self.loss.has_layer_local_terms() && !self.loss.is_layer_local() {
+            return Err(format!(
+                "memory.recompute = \"blocks\" recomputes the end-to-end forward, but this loss mixes it with layer \
+                 terms ({}): put the attention terms in a stage of their own or set memory.recompute = \"none\"",
+                self.loss.describe()
+            ));
+        }
+        if !self.lr_scale.is_valid() {
+            return Err("lr_scale multipliers (kernel, lora, base) must be finite and > 0".into());
+        }
+        Ok(())
+    }
+}
+
 /// A stage's learning-rate multiplier for each parameter group ([`Group`]); 1 by default.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -422,26 +446,7 @@ impl Experiment {
         }
         self.check_lora()?;
         for (i, s) in self.stages.iter().enumerate() {
-            let at = format!("stages.{i} (`{}`)", s.name);
-            if s.steps == 0 || s.lr <= 0.0 || s.min_lr < 0.0 || s.min_lr > s.lr {
-                return Err(format!("{at}: steps > 0 and 0 <= min_lr <= lr > 0 are needed"));
-            }
-            if s.warmup_steps > s.steps {
-                return Err(format!("{at}: warmup_steps ({}) exceeds steps ({})", s.warmup_steps, s.steps));
-            }
-            s.loss.validate().map_err(|m| format!("{at}: {m}"))?;
-            if self.memory.recompute == Recompute::Blocks && s.loss.has_layer_local_terms() && !s.loss.is_layer_local()
-            {
-                return Err(format!(
-                    "{at}: memory.recompute = \"blocks\" recomputes the end-to-end forward, but this loss mixes it \
-                     with layer terms ({}): put the attention terms in a stage of their own or set \
-                     memory.recompute = \"none\"",
-                    s.loss.describe()
-                ));
-            }
-            if !s.lr_scale.is_valid() {
-                return Err(format!("{at}: lr_scale multipliers (kernel, lora, base) must be finite and > 0"));
-            }
+            s.validate(self.memory.recompute).map_err(|m| format!("stages.{i} (`{}`): {m}", s.name))?;
         }
         let dist = &self.distributed;
         let world = dist.world();

@@ -173,6 +173,49 @@ fn stage_flops(
     })
 }
 
+/// The default experiment's steps (each stage; layer-local ones also in their one-graph form,
+/// end-to-end ones also with block recomputation), handed to `record` as (name, block, batch,
+/// seconds, FLOPs).
+fn default_experiment_rows(
+    args: &Args,
+    device: &Device,
+    record: &mut impl FnMut(String, usize, usize, f64, Option<f64>),
+) -> Result<()> {
+    let device = device.clone();
+    let experiment = Experiment::load(&args.experiment, &[])
+        .with_context(|| format!("reading {} (run from the repository root)", args.experiment.display()))?;
+    let preset = experiment.teacher.preset.clone().context("the experiment has no teacher.preset")?;
+    let teacher_config = ModelConfig::preset(&preset).with_context(|| format!("`{preset}` is not a preset"))?;
+    let config = experiment.student_config(&teacher_config);
+    let teacher = Transformer::<Backend>::init(&teacher_config, 0, &device)?;
+    let (block, batch) = (experiment.data.block_size, experiment.data.batch_size / experiment.data.grad_accumulation);
+    let data = random_batch(config.vocab_size, block, batch, &device);
+    for (i, stage) in experiment.stages.iter().enumerate() {
+        // Seed 0: the teacher's values outside the kernels (a converted student); 1: others.
+        let student = |seed| -> Result<Transformer<AB>> {
+            let student = Transformer::<AB>::init(&config, seed, &device)?;
+            Ok(set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name)))
+        };
+        let seconds =
+            time_steps(student(0)?, (&stage.loss, Recompute::None), Some(&teacher), &data, args.reps, &device);
+        let flops = stage_flops(&stage.loss, (&teacher, &teacher_config), &config, (block, batch), &device);
+        record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);
+        if !stage.loss.has_layer_local_terms() {
+            // The same step with block recomputation (`[memory] recompute = "blocks"`): its cost.
+            let blocks = (&stage.loss, Recompute::Blocks);
+            let seconds = time_steps(student(0)?, blocks, Some(&teacher), &data, args.reps, &device);
+            let name = format!("default stage {} ({}), block recomputation", i + 1, stage.name);
+            record(name, block, batch, seconds, flops);
+        }
+        if stage.loss.is_layer_local() {
+            let seconds = time_one_graph(student(1)?, &stage.loss, &teacher, &data, args.reps, &device);
+            record(format!("default stage {} ({}), one graph", i + 1, stage.name), block, batch, seconds, None);
+        }
+    }
+
+    Ok(())
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let device: Device = Default::default();
     let (n, peak) = matmul_peak(&device);
@@ -217,37 +260,7 @@ pub fn run(args: &Args) -> Result<()> {
         record(format!("{}-dijiang LM", args.model), block, batch, seconds, Some(flops));
     }
 
-    // The default experiment's steps.
-    let experiment = Experiment::load(&args.experiment, &[])
-        .with_context(|| format!("reading {} (run from the repository root)", args.experiment.display()))?;
-    let preset = experiment.teacher.preset.clone().context("the experiment has no teacher.preset")?;
-    let teacher_config = ModelConfig::preset(&preset).with_context(|| format!("`{preset}` is not a preset"))?;
-    let config = experiment.student_config(&teacher_config);
-    let teacher = Transformer::<Backend>::init(&teacher_config, 0, &device)?;
-    let (block, batch) = (experiment.data.block_size, experiment.data.batch_size / experiment.data.grad_accumulation);
-    let data = random_batch(config.vocab_size, block, batch, &device);
-    for (i, stage) in experiment.stages.iter().enumerate() {
-        // Seed 0: the teacher's values outside the kernels (a converted student); 1: others.
-        let student = |seed| -> Result<Transformer<AB>> {
-            let student = Transformer::<AB>::init(&config, seed, &device)?;
-            Ok(set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name)))
-        };
-        let seconds =
-            time_steps(student(0)?, (&stage.loss, Recompute::None), Some(&teacher), &data, args.reps, &device);
-        let flops = stage_flops(&stage.loss, (&teacher, &teacher_config), &config, (block, batch), &device);
-        record(format!("default stage {} ({})", i + 1, stage.name), block, batch, seconds, flops);
-        if !stage.loss.has_layer_local_terms() {
-            // The same step with block recomputation (`[memory] recompute = "blocks"`): its cost.
-            let blocks = (&stage.loss, Recompute::Blocks);
-            let seconds = time_steps(student(0)?, blocks, Some(&teacher), &data, args.reps, &device);
-            let name = format!("default stage {} ({}), block recomputation", i + 1, stage.name);
-            record(name, block, batch, seconds, flops);
-        }
-        if stage.loss.is_layer_local() {
-            let seconds = time_one_graph(student(1)?, &stage.loss, &teacher, &data, args.reps, &device);
-            record(format!("default stage {} ({}), one graph", i + 1, stage.name), block, batch, seconds, None);
-        }
-    }
+    default_experiment_rows(args, &device, &mut record)?;
 
     let result = json!({
         "bench": "train",
