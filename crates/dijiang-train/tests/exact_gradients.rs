@@ -57,6 +57,23 @@ fn batches(vocab: usize) -> Vec<LmBatch<I>> {
         .collect()
 }
 
+/// The gradients of the mean of `loss` over the micro-batches, one backward per micro-batch, and
+/// the mean loss.
+fn mean_over(
+    student: &Transformer<B>,
+    batches: &[LmBatch<I>],
+    loss: impl Fn(&LmBatch<I>) -> Tensor<B, 1>,
+) -> (GradientsParams, f64) {
+    let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
+    let mut total = 0.0;
+    for batch in batches {
+        let loss = loss(batch).div_scalar(batches.len() as f64);
+        total += loss.clone().into_scalar().elem::<f64>();
+        accumulator.accumulate(student, GradientsParams::from_grads(loss.backward(), student));
+    }
+    (accumulator.grads(), total)
+}
+
 /// The one-graph reference: each layer's student attention from the teacher's block input,
 /// `attention` and `attention_rows` as means over layers, one backward per micro-batch.
 fn one_graph(
@@ -65,9 +82,7 @@ fn one_graph(
     objective: &Objective,
     batches: &[LmBatch<I>],
 ) -> (GradientsParams, f64) {
-    let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
-    let mut total = 0.0;
-    for batch in batches {
+    mean_over(student, batches, |batch| {
         let trace = teacher.trace(batch.inputs.clone(), false, false);
         let (mut attention, mut rows) = (Vec::new(), Vec::new());
         for (i, layer) in trace.layers.iter().enumerate() {
@@ -76,13 +91,9 @@ fn one_graph(
             let p = teacher.layer_rows(i, layer.input.clone());
             rows.push(row_kl(Tensor::from_inner(p), student.layer_rows(i, x)));
         }
-        let loss = Tensor::cat(attention, 0).mean().mul_scalar(objective.weight(Term::Attention))
-            + Tensor::cat(rows, 0).mean().mul_scalar(objective.weight(Term::AttentionRows));
-        let loss = loss.div_scalar(batches.len() as f64);
-        total += loss.clone().into_scalar().elem::<f64>();
-        accumulator.accumulate(student, GradientsParams::from_grads(loss.backward(), student));
-    }
-    (accumulator.grads(), total)
+        Tensor::cat(attention, 0).mean().mul_scalar(objective.weight(Term::Attention))
+            + Tensor::cat(rows, 0).mean().mul_scalar(objective.weight(Term::AttentionRows))
+    })
 }
 
 /// Every parameter's gradient (flattened; `None` where it has none), in visiting order.
@@ -138,15 +149,7 @@ fn plain(
     objective: &Objective,
     batches: &[LmBatch<I>],
 ) -> (GradientsParams, f64) {
-    let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
-    let mut total = 0.0;
-    for batch in batches {
-        let (loss, values) = objective.loss(student, Some(teacher), batch);
-        total += values.total / batches.len() as f64;
-        let grads = loss.div_scalar(batches.len() as f64).backward();
-        accumulator.accumulate(student, GradientsParams::from_grads(grads, student));
-    }
-    (accumulator.grads(), total)
+    mean_over(student, batches, |batch| objective.loss(student, Some(teacher), batch).0)
 }
 
 /// Block recomputation's gradients and loss equal the plain step's.
