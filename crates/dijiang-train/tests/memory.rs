@@ -8,6 +8,8 @@
 //! block length (equal increments), and the recipes must order as the design says (block
 //! recomputation below the plain graph, LoRA below full fine-tuning).
 //!
+//! Also: building the teacher view (`Transformer::teacher_view`) allocates < 1% of the model's bytes.
+//!
 //! One test function: the counter is global, so nothing else may run beside it.
 #![allow(unsafe_code)]
 
@@ -164,6 +166,17 @@ const MIB: f64 = (1 << 20) as f64;
 #[test]
 fn the_memory_model_is_within_20_percent_of_measured_peaks() {
     let teacher = teacher_config();
+    // The teacher view shares the student's tensors: building it allocates < 1% of the model's bytes.
+    {
+        let e = experiment("trainable = \"kernel\"\nloss = { attention = 1.0 }", "", 128);
+        let student = Transformer::<B>::init(&e.student_config(&teacher), 1, &Default::default()).unwrap();
+        let bytes = 4 * student.num_params();
+        let before = LIVE.load(Ordering::SeqCst);
+        let view = student.valid().teacher_view();
+        let allocated = LIVE.load(Ordering::SeqCst).saturating_sub(before);
+        assert!(allocated * 100 < bytes, "the view allocated {allocated} bytes of a {bytes}-byte model");
+        drop(view);
+    }
     let lora = "[lora]\nrank = 8\nalpha = 16.0\n";
     let blocks = "[memory]\nrecompute = \"blocks\"\n";
     let full = r#"trainable = "all"
