@@ -32,7 +32,18 @@ mod chosen {
     }
 }
 
-#[cfg(all(not(feature = "wgpu"), not(feature = "cuda")))]
+#[cfg(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda")))]
+mod chosen {
+    pub type Backend = burn::backend::Flex;
+    pub const NAME: &str = "flex";
+
+    /// `cpu`: Flex has one device; several `cpu` entries are several workers on it.
+    pub fn device(name: &str) -> Option<burn::backend::flex::FlexDevice> {
+        (name == "cpu").then_some(burn::backend::flex::FlexDevice)
+    }
+}
+
+#[cfg(all(not(feature = "flex"), not(feature = "wgpu"), not(feature = "cuda")))]
 mod chosen {
     pub type Backend = burn::backend::NdArray;
     #[cfg(not(feature = "ndarray-fast"))]
@@ -61,8 +72,8 @@ pub fn devices(names: &[String]) -> anyhow::Result<Vec<burn::tensor::Device<Back
         .collect()
 }
 
-#[cfg(not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")))]
-compile_error!("enable one backend feature: ndarray, wgpu or cuda");
+#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "cuda")))]
+compile_error!("enable one backend feature: ndarray, flex, wgpu or cuda");
 
 /// The backend this binary was built for.
 pub type Backend = chosen::Backend;

@@ -22,6 +22,7 @@ pub mod fidelity;
 pub mod generate;
 pub mod import;
 pub mod layers;
+pub mod reduce;
 pub mod rope;
 pub mod store;
 pub mod tokenizer;

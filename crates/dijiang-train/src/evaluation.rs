@@ -8,6 +8,7 @@ use burn::prelude::*;
 use dijiang_data::dataset::{LmBatch, LmBatcher, Windows};
 use dijiang_model::Transformer;
 use dijiang_model::fidelity::measure;
+use dijiang_model::reduce;
 use serde::Serialize;
 
 use crate::losses::{cross_entropy, kl_divergence};
@@ -99,8 +100,8 @@ pub fn evaluate<B: Backend>(
         for i in 0..layers {
             let out = student.layer_attention(i, trace.layers[i].input.clone());
             let target = trace.layers[i].attention.clone();
-            err2[i] += scalar((out - target.clone()).square().sum());
-            norm2[i] += scalar(target.square().sum());
+            err2[i] += scalar(reduce::sum((out - target.clone()).square()));
+            norm2[i] += scalar(reduce::sum(target.square()));
         }
     }
     let first: LmBatch<B> = LmBatcher.batch(vec![validation.get(0).expect("a validation window")], device);

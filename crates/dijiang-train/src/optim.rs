@@ -179,7 +179,8 @@ struct SquaredNorms<'a, B: Backend> {
 impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for SquaredNorms<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         if let Some(g) = self.grads.get::<B, D>(param.id) {
-            self.parts.push(g.square().sum());
+            // In an order threads do not change: the norm decides clipping, and exact resume.
+            self.parts.push(dijiang_model::reduce::sum(g.square()));
         }
     }
 }
