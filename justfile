@@ -1,10 +1,10 @@
 # dijiang: `just train` trains the default experiment, `just test` runs the test suite.
-# Backend: `just backend=wgpu train ...` or `backend=cuda` (default: ndarray, the CPU, one core and
-# bit-reproducible; `backend=ndarray-fast`: every core and SIMD, not bit-reproducible).
+# Backend: `just backend=wgpu train ...` or `backend=cuda` (default: flex, Burn's Flex CPU backend on
+# every core, bit-reproducible; `backend=ndarray`: the previous CPU default, one core).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-backend := "ndarray"
+backend := "flex"
 # The tokenizer `just data` prepares corpora with, and the Pile's path for `just data pile`.
 tokenizer := "models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
 path := ""
@@ -30,6 +30,12 @@ train *args:
 # Run `just bench-pytorch` first (or `just bench report` after it) for the ratios to PyTorch.
 bench *args="all":
     cargo run --release --no-default-features --features {{backend}} -- bench {{args}}
+
+# Every CPU measurement side by side in one run: the PyTorch baseline, then `just bench` (which on
+# the default Flex build also measures NdArray), then the report with both backends and PyTorch.
+bench-cpu:
+    just bench-pytorch
+    just bench all
 
 # The PyTorch baseline on this CPU (HF transformers GPT-NeoX and LLaMA, same shapes as the bench)
 # -> runs/bench/pytorch.json. Not part of CI: its virtualenv (PyPI's torch) takes ~6 GB.

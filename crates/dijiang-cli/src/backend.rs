@@ -46,10 +46,7 @@ mod chosen {
 #[cfg(all(not(feature = "flex"), not(feature = "wgpu"), not(feature = "cuda")))]
 mod chosen {
     pub type Backend = burn::backend::NdArray;
-    #[cfg(not(feature = "ndarray-fast"))]
     pub const NAME: &str = "ndarray";
-    #[cfg(feature = "ndarray-fast")]
-    pub const NAME: &str = "ndarray-fast";
 
     /// `cpu`: NdArray has one device; several `cpu` entries are several workers on it.
     pub fn device(name: &str) -> Option<burn::backend::ndarray::NdArrayDevice> {
@@ -78,8 +75,21 @@ compile_error!("enable one backend feature: ndarray, flex, wgpu or cuda");
 /// The backend this binary was built for.
 pub type Backend = chosen::Backend;
 
+/// Its name (`flex`, `ndarray`, `wgpu`, `cuda`).
+pub const NAME: &str = chosen::NAME;
+
+/// The CPU backend `dijiang bench` measures beside this binary's, in the same run: NdArray (one
+/// core, the previous default) beside Flex. NdArray is always compiled in (`dijiang-model` records
+/// parameter shapes on it), so the type exists in every build; `CPU_PEER` says whether it runs.
+pub type CpuPeer = burn::backend::NdArray;
+
+/// `Some("ndarray")` where the binary's backend is Flex; `None` elsewhere (a GPU backend has no
+/// CPU peer, and NdArray is its own).
+pub const CPU_PEER: Option<&str> =
+    if cfg!(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda"))) { Some("ndarray") } else { None };
+
 /// The backend's name and default device.
 pub fn describe() -> String {
     let device = burn::tensor::Device::<Backend>::default();
-    format!("backend: {} (device {device:?})", chosen::NAME)
+    format!("backend: {NAME} (device {device:?})")
 }

@@ -215,6 +215,17 @@ fn bench_measures_writes_json_and_plots_and_reports() {
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(summary.contains("## Attention forward + backward") && summary.contains("## Targets"), "{summary}");
     assert!(summary.contains("attention step, softmax / DiJiang (ms)"), "{summary}");
+    // The default (Flex) build measures NdArray beside itself in the same run; the report puts both
+    // side by side.
+    if cfg!(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda"))) {
+        assert_eq!(decode["machine"]["backend_name"], "flex");
+        for name in ["decode-ndarray.json", "train-ndarray.json"] {
+            let peer = json(&std::fs::read_to_string(dir.join(name)).unwrap());
+            assert_eq!(peer["machine"]["backend_name"], "ndarray", "{name}");
+        }
+        let side = summary.split("## CPU backends side by side").nth(1).expect("the side-by-side table");
+        assert!(side.contains("| flex | ndarray | PyTorch |") && side.contains("stories260k DiJiang decoding at 64"));
+    }
     for png in ["attention.png", "decode.png", "state-memory.png"] {
         let bytes = std::fs::read(dir.join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG file");

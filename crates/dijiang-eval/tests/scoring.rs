@@ -9,16 +9,16 @@ use support::{evaldata, fixture, shared};
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::NdArray;
 use dijiang_eval::encode::Encoder;
 use dijiang_eval::evaluate::load_docs;
 use dijiang_eval::{EvalOptions, LogLikelihood, Scorer, Task, TaskResult, Unit, evaluate_task};
 use dijiang_model::config::AttentionKernelConfig;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::Checkpoint;
 use dijiang_model::tokenizer::Tokenizer;
 use dijiang_model::{DiJiangConfig, Transformer};
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 /// A model from `path`, as it is or converted to DiJiang (chunks of 16 tokens, so that contexts
 /// span several chunks and continuations start mid-chunk).

@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn tensor_form_is_orthogonal_in_f32() {
-        type B = burn::backend::NdArray;
+        type B = crate::cpu::Cpu;
         let d = 64;
         let c = dct2_tensor::<B>(d, &Default::default());
         let eye = c.clone().matmul(c.transpose());

@@ -99,7 +99,7 @@ mod tests {
     use super::*;
     use burn::tensor::{Distribution, TensorData};
 
-    type B = burn::backend::NdArray<f32>;
+    type B = crate::cpu::Cpu;
 
     fn to_vec(x: Tensor<B, 4>) -> Vec<f64> {
         x.into_data().convert::<f64>().to_vec::<f64>().expect("float data")

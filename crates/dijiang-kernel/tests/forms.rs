@@ -3,7 +3,7 @@
 //! mix of decays (including none); and the parallel form matches a scalar f64 loop written from the
 //! definition.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend};
 use dijiang_kernel::linear_attention::{chunked, parallel, recurrent};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -135,7 +135,7 @@ fn check_all_forms<AB: AutodiffBackend>(t: usize, m: usize, chunks: &[usize], de
     }
 }
 
-type Cpu = Autodiff<NdArray<f32>>;
+type Cpu = Autodiff<dijiang_kernel::cpu::Cpu>;
 
 #[test]
 fn forms_agree_in_values_states_and_gradients_on_ndarray() {
@@ -242,7 +242,7 @@ fn chunked_agrees_with_parallel_on_wgpu() {
                 });
                 assert_same(&format!("wgpu chunked c={c} t={t} m={m}"), &blocked, &reference);
             }
-            // And the wgpu result is the NdArray result.
+            // And the wgpu result is the CPU backend's result.
             let cpu = run::<Cpu>(&case, &Default::default(), |x| {
                 (parallel(x.q.clone(), x.k.clone(), x.v.clone(), x.log_decay.clone()), None)
             });

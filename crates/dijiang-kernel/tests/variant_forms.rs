@@ -5,7 +5,7 @@
 //! heads and a mix of decays; prefill then decoding equals one pass; and the quadratic twins
 //! match scalar f64 loops written from the definitions.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend};
 use dijiang_kernel::linear_attention::{
     HybridInputs, WindowState, hybrid_chunked, hybrid_parallel, hybrid_recurrent, normalized_chunked,
@@ -28,7 +28,7 @@ const HQ: usize = 4;
 const HKV: usize = 2;
 const GAMMAS: [f64; HQ] = [1.0, 0.96875, 0.99, 0.998];
 
-type Cpu = Autodiff<NdArray<f32>>;
+type Cpu = Autodiff<dijiang_kernel::cpu::Cpu>;
 
 /// Host-side inputs: raw q, k (for the window's softmax; logits of a few units), features phi(q),
 /// phi(k) (positive, rows summing to about 1 like the reference map), v, and a fixed cotangent.

@@ -33,5 +33,6 @@ pub use config::{
     AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, LinearWeight, LoraConfig, LoraTarget, ModelConfig,
     OutputNorm,
 };
+pub use dijiang_kernel::cpu;
 pub use error::ModelError;
 pub use transformer::{DecodeState, ForwardOutput, LayerTrace, Trace, Transformer};

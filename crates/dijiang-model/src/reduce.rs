@@ -18,7 +18,7 @@ pub fn sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
     if n <= MAX_ROW {
         return x.sum();
     }
-    let row = (1..=MAX_ROW).rev().find(|r| n % r == 0).unwrap_or(1);
+    let row = (1..=MAX_ROW).rev().find(|r| n.is_multiple_of(*r)).unwrap_or(1);
     x.reshape([n / row, row]).sum_dim(1).sum()
 }
 
@@ -32,7 +32,7 @@ pub fn mean<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
 mod tests {
     use burn::tensor::{Distribution, Tensor, TensorData, Tolerance};
 
-    type B = burn::backend::NdArray<f32>;
+    type B = crate::cpu::Cpu;
 
     #[test]
     fn sums_and_means_equal_the_plain_ones() {

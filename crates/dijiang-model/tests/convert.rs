@@ -7,16 +7,16 @@ use support::fixture;
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::NdArray;
 use burn::prelude::*;
 use dijiang_model::config::{Architecture, FeatureMapKind};
 use dijiang_model::convert::{convert, is_kernel_param};
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::import::safetensors::SafetensorsFiles;
 use dijiang_model::import::{Format, load};
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig, Transformer};
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 fn scratch(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dijiang-convert-{tag}-{}", std::process::id()))

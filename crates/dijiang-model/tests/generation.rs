@@ -7,17 +7,17 @@ use support::{fixture, shared, smollm2_gguf};
 
 use std::path::Path;
 
-use burn::backend::NdArray;
 use burn::prelude::*;
 use dijiang_model::config::{AttentionKernelConfig, DecayKind, GateKind, LinearWeight, OutputNorm};
 use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
+use dijiang_model::cpu::Cpu;
 use dijiang_model::generate::{Sampler, Sampling, generate};
 use dijiang_model::import::Checkpoint;
 use dijiang_model::import::safetensors::SafetensorsFiles;
 use dijiang_model::tokenizer::Tokenizer;
 use dijiang_model::{DecodeState, DiJiangConfig, Transformer};
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

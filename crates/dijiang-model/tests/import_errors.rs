@@ -6,10 +6,10 @@ use support::{fixture, shared, smollm2_gguf};
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::NdArray;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::load;
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 /// A scratch copy of a fixture directory, removed on drop.
 struct Scratch(PathBuf);

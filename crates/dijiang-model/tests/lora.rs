@@ -6,18 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::NdArray;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_model::config::{Architecture, is_lora_param};
 use dijiang_model::convert::convert;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::load;
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::layers::{GeluMlp, Mlp, Projection, SwiGlu};
 use dijiang_model::{DiJiangConfig, LoraConfig, LoraTarget, ModelConfig, Transformer};
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 fn logits(model: &Transformer<B>) -> Vec<f32> {
     let vocab = model.config().vocab_size;

@@ -7,13 +7,13 @@ use support::{fixture, shared, smollm2_gguf};
 
 use std::path::Path;
 
-use burn::backend::NdArray;
 use burn::prelude::*;
 use dijiang_model::Transformer;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::safetensors::SafetensorsFiles;
 use dijiang_model::import::{Format, load};
 
-type B = NdArray<f32>;
+type B = Cpu;
 const TOLERANCE: f32 = 1e-4;
 
 struct Expected {

@@ -55,7 +55,7 @@ pub fn row_kl<B: Backend>(p: Tensor<B, 4>, raw: Tensor<B, 4>) -> Tensor<B, 1> {
 mod tests {
     use super::*;
 
-    type B = burn::backend::NdArray<f32>;
+    type B = dijiang_model::cpu::Cpu;
 
     #[test]
     fn row_kl_is_zero_for_equal_rows_and_matches_the_definition() {

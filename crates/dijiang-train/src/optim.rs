@@ -216,12 +216,13 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
 
 #[cfg(test)]
 mod tests {
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::Autodiff;
     use burn::nn::{Linear, LinearConfig};
+    use dijiang_model::cpu::Cpu;
 
     use super::*;
 
-    type B = Autodiff<NdArray>;
+    type B = Autodiff<Cpu>;
 
     /// One PyTorch AdamW step by hand, in f64.
     fn torch_adamw(p: f64, g: f64, lr: f64, wd: f64, c: &OptimizerConfig, t: i32, m: &mut f64, v: &mut f64) -> f64 {
@@ -239,7 +240,7 @@ mod tests {
         let mut linear: Linear<B> = LinearConfig::new(3, 2).init(&device);
         let w0: Vec<f64> = linear.weight.val().into_data().convert::<f64>().to_vec().unwrap();
         let b0: Vec<f64> = linear.bias.as_ref().unwrap().val().into_data().convert::<f64>().to_vec().unwrap();
-        let mut optimizer = AdamW::<NdArray>::new(config.clone());
+        let mut optimizer = AdamW::<Cpu>::new(config.clone());
         let x = Tensor::<B, 2>::from_data([[1.0, -2.0, 0.5]], &device);
         let (mut mw, mut vw, mut mb, mut vb) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; 2], vec![0.0; 2]);
         let (mut w, mut b) = (w0, b0);
@@ -277,10 +278,10 @@ mod tests {
         // The state survives a save / load round trip.
         let path = std::env::temp_dir().join(format!("dijiang-adamw-{}.safetensors", std::process::id()));
         optimizer.save(&path).unwrap();
-        let loaded = AdamW::<NdArray>::load(config, &path, &device).unwrap();
+        let loaded = AdamW::<Cpu>::load(config, &path, &device).unwrap();
         assert_eq!(loaded.updates(), 3);
         assert_eq!(loaded.moments.keys().collect::<Vec<_>>(), ["bias", "weight"]);
-        let m = |o: &AdamW<NdArray>| o.moments["weight"].v.to_data().to_vec::<f32>().unwrap();
+        let m = |o: &AdamW<Cpu>| o.moments["weight"].v.to_data().to_vec::<f32>().unwrap();
         assert_eq!(m(&loaded), m(&optimizer));
         std::fs::remove_file(path).ok();
     }

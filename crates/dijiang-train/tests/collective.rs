@@ -9,13 +9,13 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use burn::backend::NdArray;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
 use burn_communication::Address;
+use dijiang_model::cpu::Cpu;
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 const ROUNDS: usize = 4;
 const LEN: usize = 1000;

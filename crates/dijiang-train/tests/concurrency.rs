@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use dijiang_model::cpu::Cpu;
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<Cpu>;
 
 /// Rounds on a reused leaf: a throwaway backward (which drops the leaf's graph entry, so that each
 /// next operation on it starts a one-node graph), two such operations moved into `cat` (which

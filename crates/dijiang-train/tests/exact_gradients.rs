@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -20,6 +20,7 @@ use dijiang_data::dataset::LmBatch;
 use dijiang_model::config::{Architecture, GateKind, OutputNorm};
 use dijiang_model::config::{LoraConfig, LoraTarget};
 use dijiang_model::convert::{convert, is_kernel_param};
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::{DiJiangConfig, ModelConfig, Transformer};
 use dijiang_train::losses::{mse, row_kl};
@@ -28,8 +29,8 @@ use dijiang_train::params::set_trainable;
 use dijiang_train::recompute;
 use dijiang_train::transfer::{accumulate, shares_heads};
 
-type I = NdArray;
-type B = Autodiff<NdArray>;
+type I = Cpu;
+type B = Autodiff<Cpu>;
 
 const BLOCK: usize = 12;
 
@@ -122,11 +123,12 @@ fn assert_streamed_equals_one_graph(student: &Transformer<B>, teacher: &Transfor
     assert_same(student, (&streamed, values.total), (&reference, total));
 }
 
-/// `got`'s loss equals `want`'s to `1e-6` (relative), and their gradients agree to `1e-6` of the
-/// largest gradient, on the same parameters.
+/// `got`'s loss equals `want`'s to `1e-5` (relative: f32 sums of the same terms in another order;
+/// Flex's SIMD reductions put the streamed and one-graph losses 2e-6 apart), and their gradients
+/// agree to `1e-6` of the largest gradient, on the same parameters.
 fn assert_same(student: &Transformer<B>, got: (&GradientsParams, f64), want: (&GradientsParams, f64)) {
     let ((got, got_loss), (want, want_loss)) = (got, want);
-    assert!((got_loss - want_loss).abs() <= 1e-6 * want_loss.abs(), "loss {got_loss} vs {want_loss}");
+    assert!((got_loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "loss {got_loss} vs {want_loss}");
     let (got, want) = (grads_of(student, got), grads_of(student, want));
     let scale = want.iter().flatten().flatten().fold(0f32, |m, g| m.max(g.abs()));
     assert!(scale > 0.0, "some gradient");

@@ -16,10 +16,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use dijiang_data::dataset::LmBatch;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::{ModelConfig, Transformer};
 use dijiang_train::Experiment;
 use dijiang_train::distributed::Reducer;
@@ -29,8 +30,8 @@ use dijiang_train::params::set_trainable;
 use dijiang_train::step::{Signals, StepInputs, step};
 use dijiang_train::trainable::{teacher_is_view, trains};
 
-type I = NdArray;
-type B = Autodiff<NdArray>;
+type I = Cpu;
+type B = Autodiff<Cpu>;
 
 /// Counts live heap bytes and their peak (System does the allocating).
 struct Counting;

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::Module;
 use dijiang_model::config::Architecture;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::{ModelConfig, Transformer};
 use dijiang_train::experiment::Experiment;
@@ -23,8 +24,8 @@ use dijiang_train::start::Inputs;
 use dijiang_train::trainable::{parameter_counts, trains};
 use dijiang_train::{Outcome, RunOptions, train_with};
 
-type I = NdArray;
-type B = Autodiff<NdArray>;
+type I = Cpu;
+type B = Autodiff<Cpu>;
 
 const BLOCK: usize = 16;
 const STEPS: usize = 6;

@@ -5,15 +5,15 @@
 use std::path::Path;
 
 use anyhow::Result;
-use burn::backend::NdArray;
 use dijiang_model::DiJiangConfig;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import::{self, native};
 use safetensors::{Dtype, tensor::TensorView};
 
 use super::{repo, shared, values};
 use crate::input::Input;
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 const TINY_CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24,
 "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32,

@@ -4,14 +4,14 @@
 
 use std::path::Path;
 
-use burn::backend::NdArray;
+use dijiang_model::cpu::Cpu;
 use dijiang_model::import;
 
 use super::tokenizer::use_tokenizer_of;
 use super::{Errors, Target};
 use crate::seeds;
 
-type B = NdArray<f32>;
+type B = Cpu;
 
 /// Opens the checkpoint at `path` and builds its model (on the CPU; the seeds are tiny, and a
 /// mutant can only make a model as large as the values its file holds).

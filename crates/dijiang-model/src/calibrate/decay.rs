@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     use dijiang_kernel::linear_attention::decay_matrix;
 
-    type B = burn::backend::NdArray<f32>;
+    type B = crate::cpu::Cpu;
 
     #[test]
     fn decay_only_distance_rises_from_zero_to_uniform_averaging() {

@@ -83,7 +83,7 @@ pub fn best_log_weight<B: Backend>(parts: &WindowParts<B>, target: Tensor<B, 4>)
 mod tests {
     use super::*;
 
-    type B = burn::backend::NdArray<f32>;
+    type B = crate::cpu::Cpu;
 
     #[test]
     fn the_best_weight_is_the_one_that_made_the_target() {

@@ -19,7 +19,7 @@ use dijiang_kernel::qmc::ScaleSampling;
 use dijiang_model::attention::{SoftmaxKernel, reference_log_decay};
 use serde_json::json;
 
-use super::{machine, median_time, write_json};
+use super::{Run, machine, median_time, write_json};
 use crate::backend::Backend;
 
 type AB = Autodiff<Backend>;
@@ -69,7 +69,7 @@ fn time_form(form: Form, t: usize, args: &Args, device: &burn::tensor::Device<Ba
         device,
     );
     let softmax = SoftmaxKernel::new(d);
-    median_time(device, args.reps, 20.0, || {
+    median_time::<Backend>(device, args.reps, 20.0, || {
         let (q, k, v) = (q.clone(), k.clone(), v.clone());
         let loss = match form {
             Form::Softmax => softmax.forward(q, k, v).sum(),
@@ -143,7 +143,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let result = json!({
         "bench": "attention forward+backward",
-        "machine": machine(),
+        "machine": machine::<Backend>(Run::Primary),
         "heads": args.heads,
         "head_dim": args.head_dim,
         "features": args.head_dim,

@@ -18,12 +18,10 @@ use burn::tensor::Distribution;
 use dijiang_model::attention::LayerState;
 use dijiang_model::rope::rope_tables;
 use dijiang_model::{AttentionKernelConfig, DecodeState, DiJiangConfig, ModelConfig, Transformer};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::{machine, median_time, sync, write_json};
-use crate::backend::Backend;
-
-type Device = burn::tensor::Device<Backend>;
+use super::{Run, machine, median_time, sync, write_json};
+use crate::backend::{Backend as Primary, CpuPeer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,14 +37,17 @@ pub struct Args {
     /// Decoding steps timed per context.
     #[arg(long, default_value_t = 16)]
     pub tokens: usize,
+    /// Only the binary's backend (by default a Flex build also measures NdArray, side by side).
+    #[arg(long)]
+    pub no_peer: bool,
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
 }
 
 /// A decoding state at position `context`, as a prefill would leave it (random contents).
-fn state_at(model: &Transformer<Backend>, context: usize, device: &Device) -> DecodeState<Backend> {
+fn state_at<B: Backend>(model: &Transformer<B>, context: usize, device: &B::Device) -> DecodeState<B> {
     let c = model.config();
-    let random = |shape: [usize; 4]| Tensor::<Backend, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let random = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
     let mut state = DecodeState::new(c.num_layers);
     state.position = context;
     for layer in state.layers.iter_mut() {
@@ -67,122 +68,151 @@ fn state_at(model: &Transformer<Backend>, context: usize, device: &Device) -> De
 /// Seconds per decoding step of block 0's attention alone (projections, cache or state update,
 /// attention, output projection) from `state`'s layer 0: the part of a decoding step that depends
 /// on the context, without the MLPs and the output head, which cost the same for both kernels.
-fn attention_step(model: &Transformer<Backend>, state: DecodeState<Backend>, steps: usize, device: &Device) -> f64 {
+fn attention_step<B: Backend>(model: &Transformer<B>, state: DecodeState<B>, steps: usize, device: &B::Device) -> f64 {
     let c = model.config();
     let attention = &model.layers[0].attn;
     let mut layer = state.layers.into_iter().next().flatten();
-    let x = Tensor::<Backend, 3>::random([1, 1, c.hidden_size], Distribution::Normal(0.0, 1.0), device);
+    let x = Tensor::<B, 3>::random([1, 1, c.hidden_size], Distribution::Normal(0.0, 1.0), device);
     let mut position = state.position;
-    let mut step = |layer: &mut Option<LayerState<Backend>>| {
+    let mut step = |layer: &mut Option<LayerState<B>>| {
         let (cos, sin) = rope_tables(position, 1, c.rotary_dims(), c.rope_theta, device);
         position += 1;
         attention.forward_cached(x.clone(), &cos, &sin, layer)
     };
     let _ = step(&mut layer);
-    sync(device);
+    sync::<B>(device);
     let start = Instant::now();
     for _ in 0..steps {
         let _ = step(&mut layer);
     }
-    sync(device);
+    sync::<B>(device);
     start.elapsed().as_secs_f64() / steps as f64
 }
 
 /// Tokens per second of `steps` greedy decoding steps from `state`.
-fn decode_speed(model: &Transformer<Backend>, mut state: DecodeState<Backend>, steps: usize, device: &Device) -> f64 {
-    let mut token = Tensor::<Backend, 2, Int>::zeros([1, 1], device);
+fn decode_speed<B: Backend>(
+    model: &Transformer<B>,
+    mut state: DecodeState<B>,
+    steps: usize,
+    device: &B::Device,
+) -> f64 {
+    let mut token = Tensor::<B, 2, Int>::zeros([1, 1], device);
     // One untimed step (allocations, kernel compilation on GPUs).
     let logits = model.forward_cached(token, &mut state);
     token = logits.argmax(2).reshape([1, 1]);
-    sync(device);
+    sync::<B>(device);
     let start = Instant::now();
     for _ in 0..steps {
         let logits = model.forward_cached(token, &mut state);
         token = logits.argmax(2).reshape([1, 1]);
     }
-    sync(device);
+    sync::<B>(device);
     steps as f64 / start.elapsed().as_secs_f64()
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let device: Device = Default::default();
-    let mut models = Vec::new();
-    for name in &args.models {
+/// One model shape with softmax and with DiJiang attention.
+struct Pair<B: Backend> {
+    name: String,
+    config: ModelConfig,
+    softmax: Transformer<B>,
+    dijiang: Transformer<B>,
+}
+
+impl<B: Backend> Pair<B> {
+    fn new(name: &str, args: &Args, device: &B::Device) -> Result<Self> {
         let mut config = ModelConfig::preset(name).with_context(|| format!("`{name}` is not a model preset"))?;
         config.max_seq_len = config.max_seq_len.max(args.contexts.iter().max().copied().unwrap_or(0) + args.tokens + 2);
-        let softmax = Transformer::<Backend>::init(&config, 0, &device)?;
-        let dijiang = Transformer::<Backend>::init(
-            &config.clone().with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig::default())),
-            0,
-            &device,
-        )?;
-        let mut decode = Vec::new();
-        for &context in &args.contexts {
-            let (s_state, d_state) = (state_at(&softmax, context, &device), state_at(&dijiang, context, &device));
-            // f32 elements; the KV cache at `context` positions (it grows by one per step).
-            let (s_bytes, d_bytes) = (s_state.num_elements() * 4, d_state.num_elements() * 4);
-            let s_attention = attention_step(&softmax, s_state.clone(), args.tokens, &device);
-            let d_attention = attention_step(&dijiang, d_state.clone(), args.tokens, &device);
-            let s_speed = decode_speed(&softmax, s_state, args.tokens, &device);
-            let d_speed = decode_speed(&dijiang, d_state, args.tokens, &device);
-            println!(
-                "{name} decode at {context:5}: softmax {s_speed:7.2} tok/s ({:.1} MiB KV cache), dijiang {d_speed:7.2} tok/s ({:.2} MiB state): {:.2}x",
-                s_bytes as f64 / (1 << 20) as f64,
-                d_bytes as f64 / (1 << 20) as f64,
-                d_speed / s_speed
-            );
-            println!(
-                "{name} attention step at {context:5}: softmax {:.3} ms, dijiang {:.3} ms: {:.2}x",
-                s_attention * 1e3,
-                d_attention * 1e3,
-                s_attention / d_attention
-            );
-            decode.push(json!({
-                "context": context,
-                "softmax_tokens_per_s": s_speed,
-                "dijiang_tokens_per_s": d_speed,
-                "softmax_state_bytes": s_bytes,
-                "dijiang_state_bytes": d_bytes,
-                "softmax_attention_step_s": s_attention,
-                "dijiang_attention_step_s": d_attention,
-            }));
-        }
-        let mut prefill = Vec::new();
-        for &len in &args.prefill {
-            let tokens = Tensor::<Backend, 2, Int>::from_data(
-                TensorData::new(
-                    (0..len as i64).map(|i| (i * 7919) % config.vocab_size as i64).collect::<Vec<_>>(),
-                    [1, len],
-                ),
-                &device,
-            );
-            let time = |model: &Transformer<Backend>| {
-                median_time(&device, 3, 10.0, || {
-                    let mut state = DecodeState::new(config.num_layers);
-                    let _ = model.forward_cached(tokens.clone(), &mut state);
-                })
-            };
-            let (s, d) = (time(&softmax), time(&dijiang));
-            println!(
-                "{name} prefill {len:5}: softmax {:.1} tok/s, dijiang {:.1} tok/s",
-                len as f64 / s,
-                len as f64 / d
-            );
-            prefill.push(json!({
-                "len": len,
-                "softmax_tokens_per_s": len as f64 / s,
-                "dijiang_tokens_per_s": len as f64 / d,
-            }));
-        }
+        let softmax = Transformer::<B>::init(&config, 0, device)?;
+        let dijiang = config.clone().with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig::default()));
+        let dijiang = Transformer::<B>::init(&dijiang, 0, device)?;
+        Ok(Self { name: name.to_string(), config, softmax, dijiang })
+    }
+
+    /// Decoding speed, state size and the attention step's time at `context`.
+    fn decode(&self, context: usize, tokens: usize, device: &B::Device) -> Value {
+        let name = &self.name;
+        let (s_state, d_state) = (state_at(&self.softmax, context, device), state_at(&self.dijiang, context, device));
+        // f32 elements; the KV cache at `context` positions (it grows by one per step).
+        let (s_bytes, d_bytes) = (s_state.num_elements() * 4, d_state.num_elements() * 4);
+        let s_attention = attention_step(&self.softmax, s_state.clone(), tokens, device);
+        let d_attention = attention_step(&self.dijiang, d_state.clone(), tokens, device);
+        let s_speed = decode_speed(&self.softmax, s_state, tokens, device);
+        let d_speed = decode_speed(&self.dijiang, d_state, tokens, device);
+        println!(
+            "{name} decode at {context:5}: softmax {s_speed:7.2} tok/s ({:.1} MiB KV cache), dijiang {d_speed:7.2} tok/s ({:.2} MiB state): {:.2}x",
+            s_bytes as f64 / (1 << 20) as f64,
+            d_bytes as f64 / (1 << 20) as f64,
+            d_speed / s_speed
+        );
+        println!(
+            "{name} attention step at {context:5}: softmax {:.3} ms, dijiang {:.3} ms: {:.2}x",
+            s_attention * 1e3,
+            d_attention * 1e3,
+            s_attention / d_attention
+        );
+        json!({
+            "context": context,
+            "softmax_tokens_per_s": s_speed,
+            "dijiang_tokens_per_s": d_speed,
+            "softmax_state_bytes": s_bytes,
+            "dijiang_state_bytes": d_bytes,
+            "softmax_attention_step_s": s_attention,
+            "dijiang_attention_step_s": d_attention,
+        })
+    }
+
+    /// Prefill speed of `len` tokens from an empty state.
+    fn prefill(&self, len: usize, device: &B::Device) -> Value {
+        let vocab = self.config.vocab_size as i64;
+        let tokens = Tensor::<B, 2, Int>::from_data(
+            TensorData::new((0..len as i64).map(|i| (i * 7919) % vocab).collect::<Vec<_>>(), [1, len]),
+            device,
+        );
+        let time = |model: &Transformer<B>| {
+            median_time::<B>(device, 3, 10.0, || {
+                let mut state = DecodeState::new(self.config.num_layers);
+                let _ = model.forward_cached(tokens.clone(), &mut state);
+            })
+        };
+        let (s, d) = (time(&self.softmax), time(&self.dijiang));
+        println!(
+            "{} prefill {len:5}: softmax {:.1} tok/s, dijiang {:.1} tok/s",
+            self.name,
+            len as f64 / s,
+            len as f64 / d
+        );
+        json!({"len": len, "softmax_tokens_per_s": len as f64 / s, "dijiang_tokens_per_s": len as f64 / d})
+    }
+}
+
+/// Every model shape on backend `B`, written to `run`'s file.
+fn run_on<B: Backend>(args: &Args, run: Run) -> Result<()> {
+    println!("decode on {}", run.backend());
+    let device = B::Device::default();
+    let mut models = Vec::new();
+    for name in &args.models {
+        let pair = Pair::<B>::new(name, args, &device)?;
+        let decode: Vec<Value> = args.contexts.iter().map(|&c| pair.decode(c, args.tokens, &device)).collect();
+        let prefill: Vec<Value> = args.prefill.iter().map(|&len| pair.prefill(len, &device)).collect();
         models.push(json!({"model": name, "decode": decode, "prefill": prefill}));
     }
     let result = json!({
         "bench": "decode",
-        "machine": machine(),
+        "machine": machine::<B>(run),
         "tokens_per_context": args.tokens,
         "models": models,
     });
-    let path = write_json(&args.out, "decode.json", &result)?;
+    let path = write_json(&args.out, &run.file("decode"), &result)?;
     println!("decode -> {}", path.display());
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    for run in Run::all(args.no_peer) {
+        match run {
+            Run::Primary => run_on::<Primary>(args, run)?,
+            Run::Peer => run_on::<CpuPeer>(args, run)?,
+        }
+    }
     Ok(())
 }

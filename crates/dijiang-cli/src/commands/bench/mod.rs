@@ -26,9 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::Backend as _;
-
-use crate::backend::Backend;
+use burn::tensor::backend::Backend;
 
 #[derive(clap::Subcommand)]
 pub enum What {
@@ -96,23 +94,23 @@ pub(crate) fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> R
 }
 
 /// Waits for the device's queued work (GPU backends run asynchronously).
-fn sync(device: &burn::tensor::Device<Backend>) {
-    Backend::sync(device).expect("device synchronisation");
+fn sync<B: Backend>(device: &B::Device) {
+    B::sync(device).expect("device synchronisation");
 }
 
 /// Median seconds of `f` over `reps` timed runs after one warm-up run; fewer timed runs when one
 /// takes longer than `budget_s` (a slow case is not repeated for minutes).
-fn median_time(device: &burn::tensor::Device<Backend>, reps: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
+fn median_time<B: Backend>(device: &B::Device, reps: usize, budget_s: f64, mut f: impl FnMut()) -> f64 {
     let start = Instant::now();
     f();
-    sync(device);
+    sync::<B>(device);
     let warm = start.elapsed().as_secs_f64();
     let reps = if warm > budget_s { 1 } else { reps.max(1) };
     let mut times: Vec<f64> = (0..reps)
         .map(|_| {
             let start = Instant::now();
             f();
-            sync(device);
+            sync::<B>(device);
             start.elapsed().as_secs_f64()
         })
         .collect();
@@ -120,8 +118,41 @@ fn median_time(device: &burn::tensor::Device<Backend>, reps: usize, budget_s: f6
     times[times.len() / 2]
 }
 
+/// Where a measurement runs: the binary's backend, or the CPU peer measured beside it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Run {
+    /// The backend the binary was built for; its results go to `NAME.json`.
+    Primary,
+    /// `crate::backend::CpuPeer`, measured in the same run; its results go to `NAME-PEER.json`.
+    Peer,
+}
+
+impl Run {
+    /// The runs of a measurement: the binary's backend, then its CPU peer unless `no_peer`.
+    fn all(no_peer: bool) -> Vec<Run> {
+        let peer = crate::backend::CPU_PEER.is_some() && !no_peer;
+        [Some(Run::Primary), peer.then_some(Run::Peer)].into_iter().flatten().collect()
+    }
+
+    /// The backend's name as the JSON files and the report show it.
+    pub(crate) fn backend(self) -> &'static str {
+        match self {
+            Run::Primary => crate::backend::NAME,
+            Run::Peer => crate::backend::CPU_PEER.unwrap_or("none"),
+        }
+    }
+
+    /// `bench.json` for the binary's backend, `bench-PEER.json` for its peer.
+    pub(crate) fn file(self, bench: &str) -> String {
+        match self {
+            Run::Primary => format!("{bench}.json"),
+            Run::Peer => format!("{bench}-{}.json", self.backend()),
+        }
+    }
+}
+
 /// The backend and machine, for the JSON files.
-fn machine() -> serde_json::Value {
+fn machine<B: Backend>(run: Run) -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -131,7 +162,8 @@ fn machine() -> serde_json::Value {
         })
         .unwrap_or_default();
     serde_json::json!({
-        "backend": crate::backend::describe(),
+        "backend": format!("backend: {} (device {:?})", run.backend(), B::Device::default()),
+        "backend_name": run.backend(),
         "cpu": cpu,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     })

@@ -30,11 +30,8 @@ use dijiang_train::trainable::trains;
 use dijiang_train::transfer::shares_heads;
 use serde_json::json;
 
-use super::{machine, median_time, write_json};
-use crate::backend::Backend;
-
-type AB = Autodiff<Backend>;
-type Device = burn::tensor::Device<Backend>;
+use super::{Run, machine, median_time, write_json};
+use crate::backend::{Backend as Primary, CpuPeer};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,12 +46,15 @@ pub struct Args {
     pub experiment: PathBuf,
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Only the binary's backend (by default a Flex build also measures NdArray, side by side).
+    #[arg(long)]
+    pub no_peer: bool,
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
 }
 
 /// Forward FLOPs per token of the weight products (see the module docs).
-fn weight_flops_per_token<M: Module<Backend>>(model: &M, config: &ModelConfig) -> f64 {
+fn weight_flops_per_token<B: Backend, M: Module<B>>(model: &M, config: &ModelConfig) -> f64 {
     let heads = (config.num_heads + config.num_kv_heads) as f64;
     let weights: f64 = params(model)
         .iter()
@@ -86,22 +86,21 @@ fn mixing_flops(config: &ModelConfig, t: usize) -> f64 {
     per_head * h * layers
 }
 
-fn forward_flops<M: Module<Backend>>(model: &M, config: &ModelConfig, block: usize, batch: usize) -> f64 {
+fn forward_flops<B: Backend, M: Module<B>>(model: &M, config: &ModelConfig, block: usize, batch: usize) -> f64 {
     batch as f64 * (weight_flops_per_token(model, config) * block as f64 + mixing_flops(config, block))
 }
 
-fn random_batch(vocab: usize, block: usize, batch: usize, device: &Device) -> LmBatch<Backend> {
-    let tokens =
-        Tensor::<Backend, 2>::random([batch, block + 1], Distribution::Uniform(0.0, vocab as f64), device).int();
+fn random_batch<B: Backend>(vocab: usize, block: usize, batch: usize, device: &B::Device) -> LmBatch<B> {
+    let tokens = Tensor::<B, 2>::random([batch, block + 1], Distribution::Uniform(0.0, vocab as f64), device).int();
     LmBatch { inputs: tokens.clone().slice([0..batch, 0..block]), targets: tokens.slice([0..batch, 1..block + 1]) }
 }
 
 /// FLOP/s of a `n x n x n` matrix product on the backend.
-fn matmul_peak(device: &Device) -> (usize, f64) {
+fn matmul_peak<B: Backend>(device: &B::Device) -> (usize, f64) {
     let n = 4096;
-    let a = Tensor::<Backend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let b = Tensor::<Backend, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let s = median_time(device, 3, 30.0, || {
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
+    let s = median_time::<B>(device, 3, 30.0, || {
         let _ = a.clone().matmul(b.clone());
     });
     (n, 2.0 * (n as f64).powi(3) / s)
@@ -109,17 +108,17 @@ fn matmul_peak(device: &Device) -> (usize, f64) {
 
 /// Median seconds of a training step of `objective` on `data` (the trainer's own step: loss,
 /// backward, clipping to norm 1, an AdamW update), after a warm-up step.
-fn time_steps(
-    student: Transformer<AB>,
+fn time_steps<B: Backend>(
+    student: Transformer<Autodiff<B>>,
     (objective, recompute): (&Objective, Recompute),
-    teacher: Option<&Transformer<Backend>>,
-    data: &LmBatch<Backend>,
+    teacher: Option<&Transformer<B>>,
+    data: &LmBatch<B>,
     reps: usize,
-    device: &Device,
+    device: &B::Device,
 ) -> f64 {
     let mut optimizer = AdamW::new(Default::default());
     let mut student = Some(student);
-    median_time(device, reps, 120.0, || {
+    median_time::<B>(device, reps, 120.0, || {
         let inputs = StepInputs {
             objective,
             teacher,
@@ -141,16 +140,16 @@ fn time_steps(
 /// trace, every layer's student attention from the block input, one backward. The student's
 /// projections differ from the teacher's (another seed), so it computes its own heads, as the
 /// one-graph step did. The AdamW update of the few kernel parameters is left out.
-fn time_one_graph(
-    student: Transformer<AB>,
+fn time_one_graph<B: Backend>(
+    student: Transformer<Autodiff<B>>,
     objective: &Objective,
-    teacher: &Transformer<Backend>,
-    data: &LmBatch<Backend>,
+    teacher: &Transformer<B>,
+    data: &LmBatch<B>,
     reps: usize,
-    device: &Device,
+    device: &B::Device,
 ) -> f64 {
     assert!(!shares_heads(&student, teacher), "the baseline computes the student's own heads");
-    median_time(device, reps, 120.0, || {
+    median_time::<B>(device, reps, 120.0, || {
         let (loss, _) = objective.loss(&student, Some(teacher), data);
         let _ = loss.backward();
     })
@@ -158,15 +157,15 @@ fn time_one_graph(
 
 /// FLOPs of a step of an end-to-end stage (none for layer-local ones): the student's forward and
 /// backward, and the teacher's forward where the loss reads its logits.
-fn stage_flops(
+fn stage_flops<B: Backend>(
     loss: &Objective,
-    (teacher, teacher_config): (&Transformer<Backend>, &ModelConfig),
+    (teacher, teacher_config): (&Transformer<B>, &ModelConfig),
     config: &ModelConfig,
     (block, batch): (usize, usize),
-    device: &Device,
+    device: &B::Device,
 ) -> Option<f64> {
     (!loss.has_layer_local_terms()).then(|| {
-        let inner = Transformer::<Backend>::init(config, 0, device).expect("the same config");
+        let inner = Transformer::<B>::init(config, 0, device).expect("the same config");
         let teacher_flops =
             if loss.needs_teacher_logits() { forward_flops(teacher, teacher_config, block, batch) } else { 0.0 };
         teacher_flops + 3.0 * forward_flops(&inner, config, block, batch)
@@ -176,9 +175,9 @@ fn stage_flops(
 /// The default experiment's steps (each stage; layer-local ones also in their one-graph form,
 /// end-to-end ones also with block recomputation), handed to `record` as (name, block, batch,
 /// seconds, FLOPs).
-fn default_experiment_rows(
+fn default_experiment_rows<B: Backend>(
     args: &Args,
-    device: &Device,
+    device: &B::Device,
     record: &mut impl FnMut(String, usize, usize, f64, Option<f64>),
 ) -> Result<()> {
     let device = device.clone();
@@ -187,13 +186,13 @@ fn default_experiment_rows(
     let preset = experiment.teacher.preset.clone().context("the experiment has no teacher.preset")?;
     let teacher_config = ModelConfig::preset(&preset).with_context(|| format!("`{preset}` is not a preset"))?;
     let config = experiment.student_config(&teacher_config);
-    let teacher = Transformer::<Backend>::init(&teacher_config, 0, &device)?;
+    let teacher = Transformer::<B>::init(&teacher_config, 0, &device)?;
     let (block, batch) = (experiment.data.block_size, experiment.data.batch_size / experiment.data.grad_accumulation);
     let data = random_batch(config.vocab_size, block, batch, &device);
     for (i, stage) in experiment.stages.iter().enumerate() {
         // Seed 0: the teacher's values outside the kernels (a converted student); 1: others.
-        let student = |seed| -> Result<Transformer<AB>> {
-            let student = Transformer::<AB>::init(&config, seed, &device)?;
+        let student = |seed| -> Result<Transformer<Autodiff<B>>> {
+            let student = Transformer::<Autodiff<B>>::init(&config, seed, &device)?;
             Ok(set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name)))
         };
         let seconds =
@@ -216,9 +215,11 @@ fn default_experiment_rows(
     Ok(())
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let device: Device = Default::default();
-    let (n, peak) = matmul_peak(&device);
+/// Every step on backend `B`, written to `run`'s file.
+fn run_on<B: Backend>(args: &Args, run: Run) -> Result<()> {
+    println!("train on {}", run.backend());
+    let device = B::Device::default();
+    let (n, peak) = matmul_peak::<B>(&device);
     println!("matmul peak ({n}^3): {:.1} GFLOP/s", peak / 1e9);
     let mut rows = Vec::new();
     let mut record = |name: String, block: usize, batch: usize, seconds: f64, flops: Option<f64>| {
@@ -250,25 +251,36 @@ pub fn run(args: &Args) -> Result<()> {
             .split_once('x')
             .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
             .with_context(|| format!("--shapes `{shape}`: expected BLOCKxBATCH, e.g. 512x4"))?;
-        let inner = Transformer::<Backend>::init(&config, 0, &device)?;
+        let inner = Transformer::<B>::init(&config, 0, &device)?;
         let flops = 3.0 * forward_flops(&inner, &config, block, batch);
-        let student =
-            set_trainable(Transformer::<AB>::init(&config, 0, &device)?, &|name| trains(Trainable::All, &dj, name));
-        let data = random_batch(config.vocab_size, block, batch, &device);
+        let student = set_trainable(Transformer::<Autodiff<B>>::init(&config, 0, &device)?, &|name| {
+            trains(Trainable::All, &dj, name)
+        });
+        let data = random_batch::<B>(config.vocab_size, block, batch, &device);
         let lm = Objective::new([(Term::Lm, 1.0)]);
         let seconds = time_steps(student, (&lm, Recompute::None), None, &data, args.reps, &device);
         record(format!("{}-dijiang LM", args.model), block, batch, seconds, Some(flops));
     }
 
-    default_experiment_rows(args, &device, &mut record)?;
+    default_experiment_rows::<B>(args, &device, &mut record)?;
 
     let result = json!({
         "bench": "train",
-        "machine": machine(),
+        "machine": machine::<B>(run),
         "matmul_peak": {"n": n, "flops": peak},
         "rows": rows,
     });
-    let path = write_json(&args.out, "train.json", &result)?;
+    let path = write_json(&args.out, &run.file("train"), &result)?;
     println!("train -> {}", path.display());
+    Ok(())
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    for run in Run::all(args.no_peer) {
+        match run {
+            Run::Primary => run_on::<Primary>(args, run)?,
+            Run::Peer => run_on::<CpuPeer>(args, run)?,
+        }
+    }
     Ok(())
 }
