@@ -175,7 +175,9 @@ fn two_workers_match_one() {
             let got = two[&(*step, tag.clone())];
             // Relative 1e-5, absolute 1e-7 for small values: a KL near 0 is a difference of terms of
             // size ~ln(vocab), whose f32 round-off does not shrink with it.
-            let tolerance = 1e-5 * want.abs().max(1e-2);
+            // f32 round-off of two orders of the same sums, relative to the loss scale (1e-1): a
+            // KL of 1.7e-3 differed by 1.1e-7 on Flex in one CI run (6.7e-5 of itself).
+            let tolerance = 1e-5 * want.abs().max(1e-1);
             assert!((got - want).abs() <= tolerance, "{tag} at {step}: two workers {got} vs one {want}");
             compared += 1;
         }
@@ -198,7 +200,9 @@ fn block_recomputation_trains_as_the_plain_step_and_resumes_exactly() {
     for ((step, tag), want) in plain {
         if tag.starts_with("train/") && tag != "train/tokens_per_s" {
             let value = got[&(*step, tag.clone())];
-            let tolerance = 1e-5 * want.abs().max(1e-2);
+            // f32 round-off of two orders of the same sums, relative to the loss scale (1e-1): a
+            // KL of 1.7e-3 differed by 1.1e-7 on Flex in one CI run (6.7e-5 of itself).
+            let tolerance = 1e-5 * want.abs().max(1e-1);
             assert!((value - want).abs() <= tolerance, "{tag} at {step}: recomputed {value} vs plain {want}");
             compared += 1;
         }

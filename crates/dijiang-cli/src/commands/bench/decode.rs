@@ -20,8 +20,7 @@ use dijiang_model::rope::rope_tables;
 use dijiang_model::{AttentionKernelConfig, DecodeState, DiJiangConfig, ModelConfig, Transformer};
 use serde_json::{Value, json};
 
-use super::{Run, machine, median_time, sync, write_json};
-use crate::backend::{Backend as Primary, CpuPeer};
+use super::{OnBackend, Run, machine, median_time, sync, write_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -207,12 +206,12 @@ fn run_on<B: Backend>(args: &Args, run: Run) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    for run in Run::all(args.no_peer) {
-        match run {
-            Run::Primary => run_on::<Primary>(args, run)?,
-            Run::Peer => run_on::<CpuPeer>(args, run)?,
-        }
+impl OnBackend for Args {
+    fn no_peer(&self) -> bool {
+        self.no_peer
     }
-    Ok(())
+
+    fn run_on<B: Backend>(&self, run: Run) -> Result<()> {
+        run_on::<B>(self, run)
+    }
 }

@@ -65,13 +65,13 @@ pub enum What {
 pub fn run(what: What) -> Result<()> {
     match what {
         What::Attention(args) => attention::run(&args),
-        What::Decode(args) => decode::run(&args),
-        What::Train(args) => train::run(&args),
+        What::Decode(args) => on_each_backend(&args),
+        What::Train(args) => on_each_backend(&args),
         What::Report { out } => report::run(&out),
         What::All { out } => {
             attention::run(&defaults(&out))?;
-            decode::run(&defaults(&out))?;
-            train::run(&defaults(&out))?;
+            on_each_backend(&defaults::<decode::Args>(&out))?;
+            on_each_backend(&defaults::<train::Args>(&out))?;
             report::run(&out)
         }
         What::Data { data, block, batch, batches, out } => data::run(&data, block, batch, batches, &out),
@@ -149,6 +149,25 @@ impl Run {
             Run::Peer => format!("{bench}-{}.json", self.backend()),
         }
     }
+}
+
+/// A measurement that runs on any backend (the binary's and its CPU peer).
+pub(crate) trait OnBackend {
+    /// Only the binary's backend (`--no-peer`).
+    fn no_peer(&self) -> bool;
+    /// Measures on `B`, writing `run`'s file.
+    fn run_on<B: Backend>(&self, run: Run) -> Result<()>;
+}
+
+/// `measurement` on the binary's backend, then on its CPU peer (unless `--no-peer`).
+pub(crate) fn on_each_backend(measurement: &impl OnBackend) -> Result<()> {
+    for run in Run::all(measurement.no_peer()) {
+        match run {
+            Run::Primary => measurement.run_on::<crate::backend::Backend>(run)?,
+            Run::Peer => measurement.run_on::<crate::backend::CpuPeer>(run)?,
+        }
+    }
+    Ok(())
 }
 
 /// The backend and machine, for the JSON files.

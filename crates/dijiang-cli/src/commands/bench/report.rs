@@ -200,6 +200,15 @@ fn decode_section(md: &mut String, targets: &mut Vec<String>, d: &Value, results
     Ok(())
 }
 
+/// One model's decoding curves as the rows fill them.
+struct ModelCurves {
+    softmax: Series,
+    dijiang: Series,
+    torch: Series,
+    kv_cache: Series,
+    state: Series,
+}
+
 /// One model's decoding table, prefill line and targets.
 fn decode_model(md: &mut String, targets: &mut Vec<String>, m: &Value, results: &Results) -> Result<DecodeSeries> {
     let name = m["model"].as_str().unwrap_or("?").to_string();
@@ -207,68 +216,17 @@ fn decode_model(md: &mut String, targets: &mut Vec<String>, m: &Value, results: 
         md,
         "## Decoding, {name} (tokens/s, one sequence)\n\n| context | softmax + KV cache | DiJiang recurrent | DiJiang / softmax | KV cache | DiJiang state | PyTorch HF + KV cache | DiJiang / PyTorch | attention step, softmax / DiJiang (ms) | ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )?;
-    let (mut s_series, mut d_series, mut t_series) = (
-        Series::new(&format!("{name} softmax")),
-        Series::new(&format!("{name} DiJiang")),
-        Series::new(&format!("{name} PyTorch")),
-    );
-    let (mut s_mem, mut d_mem) =
-        (Series::new(&format!("{name} KV cache")), Series::new(&format!("{name} DiJiang state")));
+    let mut curves = ModelCurves {
+        softmax: Series::new(&format!("{name} softmax")),
+        dijiang: Series::new(&format!("{name} DiJiang")),
+        torch: Series::new(&format!("{name} PyTorch")),
+        kv_cache: Series::new(&format!("{name} KV cache")),
+        state: Series::new(&format!("{name} DiJiang state")),
+    };
     for r in rows(m, "decode") {
-        let c = r["context"].as_u64().unwrap_or(0);
-        let (s, dj) = (f(&r["softmax_tokens_per_s"]), f(&r["dijiang_tokens_per_s"]));
-        let (sb, db) = (f(&r["softmax_state_bytes"]), f(&r["dijiang_state_bytes"]));
-        let torch = results.torch_decode(&name, c);
-        let mib = |b: Option<f64>| b.map(|b| b / (1u64 << 20) as f64);
-        let (sa, da) = (f(&r["softmax_attention_step_s"]), f(&r["dijiang_attention_step_s"]));
-        let ms = |t: Option<f64>| fmt(t.map(|t| t * 1e3), 2);
-        writeln!(
-            md,
-            "| {c} | {} | {} | {} | {} MiB | {} MiB | {} | {} | {} / {} | {} |",
-            fmt(s, 1),
-            fmt(dj, 1),
-            fmt(s.zip(dj).map(|(s, d)| d / s), 2),
-            fmt(mib(sb), 1),
-            fmt(mib(db), 2),
-            fmt(torch, 1),
-            fmt(torch.zip(dj).map(|(t, d)| d / t), 2),
-            ms(sa),
-            ms(da),
-            fmt(sa.zip(da).map(|(s, d)| s / d), 2)
-        )?;
-        let x = c as f64;
-        for (series, value) in [
-            (&mut s_series, s),
-            (&mut d_series, dj),
-            (&mut t_series, torch),
-            (&mut s_mem, mib(sb)),
-            (&mut d_mem, mib(db)),
-        ] {
-            if let Some(v) = value {
-                series.points.push((x, v));
-            }
-        }
-        if results.pytorch.is_some() {
-            targets.push(target(
-                &format!("{name} DiJiang decoding at {c} tokens vs PyTorch HF + KV cache"),
-                torch.zip(dj).map(|(t, d)| d / t),
-                1.0,
-            ));
-        }
-        if c == 4096 {
-            targets.push(target(
-                &format!("{name} decoding at 4096 tokens vs softmax + KV cache"),
-                s.zip(dj).map(|(s, d)| d / s),
-                5.0,
-            ));
-            targets.push(target(
-                &format!("{name} attention layer's decoding step at 4096 tokens vs softmax + KV cache (for scale)"),
-                sa.zip(da).map(|(s, d)| s / d),
-                5.0,
-            ));
-        }
+        decode_row(md, targets, (&name, &r), results, &mut curves)?;
     }
-    if let (Some(first), Some(last)) = (d_mem.points.first(), d_mem.points.last()) {
+    if let (Some(first), Some(last)) = (curves.state.points.first(), curves.state.points.last()) {
         let constant = (first.1 - last.1).abs() < 1e-12;
         targets.push(format!(
             "- {name} DiJiang state memory constant in context: **{}** ({:.2} MiB from {} to {} tokens)",
@@ -280,11 +238,73 @@ fn decode_model(md: &mut String, targets: &mut Vec<String>, m: &Value, results: 
     }
     writeln!(md)?;
     prefill_line(md, targets, &name, &rows(m, "prefill"), results)?;
-    let mut speed = vec![s_series, d_series];
-    if !t_series.points.is_empty() {
-        speed.push(t_series);
+    let mut speed = vec![curves.softmax, curves.dijiang];
+    if !curves.torch.points.is_empty() {
+        speed.push(curves.torch);
     }
-    Ok(DecodeSeries { speed, memory: vec![s_mem, d_mem] })
+    Ok(DecodeSeries { speed, memory: vec![curves.kv_cache, curves.state] })
+}
+
+/// One context's row of a model's decoding table, its points and its targets.
+fn decode_row(
+    md: &mut String,
+    targets: &mut Vec<String>,
+    (name, r): (&str, &Value),
+    results: &Results,
+    curves: &mut ModelCurves,
+) -> Result<()> {
+    let c = r["context"].as_u64().unwrap_or(0);
+    let (s, dj) = (f(&r["softmax_tokens_per_s"]), f(&r["dijiang_tokens_per_s"]));
+    let (sb, db) = (f(&r["softmax_state_bytes"]), f(&r["dijiang_state_bytes"]));
+    let torch = results.torch_decode(name, c);
+    let mib = |b: Option<f64>| b.map(|b| b / (1u64 << 20) as f64);
+    let (sa, da) = (f(&r["softmax_attention_step_s"]), f(&r["dijiang_attention_step_s"]));
+    let ms = |t: Option<f64>| fmt(t.map(|t| t * 1e3), 2);
+    writeln!(
+        md,
+        "| {c} | {} | {} | {} | {} MiB | {} MiB | {} | {} | {} / {} | {} |",
+        fmt(s, 1),
+        fmt(dj, 1),
+        fmt(s.zip(dj).map(|(s, d)| d / s), 2),
+        fmt(mib(sb), 1),
+        fmt(mib(db), 2),
+        fmt(torch, 1),
+        fmt(torch.zip(dj).map(|(t, d)| d / t), 2),
+        ms(sa),
+        ms(da),
+        fmt(sa.zip(da).map(|(s, d)| s / d), 2)
+    )?;
+    for (series, value) in [
+        (&mut curves.softmax, s),
+        (&mut curves.dijiang, dj),
+        (&mut curves.torch, torch),
+        (&mut curves.kv_cache, mib(sb)),
+        (&mut curves.state, mib(db)),
+    ] {
+        if let Some(v) = value {
+            series.points.push((c as f64, v));
+        }
+    }
+    if results.pytorch.is_some() {
+        targets.push(target(
+            &format!("{name} DiJiang decoding at {c} tokens vs PyTorch HF + KV cache"),
+            torch.zip(dj).map(|(t, d)| d / t),
+            1.0,
+        ));
+    }
+    if c == 4096 {
+        targets.push(target(
+            &format!("{name} decoding at 4096 tokens vs softmax + KV cache"),
+            s.zip(dj).map(|(s, d)| d / s),
+            5.0,
+        ));
+        targets.push(target(
+            &format!("{name} attention layer's decoding step at 4096 tokens vs softmax + KV cache (for scale)"),
+            sa.zip(da).map(|(s, d)| s / d),
+            5.0,
+        ));
+    }
+    Ok(())
 }
 
 fn prefill_line(
