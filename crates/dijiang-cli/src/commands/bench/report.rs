@@ -420,25 +420,19 @@ fn backends_section(md: &mut String, results: &Results) -> Result<()> {
             let peer_row = |kind: &str, key: &str, value: &Value| {
                 peer_model.as_ref().and_then(|pm| rows(pm, kind).into_iter().find(|x| &x[key] == value))
             };
-            for r in rows(&m, "decode") {
-                let c = r["context"].as_u64().unwrap_or(0);
-                let peer = peer_row("decode", "context", &r["context"]);
-                lines.push(SideBySide {
-                    label: format!("{model} DiJiang decoding at {c} (tokens/s)"),
-                    ours: f(&r["dijiang_tokens_per_s"]),
-                    peer: peer.as_ref().and_then(|x| f(&x["dijiang_tokens_per_s"])),
-                    torch: results.torch_decode(model, c),
-                });
-            }
-            for r in rows(&m, "prefill") {
-                let len = r["len"].as_u64().unwrap_or(0);
-                let peer = peer_row("prefill", "len", &r["len"]);
-                lines.push(SideBySide {
-                    label: format!("{model} DiJiang prefill {len} (tokens/s)"),
-                    ours: f(&r["dijiang_tokens_per_s"]),
-                    peer: peer.as_ref().and_then(|x| f(&x["dijiang_tokens_per_s"])),
-                    torch: results.torch_prefill(model, len),
-                });
+            // (rows, their key, the label's measurement)
+            let kinds = [("decode", "context", "decoding at"), ("prefill", "len", "prefill")];
+            for (kind, key, what) in kinds {
+                for r in rows(&m, kind) {
+                    let at = r[key].as_u64().unwrap_or(0);
+                    let peer = peer_row(kind, key, &r[key]);
+                    lines.push(SideBySide {
+                        label: format!("{model} DiJiang {what} {at} (tokens/s)"),
+                        ours: f(&r["dijiang_tokens_per_s"]),
+                        peer: peer.as_ref().and_then(|x| f(&x["dijiang_tokens_per_s"])),
+                        torch: results.torch(model, kind, |x| x[key] == r[key]),
+                    });
+                }
             }
         }
     }
