@@ -34,10 +34,12 @@ fn contribution(rank: usize, round: usize) -> Vec<f32> {
 fn node_process() {
     let Ok(spec) = std::env::var("DIJIANG_COLLECTIVE_NODE") else { return };
     let parts: Vec<&str> = spec.split(',').collect();
-    let (rank, nodes, orchestrator_port, first_data_port, strategy) =
+    let (rank, nodes, orchestrator_port, data_ports, strategy) =
         (parts[0].parse::<usize>().unwrap(), parts[1].parse::<usize>().unwrap(), parts[2], parts[3], parts[4]);
     let orchestrator_port: u16 = orchestrator_port.parse().unwrap();
-    let data_port = first_data_port.parse::<u16>().unwrap() + rank as u16;
+    // Each node's own free port: `first + rank` could land on a port another test holds.
+    let data_ports: Vec<u16> = data_ports.split(':').map(|p| p.parse().unwrap()).collect();
+    let data_port = data_ports[rank];
     let _orchestrator = (rank == 0).then(|| {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -79,9 +81,7 @@ fn node_process() {
     // Node 0 keeps the orchestrator up until the others have left (their data services close).
     if rank == 0 {
         let start = Instant::now();
-        let open = |r: usize| {
-            std::net::TcpStream::connect(("127.0.0.1", first_data_port.parse::<u16>().unwrap() + r as u16)).is_ok()
-        };
+        let open = |r: usize| std::net::TcpStream::connect(("127.0.0.1", data_ports[r])).is_ok();
         while (1..nodes).any(open) && start.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -90,7 +90,8 @@ fn node_process() {
 
 /// `nodes` processes, each running `node_process`; all must finish (within a minute) and agree.
 fn run_nodes(nodes: usize, strategy: &str) {
-    let (orchestrator, first_data) = (free_port(), free_port());
+    let orchestrator = free_port();
+    let data_ports = (0..nodes).map(|_| free_port().to_string()).collect::<Vec<_>>().join(":");
     let exe = std::env::current_exe().unwrap();
     let dir = std::env::temp_dir().join(format!("dijiang-collective-{}-{nodes}-{strategy}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -100,7 +101,7 @@ fn run_nodes(nodes: usize, strategy: &str) {
             let log = std::fs::File::create(&logs[rank]).unwrap();
             Command::new(&exe)
                 .args(["--exact", "node_process", "--nocapture", "--test-threads=1"])
-                .env("DIJIANG_COLLECTIVE_NODE", format!("{rank},{nodes},{orchestrator},{first_data},{strategy}"))
+                .env("DIJIANG_COLLECTIVE_NODE", format!("{rank},{nodes},{orchestrator},{data_ports},{strategy}"))
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
