@@ -31,6 +31,8 @@ compile_error!(
 
 mod backend;
 mod layout;
+/// dijiang patch (vendor/README.md).
+mod par;
 mod qtensor;
 mod strided_index;
 mod tensor;

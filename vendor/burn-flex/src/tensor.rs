@@ -252,7 +252,18 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        // dijiang patch: zeros of the element's width. Upstream built a `Vec<u8>` and handed it
+        // to `Bytes::from_bytes_vec`, which judges alignment by the element type (1 for `u8`),
+        // never by the pointer, so it always allocated a second, aligned buffer and copied into
+        // it: every matmul output was allocated twice and copied once (a pythia-70m training
+        // step: half of its page faults, in that copy; docs/profile.md). Other Flex tensors come
+        // from `Bytes::from_elems` of their element type, as these now do.
+        let bytes = match elem_size {
+            8 => Bytes::from_elems(alloc::vec![0u64; num_elements]),
+            4 => Bytes::from_elems(alloc::vec![0u32; num_elements]),
+            2 => Bytes::from_elems(alloc::vec![0u16; num_elements]),
+            _ => Bytes::from_elems(alloc::vec![0u8; num_elements * elem_size]),
+        };
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),
@@ -377,6 +388,16 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if all_positive && self.layout.strided_blocks().block_len() >= 8 {
+            // dijiang patch: ND layouts whose innermost dims are contiguous runs (a permuted
+            // `[b, t, h, d]` -> `[b, h, t, d]` of attention heads: runs of `d`) are copied run by
+            // run; upstream walked them element by element with `StridedIter` (~7% of a SmolLM2
+            // evaluation in this copy, docs/profile.md). Same values, same order.
+            let blocks = self.layout.strided_blocks();
+            let len = blocks.block_len();
+            for start in blocks.block_starts() {
+                dst.extend_from_slice(&src[start..start + len]);
+            }
         } else {
             // General fallback: covers negative strides (flipped
             // tensors) and ND layouts that can't collapse to ≤2D.
@@ -761,6 +782,23 @@ mod tests {
         let result_data = contig.into_data();
         let values = result_data.as_slice::<f32>().unwrap();
         assert_eq!(values, expected.as_slice());
+    }
+
+    /// dijiang patch: a 3D-collapsed layout with contiguous runs (attention heads swapped,
+    /// then narrowed) is copied run by run, equal to the element walk.
+    #[test]
+    fn test_to_contiguous_runs_match_naive() {
+        let dims = [2, 5, 3, 8];
+        let n: usize = dims.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let t = FlexTensor::from_data(TensorData::new(data.clone(), dims.to_vec()));
+        for view in [t.transpose(1, 2), t.transpose(1, 2).narrow(2, 1, 3), t.narrow(3, 2, 4).transpose(0, 1)] {
+            let expected: Vec<f32> =
+                crate::strided_index::StridedIter::new(view.layout()).map(|i| data[i]).collect();
+            let contig = view.to_contiguous();
+            assert!(contig.is_contiguous());
+            assert_eq!(contig.into_data().as_slice::<f32>().unwrap(), expected.as_slice());
+        }
     }
 
     /// Exercise the `row_stride > col_stride` branch of the 2D tiled

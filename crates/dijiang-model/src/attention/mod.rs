@@ -155,8 +155,8 @@ impl<B: Backend> Attention<B> {
         let d = self.head_dim;
         // [b, t, heads*d] -> [b, heads, t, d]
         let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = apply_rope(split(flat_linear(&self.q, x.clone()), self.num_heads), cos, sin);
-        let k = apply_rope(split(flat_linear(&self.k, x.clone()), self.num_kv_heads), cos, sin);
+        let q = split(apply_rope(flat_linear(&self.q, x.clone()), self.num_heads, cos, sin), self.num_heads);
+        let k = split(apply_rope(flat_linear(&self.k, x.clone()), self.num_kv_heads, cos, sin), self.num_kv_heads);
         let v = split(flat_linear(&self.v, x), self.num_kv_heads);
         (q, k, v)
     }
