@@ -102,11 +102,11 @@ mod tests {
         for (row, chunk) in out.chunks_mut(d).enumerate() {
             let pos = (row / heads) % t;
             let src = &x[row * d..row * d + d];
-            for i in 0..r {
+            for (i, slot) in chunk.iter_mut().enumerate().take(r) {
                 let f = (1.0 / theta.powf((2 * (i % half)) as f64 / r as f64)) as f32;
                 let angle = (pos as f32 * f) as f64;
                 let rotated = if i < half { -src[i + half] } else { src[i - half] };
-                chunk[i] = (src[i] as f64 * angle.cos() + rotated as f64 * angle.sin()) as f32;
+                *slot = (src[i] as f64 * angle.cos() + rotated as f64 * angle.sin()) as f32;
             }
         }
         assert_eq!(out.len(), b * t * heads * d);
