@@ -17,7 +17,7 @@ use dijiang_model::{LayerTrace, Trace, Transformer};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::losses::{cross_entropy, kl_divergence, mse, row_kl};
+use crate::losses::{cross_entropy_train, kl_divergence_train, mse, row_kl};
 use crate::transfer::{lift, shares_heads};
 
 /// One loss term.
@@ -79,10 +79,10 @@ impl Term {
     /// The term's value on one micro-batch (differentiable through the student).
     fn loss<B: AutodiffBackend>(self, f: &Forward<'_, B>, temperature: f64) -> Tensor<B, 1> {
         match self {
-            Term::Lm => cross_entropy(f.student_logits().clone(), Tensor::from_inner(f.batch.targets.clone())),
+            Term::Lm => cross_entropy_train(f.student_logits().clone(), f.batch.targets.clone()),
             Term::Kl => {
                 let teacher = f.trace().logits.as_ref().expect("traced with logits: Kl needs them");
-                kl_divergence(Tensor::from_inner(teacher.clone()), f.student_logits().clone(), temperature)
+                kl_divergence_train(teacher.clone(), f.student_logits().clone(), temperature)
             }
             Term::Attention | Term::AttentionRows => {
                 let parts: Vec<Tensor<B, 1>> = (f.trace().layers.iter().enumerate())

@@ -248,17 +248,45 @@ fn apply_broadcast_pattern_f32(
 ) -> FlexTensor {
     let numel = lhs.layout().num_elements();
     let rhs_storage = rhs.storage::<f32>();
+    // dijiang patch: the rows split over rayon's threads (`crate::par`); each element's result is
+    // the same at any split.
+    let row_len = pattern.row_len();
+    let run = |first_row: usize, dst: &mut [f32]| {
+        run_broadcast_pattern_f32(dst, rhs_storage, simd_op, pattern.rows(first_row, dst.len() / row_len));
+    };
 
     if lhs.is_unique() {
         let dst = &mut lhs.storage_mut::<f32>()[..numel];
-        run_broadcast_pattern_f32(dst, rhs_storage, simd_op, pattern);
+        crate::par::for_row_chunks(dst, row_len, run);
         lhs
     } else {
         // Copy lhs once, then apply the broadcast in place. The
         // memcpy is cheaper than the StridedIter fallback it replaces.
-        let mut out: Vec<f32> = lhs.storage::<f32>()[..numel].to_vec();
-        run_broadcast_pattern_f32(&mut out, rhs_storage, simd_op, pattern);
+        // dijiang patch: each chunk copied and computed on the thread that owns it.
+        let src = &lhs.storage::<f32>()[..numel];
+        let out = crate::par::copy_then_rows(src, row_len, run);
         make_tensor(out, lhs.layout().shape().clone(), lhs.dtype())
+    }
+}
+
+#[cfg(feature = "simd")]
+impl BroadcastView {
+    fn row_len(&self) -> usize {
+        match *self {
+            BroadcastView::SharedRow { row_len, .. } | BroadcastView::PerRowScalar { row_len, .. } => row_len,
+        }
+    }
+
+    /// The pattern over `count` rows from `first` on.
+    fn rows(self, first: usize, count: usize) -> Self {
+        match self {
+            BroadcastView::SharedRow { row_len, rhs_row_offset, .. } => {
+                BroadcastView::SharedRow { outer_count: count, row_len, rhs_row_offset }
+            }
+            BroadcastView::PerRowScalar { row_len, rhs_scalar_base, .. } => {
+                BroadcastView::PerRowScalar { outer_count: count, row_len, rhs_scalar_base: rhs_scalar_base + first }
+            }
+        }
     }
 }
 

@@ -261,15 +261,15 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
+    let mut out = OutputBuffer::<T>::new(checked_size(m, n));
 
     // dijiang's vendored change (vendor/README.md): a one-row product, each decoded token's, is a
     // matrix-vector product, which the gemm crate runs on one thread whatever the parallelism.
     #[cfg(feature = "rayon")]
     if m == 1 && n.saturating_mul(k) >= GEMV_SPLIT_THRESHOLD && rayon::current_num_threads() > 1 {
-        gemv_by_column_blocks::<T>(n, k, out_data, (lhs_ptr, lhs_col_stride, lhs_row_stride), (rhs_ptr, rhs_col_stride, rhs_row_stride));
-        return output;
+        gemv_by_column_blocks::<T>(n, k, out.spare(), (lhs_ptr, lhs_col_stride, lhs_row_stride), (rhs_ptr, rhs_col_stride, rhs_row_stride));
+        // SAFETY: the column blocks cover 0..n, and gemm wrote each of them (`gemm_call`).
+        return unsafe { out.written(out_shape) };
     }
 
     let parallelism = get_parallelism(m, n, k);
@@ -279,7 +279,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out.spare().as_mut_ptr().cast::<T>(),
             1,
             n as isize,
             lhs_ptr,
@@ -290,9 +290,40 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+        // SAFETY: gemm wrote all `m x n` elements (`gemm_call`).
+        out.written(out_shape)
+    }
+}
+
+/// dijiang patch: a product's output, left uninitialised until gemm has written it. Upstream
+/// zeroed it first (`FlexTensor::empty`): a `memset` of every product's output on the calling
+/// thread (2-3% of a training step's samples, while the other core waited; docs/profile.md),
+/// although gemm never reads it (`gemm_call` passes `read_dst = false`: every element is written,
+/// zeros when `k == 0`). The elements are reached only through raw pointers until
+/// [`OutputBuffer::written`] declares them written.
+struct OutputBuffer<T> {
+    data: Vec<T>,
+    len: usize,
+}
+
+impl<T: GemmScalar> OutputBuffer<T> {
+    fn new(len: usize) -> Self {
+        Self { data: Vec::with_capacity(len), len }
     }
 
-    output
+    /// The not-yet-written elements.
+    fn spare(&mut self) -> &mut [core::mem::MaybeUninit<T>] {
+        &mut self.data.spare_capacity_mut()[..self.len]
+    }
+
+    /// The tensor of the written elements.
+    ///
+    /// # Safety
+    /// Every one of the `len` elements has been written.
+    unsafe fn written(mut self, shape: Shape) -> FlexTensor {
+        unsafe { self.data.set_len(self.len) };
+        FlexTensor::new(Bytes::from_elems(self.data), Layout::contiguous(shape), T::dtype())
+    }
 }
 
 /// Weight elements (`n x k`, 4 MiB of f32) from which a one-row product is split over threads.
@@ -321,7 +352,7 @@ unsafe impl<T> Sync for SharedPtr<T> {}
 fn gemv_by_column_blocks<T: GemmScalar>(
     n: usize,
     k: usize,
-    out: &mut [T],
+    out: &mut [core::mem::MaybeUninit<T>],
     (lhs, lhs_cs, lhs_rs): (*const T, isize, isize),
     (rhs, rhs_cs, rhs_rs): (*const T, isize, isize),
 ) {
@@ -335,7 +366,7 @@ fn gemv_by_column_blocks<T: GemmScalar>(
                 1,
                 out.len(),
                 k,
-                out.as_mut_ptr(),
+                out.as_mut_ptr().cast::<T>(),
                 1,
                 n as isize,
                 lhs.0,
@@ -427,13 +458,13 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    let mut output = OutputBuffer::<T>::new(checked_size(batch_size, out_matrix_size));
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
     let lhs_start = lhs.layout().start_offset() as isize;
     let rhs_start = rhs.layout().start_offset() as isize;
-    let out_data: &mut [T] = output.storage_mut();
+    let out_data = output.spare();
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
@@ -472,7 +503,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
             let parallelism = gemm::Parallelism::Rayon(0);
             for b in 0..batch_size {
-                run_one(out_data[b * out_matrix_size..].as_mut_ptr(), b, parallelism);
+                run_one(out_data[b * out_matrix_size..].as_mut_ptr().cast::<T>(), b, parallelism);
             }
         } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
             use rayon::prelude::*;
@@ -481,12 +512,12 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
                 .par_chunks_mut(out_matrix_size)
                 .enumerate()
                 .for_each(|(b, out_chunk)| {
-                    run_one(out_chunk.as_mut_ptr(), b, gemm::Parallelism::None);
+                    run_one(out_chunk.as_mut_ptr().cast::<T>(), b, gemm::Parallelism::None);
                 });
         } else {
             for b in 0..batch_size {
                 run_one(
-                    out_data[b * out_matrix_size..].as_mut_ptr(),
+                    out_data[b * out_matrix_size..].as_mut_ptr().cast::<T>(),
                     b,
                     gemm::Parallelism::None,
                 );
@@ -499,14 +530,15 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         let _ = per_matrix_ops;
         for b in 0..batch_size {
             run_one(
-                out_data[b * out_matrix_size..].as_mut_ptr(),
+                out_data[b * out_matrix_size..].as_mut_ptr().cast::<T>(),
                 b,
                 gemm::Parallelism::None,
             );
         }
     }
 
-    output
+    // SAFETY: one gemm per batch matrix wrote each `m x n` block (`gemm_call`).
+    unsafe { output.written(out_shape) }
 }
 
 // ============================================================================
