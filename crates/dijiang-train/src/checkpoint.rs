@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
-use crate::optim::AdamW;
+use crate::optim::SavedState;
 
 pub const TRAINER_STATE: &str = "trainer.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
@@ -52,6 +52,10 @@ pub struct TrainerState {
     pub train_seconds: f64,
     /// The experiment the run was started with (after overrides).
     pub experiment: Experiment,
+    /// The teacher's held-out loss, kept for evaluations made without the teacher
+    /// (`eval.teacher = "start"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_loss: Option<f64>,
     /// In a saved checkpoint: what its other files must contain (empty in memory, and in
     /// checkpoints written before digests were recorded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -138,6 +142,7 @@ impl TrainerState {
             skipped: 0,
             train_seconds: 0.0,
             experiment,
+            teacher_loss: None,
             files: Vec::new(),
         }
     }
@@ -198,7 +203,7 @@ pub fn save<B: Backend>(
     state: &TrainerState,
     model: &Transformer<B>,
     manifest: &Manifest,
-    optimizer: &AdamW<B>,
+    optimizer: &SavedState,
     keep: usize,
 ) -> Result<PathBuf> {
     let parent = checkpoints_dir(run);
@@ -231,7 +236,7 @@ fn write_files<B: Backend>(
     state: &TrainerState,
     model: &Transformer<B>,
     manifest: &Manifest,
-    optimizer: &AdamW<B>,
+    optimizer: &SavedState,
 ) -> Result<()> {
     native::save(model, manifest, &dir.join(MODEL))?;
     optimizer.save(&dir.join(OPTIMIZER))?;

@@ -5,11 +5,14 @@
 //! through its global ring all-reduce ([`crate::nodes`]: addresses, node 0's orchestrator, and the
 //! watchdog that names a lost node). A worker joins once ([`Reducer::join`]), averages every step
 //! ([`Reducer::average`]) and leaves at the end ([`Reducer::leave`]), whatever happened in between.
+//! With the optimizer state sharded ([`crate::shard`]), each worker updates the parameters it owns
+//! and the reducer hands them to the others ([`Reducer::share_updates`]), and gathers the state
+//! for a checkpoint ([`Reducer::optimizer_state`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
@@ -19,6 +22,9 @@ use burn_collective::{self as collective, AllReduceStrategy, CollectiveConfig, P
 use crate::error::{Result, TrainError};
 use crate::experiment::DistributedConfig;
 use crate::nodes::{Nodes, Orchestrator};
+use crate::optim::{AdamW, SavedState};
+use crate::params::PathTracker;
+use crate::shard::Shards;
 
 /// Where a worker sits in a data-parallel run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +88,12 @@ pub enum Reducer<B: Backend> {
     /// A single worker: averaging is the identity.
     Single,
     Collective {
-        peer: PeerId,
+        rank: Rank,
         device: B::Device,
         /// The other nodes, watched while a collective call waits for them.
         nodes: Option<Nodes>,
+        /// The owners of the optimizer state, when it is sharded (set per stage).
+        shards: Option<Shards>,
     },
 }
 
@@ -105,7 +113,24 @@ impl<B: Backend> Reducer<B> {
             Some(nodes) => nodes.wait(&what, false, Some(nodes.join_timeout), register)?,
         };
         joined.map_err(|e| TrainError::Distributed(format!("{what}: {e:?}")))?;
-        Ok(Reducer::Collective { peer, device: device.clone(), nodes: reduction.nodes.clone() })
+        Ok(Reducer::Collective { rank, device: device.clone(), nodes: reduction.nodes.clone(), shards: None })
+    }
+
+    /// Shards the optimizer state as `shards` says from now on (`None`: replicated). A single
+    /// worker owns everything: nothing to shard.
+    pub fn shard(&mut self, shards: Option<Shards>) {
+        if let Reducer::Collective { shards: current, .. } = self {
+            *current = shards;
+        }
+    }
+
+    /// Whether this worker updates the parameter `name` (with the state replicated, every worker
+    /// updates every parameter).
+    pub fn updates(&self, name: &str) -> bool {
+        match self {
+            Reducer::Collective { rank, shards: Some(shards), .. } => shards.updates(rank.global, name),
+            _ => true,
+        }
     }
 
     /// The mean over all workers of `grads` (those of `module`'s parameters) and of `values`, in one
@@ -120,41 +145,108 @@ impl<B: Backend> Reducer<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let Reducer::Collective { peer, device, nodes } = self else { return Ok((grads, values)) };
+        let Reducer::Collective { device, .. } = self else { return Ok((grads, values)) };
         let (flat, layout) = Layout::pack::<AB, M>(module, grads, values, device);
-        let reduced = match nodes {
-            None => {
-                Self::mean(*peer, flat).map_err(|e| TrainError::Distributed(format!("all-reduce failed: {e:?}")))?
-            }
-            Some(nodes) => {
-                // Between nodes every slice travels as one websocket message, which this
-                // process bounds (`Nodes::collective_config`): reduce in chunks of at most
-                // `nodes.chunk` values, of equal sizes (a ring needs at least one value per node).
-                let total = flat.dims()[0];
-                let size = total.div_ceil(total.div_ceil(nodes.chunk).max(1));
-                let chunks = (0..total).step_by(size).map(|at| flat.clone().slice(at..(at + size).min(total)));
-                let what = "the all-reduce of the gradients";
-                let mut reduced = Vec::new();
-                for chunk in chunks {
-                    let peer = *peer;
-                    let mean = nodes.wait(what, true, None, move || Self::mean(peer, chunk))?;
-                    reduced.push(mean.map_err(|e| nodes.failure(what, &format!("{e:?}")))?);
-                }
-                Tensor::cat(reduced, 0)
-            }
-        };
+        let reduced = self.all_reduce(flat, ReduceOperation::Mean, "the all-reduce of the gradients")?;
         Ok(layout.unpack::<AB, M>(module, reduced))
     }
 
-    /// burn-collective's mean of `flat` over all workers.
-    fn mean(peer: PeerId, flat: Tensor<B, 1>) -> std::result::Result<Tensor<B, 1>, collective::CollectiveError> {
-        let reduced = collective::all_reduce::<B>(peer, flat.into_primitive().tensor(), ReduceOperation::Mean)?;
+    /// `module` with every parameter this worker does not own replaced by its owner's updated
+    /// values (an identity unless the optimizer state is sharded).
+    pub fn share_updates<AB, M>(&mut self, module: M) -> Result<M>
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let Reducer::Collective { rank, shards: Some(shards), .. } = self else { return Ok(module) };
+        let (rank, shards) = (rank.global, shards.clone());
+        let mut share = Share { reducer: self, shards: &shards, rank, path: PathTracker::default(), failed: None };
+        let module = module.map(&mut share);
+        match share.failed {
+            Some(e) => Err(e),
+            None => Ok(module),
+        }
+    }
+
+    /// The optimizer's whole state on the writer (global rank 0), `None` on the other workers.
+    /// Every worker must call it at the same step: a sharded state is gathered, one parameter's
+    /// moments at a time.
+    pub fn optimizer_state(&mut self, optimizer: &AdamW<B>) -> Result<Option<SavedState>> {
+        let (rank, shards) = match self {
+            Reducer::Single => return Ok(Some(optimizer.saved())),
+            Reducer::Collective { rank, shards: None, .. } => return Ok(rank.is_writer().then(|| optimizer.saved())),
+            Reducer::Collective { rank, shards: Some(shards), .. } => (*rank, shards.clone()),
+        };
+        let device = self.device().clone();
+        let params: Vec<(&str, usize, usize)> = shards.params().collect();
+        // Which moments exist (a parameter that never had a gradient has none).
+        let held: Vec<f32> = params
+            .iter()
+            .map(|&(name, owner, _)| f32::from(u8::from(owner == rank.global && optimizer.moments_of(name).is_some())))
+            .collect();
+        let n = held.len();
+        let held = self.all_reduce(
+            Tensor::from_data(TensorData::new(held, [n]), &device),
+            ReduceOperation::Sum,
+            "finding the optimizer state's shards",
+        )?;
+        let held = held.into_data().to_vec::<f32>().expect("f32");
+        let mut saved = SavedState { updates: optimizer.updates(), moments: Default::default() };
+        for (&(name, owner, len), _) in params.iter().zip(&held).filter(|(_, held)| **held > 0.0) {
+            let mine = if owner == rank.global { optimizer.moments_of(name) } else { None };
+            let [m, v] = mine.unwrap_or_else(|| [Tensor::zeros([len], &device), Tensor::zeros([len], &device)]);
+            let what = "gathering the optimizer state for a checkpoint";
+            let both = self.all_reduce(Tensor::cat(vec![m, v], 0), ReduceOperation::Sum, what)?;
+            if rank.is_writer() {
+                let [m, v] = [0, 1].map(|i| both.clone().slice(i * len..(i + 1) * len).into_data());
+                saved.moments.insert(name.to_string(), [m, v]);
+            }
+        }
+        Ok(rank.is_writer().then_some(saved))
+    }
+
+    fn device(&self) -> &B::Device {
+        match self {
+            Reducer::Collective { device, .. } => device,
+            Reducer::Single => unreachable!("a single worker exchanges nothing"),
+        }
+    }
+
+    /// burn-collective's all-reduce of `flat` over all workers (`what` names it in errors).
+    fn all_reduce(&mut self, flat: Tensor<B, 1>, op: ReduceOperation, what: &str) -> Result<Tensor<B, 1>> {
+        let Reducer::Collective { rank, nodes, .. } = self else { return Ok(flat) };
+        let peer = PeerId::from(rank.global);
+        let Some(nodes) = nodes else {
+            return Self::reduce(peer, flat, op).map_err(|e| TrainError::Distributed(format!("{what} failed: {e:?}")));
+        };
+        // Between nodes every slice travels as one websocket message, which this process bounds
+        // (`Nodes::collective_config`): reduce in chunks of at most `nodes.chunk` values, of equal
+        // sizes (a ring needs at least one value per node).
+        let total = flat.dims()[0];
+        let size = total.div_ceil(total.div_ceil(nodes.chunk).max(1));
+        let chunks = (0..total).step_by(size).map(|at| flat.clone().slice(at..(at + size).min(total)));
+        let mut reduced = Vec::new();
+        for chunk in chunks {
+            let result = nodes.wait(what, true, None, move || Self::reduce(peer, chunk, op))?;
+            reduced.push(result.map_err(|e| nodes.failure(what, &format!("{e:?}")))?);
+        }
+        Ok(Tensor::cat(reduced, 0))
+    }
+
+    /// burn-collective's `op` (sum or mean) of `flat` over all workers.
+    fn reduce(
+        peer: PeerId,
+        flat: Tensor<B, 1>,
+        op: ReduceOperation,
+    ) -> std::result::Result<Tensor<B, 1>, collective::CollectiveError> {
+        let reduced = collective::all_reduce::<B>(peer, flat.into_primitive().tensor(), op)?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
     }
 
     /// Leaves the reduction (every worker must, for the others to finish).
     pub fn leave(self) -> Result<()> {
-        let Reducer::Collective { peer, nodes, .. } = self else { return Ok(()) };
+        let Reducer::Collective { rank, nodes, .. } = self else { return Ok(()) };
+        let peer = PeerId::from(rank.global);
         let finish = move || collective::finish_collective::<B>(peer);
         let Some(nodes) = nodes else {
             return finish().map_err(|e| TrainError::Distributed(format!("leaving the collective: {e:?}")));
@@ -167,6 +259,48 @@ impl<B: Backend> Reducer<B> {
             Err(e) => tracing::debug!("{e}"),
         }
         Ok(())
+    }
+}
+
+/// Hands each trained parameter's updated values from its owner to every worker: the owner
+/// contributes its values, the others zeros, and the sum is exactly the owner's values.
+struct Share<'a, B: Backend> {
+    reducer: &'a mut Reducer<B>,
+    shards: &'a Shards,
+    rank: usize,
+    path: PathTracker,
+    failed: Option<TrainError>,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Share<'_, AB::InnerBackend> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(owner) = self.shards.owner(&self.path.name()).filter(|_| self.failed.is_none()) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let trains = tensor.is_require_grad();
+        let value = tensor.inner();
+        let (dims, device) = (value.dims(), value.device());
+        let n = value.shape().num_elements();
+        let mine = if owner == self.rank { value.reshape([n]) } else { Tensor::zeros([n], &device) };
+        let what = "sharing the updated parameters";
+        let value = match self.reducer.all_reduce(mine, ReduceOperation::Sum, what) {
+            Ok(shared) => shared.reshape(dims),
+            Err(e) => {
+                self.failed = Some(e);
+                Tensor::zeros(dims, &device)
+            }
+        };
+        let tensor = Tensor::from_inner(value);
+        Param::from_mapped_value(id, if trains { tensor.require_grad() } else { tensor }, mapper)
     }
 }
 
@@ -278,4 +412,88 @@ pub fn on_each_device<D: Sync, P: Send, R: Send>(
             (Err(e), _) | (Ok(_), Some(e)) => Err(e),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+    use burn::nn::{Linear, LinearConfig};
+    use dijiang_model::cpu::Cpu;
+
+    use super::*;
+    use crate::experiment::OptimizerConfig;
+    use crate::optim::Rates;
+    use crate::params::params;
+
+    type B = Autodiff<Cpu>;
+
+    /// Three AdamW steps of a linear layer whose weight and bias have different owners: each of
+    /// two sharded workers keeps only its own parameter's moments, both end with the replicated
+    /// optimizer's values bit for bit, and the gathered state is the replicated one.
+    #[test]
+    fn sharded_workers_keep_their_own_moments_and_end_equal_to_a_replicated_optimizer() {
+        let device = Default::default();
+        let linear: Linear<B> = LinearConfig::new(3, 2).init(&device);
+        // Visiting the parameters initialises them (Burn initialises lazily): clones share the values.
+        let names = params(&linear);
+        let loss = |linear: &Linear<B>, t: usize| {
+            let x = Tensor::<B, 2>::from_data([[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]], &device);
+            let y = linear.forward(x);
+            GradientsParams::from_grads((y.clone() * y).sum().mul_scalar(t as f64).backward(), linear)
+        };
+        let lr = |_: &str| 1e-2;
+        let mut replicated = AdamW::<Cpu>::new(OptimizerConfig::default());
+        let mut want = linear.clone();
+        for t in 1..=3 {
+            let grads = loss(&want, t);
+            want = replicated.step(want, grads, Rates { lr: &lr, grad_scale: 0.5 }, &|_| true);
+        }
+
+        let shards = Shards::new(2, names.iter().map(|p| (p.name.as_str(), p.numel())));
+        assert_eq!((shards.owner("weight"), shards.owner("bias")), (Some(0), Some(1)));
+        let distributed = DistributedConfig { devices: vec!["cpu".into(); 2], ..Default::default() };
+        let reduction = Reduction::of(&distributed).unwrap();
+        let workers: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|global| {
+                    let (reduction, shards, mut linear) = (reduction.as_ref(), shards.clone(), linear.clone());
+                    scope.spawn(move || {
+                        let rank = Rank { global, world: 2 };
+                        let mut reducer = Reducer::<Cpu>::join(reduction, rank, &Default::default()).unwrap();
+                        reducer.shard(Some(shards));
+                        let mut optimizer = AdamW::<Cpu>::new(OptimizerConfig::default());
+                        for t in 1..=3 {
+                            let (grads, _) = reducer.average(&linear, loss(&linear, t), vec![]).unwrap();
+                            let rates = Rates { lr: &lr, grad_scale: 0.5 };
+                            linear = optimizer.step(linear, grads, rates, &|name| reducer.updates(name));
+                            linear = reducer.share_updates(linear).unwrap();
+                        }
+                        let saved = reducer.optimizer_state(&optimizer).unwrap();
+                        reducer.leave().unwrap();
+                        (linear, optimizer, saved)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let values = |l: &Linear<B>| {
+            let bias = l.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+            (l.weight.val().into_data().to_vec::<f32>().unwrap(), bias)
+        };
+        let whole = replicated.saved();
+        for (rank, (linear, optimizer, saved)) in workers.iter().enumerate() {
+            assert_eq!(values(linear), values(&want), "worker {rank} ends with the replicated values");
+            let own = if rank == 0 { "weight" } else { "bias" };
+            let other = if rank == 0 { "bias" } else { "weight" };
+            assert!(optimizer.moments_of(own).is_some() && optimizer.moments_of(other).is_none(), "worker {rank}");
+            assert_eq!(saved.is_some(), rank == 0, "only the writer gets the gathered state");
+        }
+        let gathered = workers[0].2.as_ref().unwrap();
+        assert_eq!(gathered.updates, whole.updates);
+        assert_eq!(gathered.moments.keys().collect::<Vec<_>>(), whole.moments.keys().collect::<Vec<_>>());
+        for (name, [m, v]) in &whole.moments {
+            assert_eq!(&gathered.moments[name][0], m, "{name}: m");
+            assert_eq!(&gathered.moments[name][1], v, "{name}: v");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Held-out evaluation of the student against the teacher: perplexities, the KL between them, and
 //! per layer how far the student's attention is from the teacher's (output error on the teacher's
-//! layer inputs, total-variation distance of the attention rows).
+//! layer inputs, total-variation distance of the attention rows). Without the teacher
+//! (`eval.teacher = "start"` after step 0), the student's perplexity beside the teacher's kept one.
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
@@ -20,13 +21,14 @@ pub struct Evaluation {
     pub perplexity: f64,
     pub teacher_loss: f64,
     pub teacher_perplexity: f64,
-    /// KL(teacher || student) per token at temperature 1.
-    pub kl: f64,
+    /// KL(teacher || student) per token at temperature 1 (`None`: evaluated without the teacher).
+    pub kl: Option<f64>,
     /// Per layer: `||student - teacher|| / ||teacher||` of the attention output on the teacher's
-    /// layer input.
+    /// layer input (empty without the teacher).
     pub attention_error: Vec<f64>,
     /// Per layer: the mean total-variation distance between the teacher's softmax attention rows
-    /// and the student's normalised rows (`dijiang fidelity`), on the first validation window.
+    /// and the student's normalised rows (`dijiang fidelity`), on the first validation window
+    /// (empty without the teacher).
     pub attention_tv: Vec<f64>,
     pub tokens: usize,
     /// Zero-shot metrics (`eval.tasks`) as `(zero_shot/TASK/METRIC, value)`, where they were
@@ -51,15 +53,15 @@ impl Evaluation {
     /// The numbers as metric tags: `eval/NAME`, and per layer `eval/NAME/layer_NN`.
     pub fn tagged(&self) -> Vec<(String, f64)> {
         let mut values: Vec<(String, f64)> = [
-            ("eval/loss", self.loss),
-            ("eval/perplexity", self.perplexity),
-            ("eval/teacher_perplexity", self.teacher_perplexity),
+            ("eval/loss", Some(self.loss)),
+            ("eval/perplexity", Some(self.perplexity)),
+            ("eval/teacher_perplexity", Some(self.teacher_perplexity)),
             ("eval/kl", self.kl),
-            ("eval/attention_error", self.attention_error_mean()),
-            ("eval/attention_tv", self.attention_tv_mean()),
+            ("eval/attention_error", (!self.attention_error.is_empty()).then(|| self.attention_error_mean())),
+            ("eval/attention_tv", (!self.attention_tv.is_empty()).then(|| self.attention_tv_mean())),
         ]
         .into_iter()
-        .map(|(tag, v)| (tag.to_string(), v))
+        .filter_map(|(tag, v)| Some((tag.to_string(), v?)))
         .collect();
         for (name, per_layer) in [("attention_error", &self.attention_error), ("attention_tv", &self.attention_tv)] {
             values.extend(per_layer.iter().enumerate().map(|(i, v)| (format!("eval/{name}/layer_{i:02}"), *v)));
@@ -73,17 +75,25 @@ fn scalar<B: Backend>(x: Tensor<B, 1>) -> f64 {
     x.into_scalar().elem::<f64>()
 }
 
+/// The teacher of an evaluation: the model itself, or the loss it had on the same windows.
+#[derive(Clone, Copy)]
+pub enum TeacherSide<'a, B: Backend> {
+    Model(&'a Transformer<B>),
+    /// Its loss, kept from an evaluation with the model (NaN if none was made).
+    Kept(f64),
+}
+
 /// Evaluates on the first `batches` micro-batches of `micro` windows of `validation`.
 pub fn evaluate<B: Backend>(
     student: &Transformer<B>,
-    teacher: &Transformer<B>,
+    teacher: TeacherSide<'_, B>,
     validation: &Windows,
     batches: usize,
     micro: usize,
     device: &B::Device,
 ) -> Evaluation {
     let n = validation.len().min(batches.max(1) * micro);
-    let layers = teacher.layers.len();
+    let layers = student.layers.len();
     let (mut loss, mut teacher_loss, mut kl) = (0.0, 0.0, 0.0);
     let (mut err2, mut norm2) = (vec![0.0; layers], vec![0.0; layers]);
     let indices: Vec<usize> = (0..n).collect();
@@ -91,10 +101,11 @@ pub fn evaluate<B: Backend>(
         let windows: Vec<Vec<u32>> = chunk.iter().map(|&i| validation.get(i).expect("in range")).collect();
         let batch: LmBatch<B> = LmBatcher.batch(windows, device);
         let w = chunk.len() as f64 / n as f64;
-        let trace = teacher.trace(batch.inputs.clone(), false, true);
-        let teacher_logits = trace.logits.expect("traced with logits");
         let logits = student.forward(batch.inputs.clone());
         loss += w * scalar(cross_entropy(logits.clone(), batch.targets.clone()));
+        let TeacherSide::Model(teacher) = teacher else { continue };
+        let trace = teacher.trace(batch.inputs.clone(), false, true);
+        let teacher_logits = trace.logits.expect("traced with logits");
         teacher_loss += w * scalar(cross_entropy(teacher_logits.clone(), batch.targets.clone()));
         kl += w * scalar(kl_divergence(teacher_logits, logits, 1.0));
         for i in 0..layers {
@@ -104,6 +115,23 @@ pub fn evaluate<B: Backend>(
             norm2[i] += scalar(reduce::sum(target.square()));
         }
     }
+    let tokens = n * validation.block();
+    let teacher = match teacher {
+        TeacherSide::Model(teacher) => teacher,
+        TeacherSide::Kept(teacher_loss) => {
+            return Evaluation {
+                loss,
+                perplexity: loss.exp(),
+                teacher_loss,
+                teacher_perplexity: teacher_loss.exp(),
+                kl: None,
+                attention_error: Vec::new(),
+                attention_tv: Vec::new(),
+                tokens,
+                zero_shot: Vec::new(),
+            };
+        }
+    };
     let first: LmBatch<B> = LmBatcher.batch(vec![validation.get(0).expect("a validation window")], device);
     let all: Vec<usize> = (0..layers).collect();
     let attention_tv = measure(teacher, student, first.inputs, &all).into_iter().map(|f| f.tv_mean).collect();
@@ -113,9 +141,9 @@ pub fn evaluate<B: Backend>(
         perplexity: loss.exp(),
         teacher_loss,
         teacher_perplexity: teacher_loss.exp(),
-        kl,
+        kl: Some(kl),
         attention_error: err2.iter().zip(&norm2).map(|(e, t)| (e / t.max(f64::MIN_POSITIVE)).sqrt()).collect(),
-        tokens: n * validation.block(),
+        tokens,
         zero_shot: Vec::new(),
     }
 }

@@ -9,6 +9,7 @@ use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfi
 use serde::{Deserialize, Serialize};
 
 use crate::objective::Objective;
+use crate::shard::OptimizerLayout;
 use crate::trainable::Group;
 
 /// What can be wrong with an experiment.
@@ -111,6 +112,10 @@ pub struct DistributedConfig {
     /// this many f32 values; one chunk is one message per ring step, at most 512 MiB).
     #[serde(default = "chunk_values")]
     pub chunk_values: usize,
+    /// `"sharded"`: ZeRO-1, each worker keeps the optimizer moments of its share of the
+    /// parameters ([`crate::shard`]); `"replicated"` (default): every worker keeps all of them.
+    #[serde(default)]
+    pub optimizer: OptimizerLayout,
 }
 
 fn chunk_values() -> usize {
@@ -135,6 +140,7 @@ impl Default for DistributedConfig {
             addresses: Vec::new(),
             join_timeout_s: join_timeout_s(),
             chunk_values: chunk_values(),
+            optimizer: OptimizerLayout::Replicated,
         }
     }
 }
@@ -330,6 +336,23 @@ pub struct EvalConfig {
     /// The zero-shot evaluation data (`just evaldata` writes it).
     #[serde(default = "default_task_data")]
     pub task_data: PathBuf,
+    /// When the teacher is evaluated beside the student.
+    #[serde(default)]
+    pub teacher: TeacherEval,
+}
+
+/// When evaluations compare the student with its teacher.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherEval {
+    /// At every evaluation: the teacher's perplexity, the KL between them, the attention errors.
+    #[default]
+    Every,
+    /// At step 0 only: the teacher's perplexity is kept (in checkpoints too) and logged with every
+    /// evaluation; later evaluations measure the student alone. When no stage's loss reads the
+    /// teacher, its weights are dropped after step 0 (a full fine-tune then holds one copy of the
+    /// weights, not two: [`crate::trainable::teacher_held`]).
+    Start,
 }
 
 fn default_task_limit() -> usize {
@@ -348,6 +371,7 @@ impl Default for EvalConfig {
             tasks: Vec::new(),
             task_limit: default_task_limit(),
             task_data: default_task_data(),
+            teacher: TeacherEval::Every,
         }
     }
 }

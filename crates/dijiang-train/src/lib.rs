@@ -11,7 +11,8 @@
 //!   - [`step`]: one optimizer step ([`optim`]: AdamW and global-norm clipping; [`schedule`];
 //!     [`transfer`]: layer-local stages streamed; [`recompute`]: block recomputation);
 //!   - [`distributed`]: ranks, averaging across devices and nodes ([`nodes`]: addresses, node 0's
-//!     orchestrator, lost-node detection);
+//!     orchestrator, lost-node detection; [`shard`]: the optimizer state sharded over the
+//!     workers, ZeRO-1);
 //!   - [`recorder`]: the writer's logs ([`metrics`], [`events`] for TensorBoard), evaluations ([`evaluation`], [`losses`],
 //!     [`zero_shot`]: lm-eval tasks),
 //!     checkpoints ([`checkpoint`]) by the [`cadence`], and the run's end.
@@ -36,6 +37,7 @@ pub mod plan;
 pub mod recompute;
 pub mod recorder;
 pub mod schedule;
+pub mod shard;
 pub mod start;
 pub mod step;
 pub mod trainable;

@@ -3,9 +3,10 @@
 //!
 //! - **weights**: the student's parameters;
 //! - **teacher**: a second copy of the teacher's weights, or nothing when the teacher is a view of
-//!   the student's ([`teacher_is_view`]);
-//! - **moments**: AdamW's two moments per trained parameter, plus the running sum of the gradients
-//!   when several micro-batches accumulate;
+//!   the student's or is dropped after the step-0 evaluation ([`teacher_held`]);
+//! - **moments**: AdamW's two moments per trained parameter (of this worker's share when the state
+//!   is sharded, [`crate::shard`]), plus the running sum of the gradients when several
+//!   micro-batches accumulate;
 //! - then the larger of the step's two phases: **backward** (what it reads: activations, by how
 //!   the stage keeps them ([`StepMode`]), and the logits' tensors) and the **update** (every
 //!   trained parameter's gradient, and the new moments of the largest parameter being written).
@@ -23,8 +24,9 @@ use dijiang_model::transformer::parameter_shapes;
 
 use crate::experiment::{Experiment, Recompute, Stage};
 use crate::objective::Term;
+use crate::shard::{OptimizerLayout, Shards};
 
-use crate::trainable::{teacher_is_view, trains, trains_base_weights};
+use crate::trainable::{TeacherHeld, teacher_held, trains, trains_base_weights};
 
 /// How a stage's step keeps what backward reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +61,15 @@ pub struct Memory {
     pub mode: StepMode,
     /// The student's weights.
     pub weights: u64,
-    /// A separate teacher's weights (0: a view of the student's).
+    /// A separate teacher's weights (0 unless the run holds a copy while it trains).
     pub teacher: u64,
+    pub teacher_held: TeacherHeld,
+    /// Before the first step, with a teacher dropped after step 0: the weights and the teacher's.
+    pub at_start: u64,
     /// AdamW's moments (and the accumulated gradients with several micro-batches).
     pub moments: u64,
+    /// Workers the moments are sharded over (1: replicated).
+    pub sharded_over: usize,
     /// The update phase: every trained parameter's gradient (unless they are the running sum, in
     /// `moments`) and the largest one's new moments.
     pub update: u64,
@@ -78,7 +85,7 @@ pub struct Memory {
 
 impl Memory {
     pub fn total(&self) -> u64 {
-        self.weights + self.teacher + self.moments + self.update.max(self.backward)
+        (self.weights + self.teacher + self.moments + self.update.max(self.backward)).max(self.at_start)
     }
 }
 
@@ -88,11 +95,17 @@ fn gib(bytes: u64) -> f64 {
 
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let teacher = if self.teacher == 0 { "a view".to_string() } else { format!("{:.2}", gib(self.teacher)) };
+        let teacher = match self.teacher_held {
+            TeacherHeld::View => "a view".to_string(),
+            TeacherHeld::AtStart => "dropped after step 0".to_string(),
+            TeacherHeld::Copy => format!("{:.2}", gib(self.teacher)),
+        };
+        let sharded =
+            if self.sharded_over > 1 { format!(" (sharded over {})", self.sharded_over) } else { String::new() };
         write!(
             f,
-            "~{:.1} GiB per device, at stage `{}` ({:?}): weights {:.2} + teacher {teacher} + moments {:.2} + the \
-             larger of backward {:.2} (activations {:.2}, logits {:.2}) and update {:.2}",
+            "~{:.1} GiB per device, at stage `{}` ({:?}): weights {:.2} + teacher {teacher} + moments {:.2}{sharded} \
+             + the larger of backward {:.2} (activations {:.2}, logits {:.2}) and update {:.2}",
             gib(self.total()),
             self.stage,
             self.mode,
@@ -133,12 +146,21 @@ pub fn stage_estimate(experiment: &Experiment, teacher: &ModelConfig, index: usi
     let micro = (d.batch_size / d.grad_accumulation / experiment.distributed.world()).max(1);
     let tokens = (micro * d.block_size) as u64;
     let accumulates = d.grad_accumulation > 1;
-    let moments = 2 + u64::from(accumulates);
+    // ZeRO-1 divides the moments (the owners' largest share), not the running sum.
+    let sharded_over = match experiment.distributed.optimizer {
+        OptimizerLayout::Sharded => experiment.distributed.world(),
+        OptimizerLayout::Replicated => 1,
+    };
+    let own =
+        if sharded_over > 1 { Shards::of_stage(experiment, &student, index).largest_share() as u64 } else { trainable };
+    let moments = 2 * own + u64::from(accumulates) * trainable;
     // At the update, the gradients are the running sum when it exists, except that the plain graph
     // gets a whole new set from its last micro-batch beside the sum before adding it (block by block
     // and layer by layer, only one piece's gradients arrive at a time).
     let gradients = if accumulates && mode != StepMode::Graph { 0 } else { trainable };
-    let teacher_weights = if teacher_is_view(experiment) { 0 } else { teacher.num_params() as u64 };
+    // The teacher dropped after step 0 was there before any moment or activation existed.
+    let held = teacher_held(experiment);
+    let teacher_weights = if held == TeacherHeld::Copy { teacher.num_params() as u64 } else { 0 };
     let (kept, one_at_a_time) = activations_per_token(&student, experiment, stage, mode);
     let logits = 4 * tokens * logits_per_token(&student, stage, mode);
     let (kept, one_at_a_time) = (4 * tokens * kept, 4 * tokens * one_at_a_time);
@@ -151,7 +173,10 @@ pub fn stage_estimate(experiment: &Experiment, teacher: &ModelConfig, index: usi
         mode,
         weights: 4 * total,
         teacher: 4 * teacher_weights,
-        moments: 4 * moments * trainable,
+        teacher_held: held,
+        at_start: if held == TeacherHeld::AtStart { 4 * (total + teacher.num_params() as u64) } else { 0 },
+        moments: 4 * moments,
+        sharded_over,
         update: 4 * (gradients + 2 * largest),
         activations: kept + one_at_a_time,
         logits,

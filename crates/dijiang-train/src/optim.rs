@@ -51,16 +51,15 @@ impl<B: Backend> AdamW<B> {
         self.updates
     }
 
-    /// A copy of the state on `device` (for another data-parallel replica).
-    pub fn to_device(&self, device: &B::Device) -> Self {
-        let moments = self
-            .moments
-            .iter()
-            .map(|(name, s)| {
-                (name.clone(), Moments { m: s.m.clone().to_device(device), v: s.v.clone().to_device(device) })
-            })
-            .collect();
-        Self { config: self.config.clone(), updates: self.updates, moments }
+    /// Keeps only the moments of the parameters for which `keep(name)` holds (a sharded worker's
+    /// own).
+    pub fn retain(&mut self, keep: &dyn Fn(&str) -> bool) {
+        self.moments.retain(|name, _| keep(name));
+    }
+
+    /// The moments of `name`, flattened, if this optimizer holds them.
+    pub fn moments_of(&self, name: &str) -> Option<[Tensor<B, 1>; 2]> {
+        self.moments.get(name).map(|s| [s.m.clone(), s.v.clone()])
     }
 
     /// The global L2 norm of all gradients in `grads` (those of `module`'s parameters), as PyTorch's
@@ -78,17 +77,16 @@ impl<B: Backend> AdamW<B> {
         Tensor::cat(visitor.parts, 0).sum().into_scalar().elem::<f64>().sqrt()
     }
 
-    /// Applies one update with learning rate `lr` to every parameter of `module` that has a gradient
-    /// in `grads`, the gradients first multiplied by `grad_scale` (clipping).
-    /// One update of every parameter that has a gradient, each at its learning rate `lr(name)`
-    /// (parameter groups), the gradients scaled by `grad_scale` (clipping).
-    pub fn step<AB, M>(&mut self, module: M, grads: GradientsParams, lr: &dyn Fn(&str) -> f64, grad_scale: f64) -> M
+    /// One update of every parameter that has a gradient in `grads` and that `owns(name)` (all of
+    /// them, unless the state is sharded), each at its learning rate `lr(name)` (parameter groups),
+    /// the gradients scaled by `grad_scale` (clipping). The others keep their values.
+    pub fn step<AB, M>(&mut self, module: M, grads: GradientsParams, rates: Rates<'_>, owns: &dyn Fn(&str) -> bool) -> M
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
         self.updates += 1;
-        let mut mapper = Update { optimizer: self, grads, lr, grad_scale, path: PathTracker::default() };
+        let mut mapper = Update { optimizer: self, grads, rates, owns, path: PathTracker::default() };
         module.map(&mut mapper)
     }
 
@@ -114,35 +112,17 @@ impl<B: Backend> AdamW<B> {
         p - delta
     }
 
-    /// Writes the state to a safetensors file (`m.NAME`, `v.NAME`, f32; the update count in the
-    /// metadata).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
-        let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (name, state) in &self.moments {
-            for (prefix, tensor) in [("m", &state.m), ("v", &state.v)] {
-                let data = tensor.to_data().convert::<f32>();
-                let shape = data.shape.to_vec();
-                let values = data.to_vec::<f32>().map_err(|e| fail(format!("{name}: {e:?}")))?;
-                bytes.push((format!("{prefix}.{name}"), shape, bytemuck::cast_slice(&values).to_vec()));
-            }
-        }
-        let views = bytes
-            .iter()
-            .map(|(name, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| fail(e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let metadata = HashMap::from([("updates".to_string(), self.updates.to_string())]);
-        safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| fail(e.to_string()))
+    /// The state on the host, as a checkpoint keeps it.
+    pub fn saved(&self) -> SavedState {
+        let moments = self.moments.iter().map(|(name, s)| (name.clone(), [s.m.to_data(), s.v.to_data()])).collect();
+        SavedState { updates: self.updates, moments }
     }
 
-    /// Reads state written by [`AdamW::save`].
-    pub fn load(config: OptimizerConfig, path: &Path, device: &B::Device) -> Result<Self> {
+    /// Reads the state [`SavedState::save`] wrote, keeping the moments of the parameters for which
+    /// `keep(name)` holds (a sharded worker's own; the file is mapped, so the others are not read).
+    pub fn load(config: OptimizerConfig, path: &Path, device: &B::Device, keep: &dyn Fn(&str) -> bool) -> Result<Self> {
         let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
-        let buffer = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let buffer = dijiang_model::import::map_file(path)?;
         let (_, metadata) = SafeTensors::read_metadata(&buffer).map_err(|e| fail(e.to_string()))?;
         let updates = metadata
             .metadata()
@@ -163,11 +143,57 @@ impl<B: Backend> AdamW<B> {
         };
         let mut moments = BTreeMap::new();
         for name in tensors.names() {
-            if let Some(param) = name.strip_prefix("m.") {
+            if let Some(param) = name.strip_prefix("m.").filter(|p| keep(p)) {
                 moments.insert(param.to_string(), Moments { m: read(name)?, v: read(&format!("v.{param}"))? });
             }
         }
         Ok(Self { config, updates, moments })
+    }
+}
+
+/// The learning rate of each parameter and the gradients' scale of one update.
+#[derive(Clone, Copy)]
+pub struct Rates<'a> {
+    /// The learning rate of the parameter `name` (parameter groups).
+    pub lr: &'a dyn Fn(&str) -> f64,
+    /// The gradients' multiplier (clipping).
+    pub grad_scale: f64,
+}
+
+/// AdamW's state on the host, by parameter name: what a checkpoint keeps, whether the workers held
+/// it whole or in shards.
+#[derive(Debug, Clone, Default)]
+pub struct SavedState {
+    /// Updates applied so far (the bias-correction step count).
+    pub updates: u64,
+    /// Each parameter's first and second moments, flattened.
+    pub moments: BTreeMap<String, [TensorData; 2]>,
+}
+
+impl SavedState {
+    /// Writes the state to a safetensors file (`m.NAME`, `v.NAME`, f32; the update count in the
+    /// metadata).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let fail = |reason: String| TrainError::Checkpoint { path: path.to_path_buf(), reason };
+        let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, [m, v]) in &self.moments {
+            for (prefix, data) in [("m", m), ("v", v)] {
+                let data = data.clone().convert::<f32>();
+                let shape = data.shape.to_vec();
+                let values = data.to_vec::<f32>().map_err(|e| fail(format!("{name}: {e:?}")))?;
+                bytes.push((format!("{prefix}.{name}"), shape, bytemuck::cast_slice(&values).to_vec()));
+            }
+        }
+        let views = bytes
+            .iter()
+            .map(|(name, shape, data)| {
+                TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| fail(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([("updates".to_string(), self.updates.to_string())]);
+        safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -188,8 +214,8 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleVisitor<AB> for Sq
 struct Update<'a, B: Backend> {
     optimizer: &'a mut AdamW<B>,
     grads: GradientsParams,
-    lr: &'a dyn Fn(&str) -> f64,
-    grad_scale: f64,
+    rates: Rates<'a>,
+    owns: &'a dyn Fn(&str) -> bool,
     path: PathTracker,
 }
 
@@ -204,12 +230,13 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper) = param.consume();
-        let Some(grad) = self.grads.remove::<B, D>(id) else {
+        let name = self.path.name();
+        let Some(grad) = self.grads.remove::<B, D>(id).filter(|_| (self.owns)(&name)) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let grad = if self.grad_scale == 1.0 { grad } else { grad.mul_scalar(self.grad_scale) };
-        let name = self.path.name();
-        let updated = self.optimizer.update(&name, tensor.inner(), grad, (self.lr)(&name));
+        let scale = self.rates.grad_scale;
+        let grad = if scale == 1.0 { grad } else { grad.mul_scalar(scale) };
+        let updated = self.optimizer.update(&name, tensor.inner(), grad, (self.rates.lr)(&name));
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
     }
 }
@@ -257,7 +284,8 @@ mod tests {
             assert!((norm - sq.sqrt()).abs() < 1e-4 * sq.sqrt(), "global norm {norm} vs {}", sq.sqrt());
             let scale = 1.0 / norm; // clip to norm 1
             // Parameter groups: the bias at twice the weight's learning rate.
-            linear = optimizer.step(linear, grads, &|name| if name == "bias" { 2e-2 } else { 1e-2 }, scale);
+            let lr = |name: &str| if name == "bias" { 2e-2 } else { 1e-2 };
+            linear = optimizer.step(linear, grads, Rates { lr: &lr, grad_scale: scale }, &|_| true);
             for i in 0..3 {
                 for j in 0..2 {
                     let k = i * 2 + j;
@@ -277,12 +305,16 @@ mod tests {
 
         // The state survives a save / load round trip.
         let path = std::env::temp_dir().join(format!("dijiang-adamw-{}.safetensors", std::process::id()));
-        optimizer.save(&path).unwrap();
-        let loaded = AdamW::<Cpu>::load(config, &path, &device).unwrap();
+        optimizer.saved().save(&path).unwrap();
+        let loaded = AdamW::<Cpu>::load(config.clone(), &path, &device, &|_| true).unwrap();
         assert_eq!(loaded.updates(), 3);
         assert_eq!(loaded.moments.keys().collect::<Vec<_>>(), ["bias", "weight"]);
         let m = |o: &AdamW<Cpu>| o.moments["weight"].v.to_data().to_vec::<f32>().unwrap();
         assert_eq!(m(&loaded), m(&optimizer));
+        // A shard's worker reads its own parameters' moments only.
+        let shard = AdamW::<Cpu>::load(config, &path, &device, &|name| name == "bias").unwrap();
+        assert_eq!(shard.updates(), 3);
+        assert_eq!(shard.moments.keys().collect::<Vec<_>>(), ["bias"]);
         std::fs::remove_file(path).ok();
     }
 }

@@ -17,10 +17,10 @@ use serde::Serialize;
 use crate::cadence::due;
 use crate::checkpoint::{self, TrainerState, write_atomic};
 use crate::error::{Result, TrainError};
-use crate::evaluation::{Evaluation, evaluate};
+use crate::evaluation::{Evaluation, TeacherSide, evaluate};
 use crate::experiment::Stage;
 use crate::metrics::Metrics;
-use crate::optim::AdamW;
+use crate::optim::SavedState;
 use crate::start::RunContext;
 use crate::step::StepRecord;
 use crate::zero_shot::ZeroShot;
@@ -55,12 +55,24 @@ impl Outcome {
     }
 }
 
+/// What a step leaves for the writer to evaluate and checkpoint.
+pub struct Models<'m, B: AutodiffBackend> {
+    pub student: &'m Transformer<B>,
+    /// The teacher, while the run holds one.
+    pub teacher: Option<&'m Transformer<B::InnerBackend>>,
+    /// The optimizer's whole state, gathered by every worker when a checkpoint is due.
+    pub optimizer: Option<&'m SavedState>,
+}
+
 pub struct Recorder<'a> {
     run: &'a RunContext<'a>,
     metrics: Metrics,
     zero_shot: Option<ZeroShot>,
     bar: ProgressBar,
     outcome: Outcome,
+    /// The teacher's held-out loss, from the last evaluation that had the teacher (kept in
+    /// checkpoints: later evaluations without it report it beside the student's).
+    teacher_loss: Option<f64>,
 }
 
 impl<'a> Recorder<'a> {
@@ -75,35 +87,42 @@ impl<'a> Recorder<'a> {
         );
         bar.set_position(state.step as u64);
         let zero_shot = ZeroShot::new(run.experiment)?;
-        Ok(Self { run, metrics, zero_shot, bar, outcome: Outcome::at(state, run.resumed_from) })
+        let outcome = Outcome::at(state, run.resumed_from);
+        Ok(Self { run, metrics, zero_shot, bar, outcome, teacher_loss: state.teacher_loss })
     }
 
-    /// Evaluates the student at `step` on the held-out windows, and logs it.
+    /// Evaluates the student at `step` on the held-out windows (against `teacher`, or beside its
+    /// kept perplexity without it), and logs it.
     pub fn evaluate<B: AutodiffBackend>(
         &mut self,
         step: usize,
         student: &Transformer<B>,
-        teacher: &Transformer<B::InnerBackend>,
+        teacher: Option<&Transformer<B::InnerBackend>>,
         device: &B::Device,
     ) -> Result<()> {
         let e = &self.run.experiment;
         let micro = e.data.batch_size / e.data.grad_accumulation;
         let student = student.valid();
-        let mut evaluation = evaluate(&student, teacher, &self.run.validation, e.eval.batches, micro, device);
+        let side = match teacher {
+            Some(teacher) => TeacherSide::Model(teacher),
+            None => TeacherSide::Kept(self.teacher_loss.unwrap_or(f64::NAN)),
+        };
+        let mut evaluation = evaluate(&student, side, &self.run.validation, e.eval.batches, micro, device);
+        if teacher.is_some() {
+            self.teacher_loss = Some(evaluation.teacher_loss);
+        }
         if let Some(zero_shot) = self.zero_shot.as_ref().filter(|_| step == 0 || e.ends_a_stage(step)) {
             evaluation.zero_shot = self.bar.suspend(|| zero_shot.evaluate(&student))?;
             let scores: Vec<String> = evaluation.zero_shot.iter().map(|(tag, v)| format!("{tag} {v:.4}")).collect();
             self.bar.suspend(|| tracing::info!("step {step}: {}", scores.join(", ")));
         }
-        self.bar.suspend(|| {
-            tracing::info!(
-                "step {step}: eval perplexity {:.3} (teacher {:.3}), KL {:.4}, attention error {:.3}",
-                evaluation.perplexity,
-                evaluation.teacher_perplexity,
-                evaluation.kl,
-                evaluation.attention_error_mean()
-            )
-        });
+        let against = match evaluation.kl {
+            Some(kl) => format!(", KL {kl:.4}, attention error {:.3}", evaluation.attention_error_mean()),
+            None => String::new(),
+        };
+        let (perplexity, teacher) = (evaluation.perplexity, evaluation.teacher_perplexity);
+        self.bar
+            .suspend(|| tracing::info!("step {step}: eval perplexity {perplexity:.3} (teacher {teacher:.3}){against}"));
         self.metrics.log(step, &evaluation.tagged())?;
         self.outcome.evaluations.push((step, evaluation));
         Ok(())
@@ -116,17 +135,18 @@ impl<'a> Recorder<'a> {
         stage: &Stage,
         record: &StepRecord,
         seconds: f64,
-        model: (&Transformer<B>, &Transformer<B::InnerBackend>, &AdamW<B::InnerBackend>),
+        models: Models<'_, B>,
         device: &B::Device,
     ) -> Result<()> {
         self.log_step(state, stage, record, seconds)?;
-        let (student, teacher, optimizer) = model;
+        let Models { student, teacher, optimizer } = models;
         let due = due(self.run.experiment, state.step, record.signals.stop);
         if due.evaluate {
             self.evaluate(state.step, student, teacher, device)?;
         }
         if due.checkpoint {
             self.metrics.flush()?;
+            let optimizer = optimizer.expect("the optimizer state is gathered whenever a checkpoint is due");
             let dir = self.save(state, student, optimizer)?;
             self.bar.suspend(|| tracing::info!("checkpoint {}", dir.display()));
         }
@@ -171,14 +191,15 @@ impl<'a> Recorder<'a> {
         &self,
         state: &TrainerState,
         student: &Transformer<B>,
-        optimizer: &AdamW<B::InnerBackend>,
+        optimizer: &SavedState,
     ) -> Result<PathBuf> {
         let inner = student.valid();
         if !all_finite(&inner) {
             return Err(TrainError::NonFiniteParameters(state.step));
         }
         let keep = self.run.experiment.checkpoint.keep;
-        checkpoint::save(self.run.dir, state, &inner, &self.run.manifest, optimizer, keep)
+        let state = TrainerState { teacher_loss: self.teacher_loss, ..state.clone() };
+        checkpoint::save(self.run.dir, &state, &inner, &self.run.manifest, optimizer, keep)
     }
 
     /// The end of the run: the exported student (unless interrupted) and `outcome.json`.

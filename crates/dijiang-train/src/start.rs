@@ -20,7 +20,6 @@ use crate::checkpoint::{self, Found, TrainerState, write_atomic};
 use crate::distributed::Reduction;
 use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
-use crate::optim::AdamW;
 use crate::plan::Plan;
 use crate::trainable::teacher_is_view;
 
@@ -101,11 +100,14 @@ pub struct RunContext<'a> {
     pub reduction: Option<Reduction>,
 }
 
-/// The student, its optimizer and the trainer's position, before the first step of this process.
+/// The student, its optimizer's saved state and the trainer's position, before the first step of
+/// this process.
 #[derive(Debug)]
 pub struct Start<B: AutodiffBackend> {
     pub student: Transformer<B>,
-    pub optimizer: AdamW<B::InnerBackend>,
+    /// The checkpoint's optimizer state, which each worker reads for itself (a sharded worker only
+    /// its own parameters' moments); `None`: a fresh optimizer.
+    pub optimizer: Option<PathBuf>,
     pub state: TrainerState,
     pub resumed_from: Option<usize>,
 }
@@ -198,7 +200,7 @@ impl<B: AutodiffBackend> Start<B> {
                         None => student,
                     }
                 },
-                optimizer: AdamW::new(experiment.optimizer.clone()),
+                optimizer: None,
                 state: TrainerState::start(experiment.clone()),
                 resumed_from: None,
             }),
@@ -227,7 +229,7 @@ impl<B: AutodiffBackend> Start<B> {
             tracing::warn!("the experiment differs from the one this run started with; continuing with the new one");
         }
         let student = saved.build::<B>(student_config, &|_| false, 0, device)?.model;
-        let optimizer = AdamW::load(experiment.optimizer.clone(), &found.dir.join(checkpoint::OPTIMIZER), device)?;
+        let optimizer = Some(found.dir.join(checkpoint::OPTIMIZER));
         tracing::info!("resuming from {} (step {})", found.dir.display(), found.state.step);
         let state = TrainerState { experiment: experiment.clone(), ..found.state.clone() };
         Ok(Self { student, optimizer, state, resumed_from: Some(found.state.step) })

@@ -1,6 +1,7 @@
 //! One optimizer step: each micro-batch's loss and gradients, accumulated; the gradients averaged
 //! across workers together with the step's numbers and signals; global-norm clipping; the AdamW
-//! update, skipped when the loss or the gradient norm is not finite. The trainer and the benchmark
+//! update (of this worker's share when the optimizer state is sharded), skipped when the loss or
+//! the gradient norm is not finite. The trainer and the benchmark
 //! both take their steps through [`step`].
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -12,7 +13,7 @@ use crate::distributed::Reducer;
 use crate::error::Result;
 use crate::experiment::{LrScale, Recompute};
 use crate::objective::{Objective, TermValues};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, Rates};
 use crate::{recompute, transfer};
 
 /// What every worker must agree on after a step, besides the gradients: any worker's signal is
@@ -98,7 +99,12 @@ pub fn step<B: AutodiffBackend>(
     let applied = terms.total.is_finite() && grad_norm.is_finite();
     let student = if applied {
         let scale = if inputs.clip > 0.0 && grad_norm > inputs.clip { inputs.clip / (grad_norm + 1e-6) } else { 1.0 };
-        optimizer.step(student, grads, &|name| inputs.lr * inputs.lr_scale.of(name), scale)
+        let lr = |name: &str| inputs.lr * inputs.lr_scale.of(name);
+        // Each worker updates what it owns (everything, unless the state is sharded), then the
+        // owners hand their parameters to the others.
+        let student =
+            optimizer.step(student, grads, Rates { lr: &lr, grad_scale: scale }, &|name| reducer.updates(name));
+        reducer.share_updates(student)?
     } else {
         student
     };

@@ -7,7 +7,7 @@ use dijiang_model::convert::is_kernel_param;
 use dijiang_model::transformer::parameter_shapes;
 use dijiang_model::{DiJiangConfig, ModelConfig};
 
-use crate::experiment::{Experiment, Trainable};
+use crate::experiment::{Experiment, TeacherEval, Trainable};
 
 /// The parameter groups a stage can give their own learning rates (`lr_scale`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,34 @@ pub fn trains_base_weights(trainable: Trainable) -> bool {
     }
 }
 
-/// Whether the run's teacher is a view of the student's own weights
-/// ([`dijiang_model::Transformer::teacher_view`]) rather than a second copy: when no stage trains
-/// the base weights, they stay the teacher's for the whole run.
+/// How a run holds its teacher while it trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeacherHeld {
+    /// A view of the student's own weights ([`dijiang_model::Transformer::teacher_view`]): no
+    /// stage trains the base weights, so they stay the teacher's for the whole run.
+    View,
+    /// A second copy of the weights, for the whole run.
+    Copy,
+    /// A second copy until the step-0 evaluation, then none: no stage's loss reads the teacher
+    /// and evaluations compare with it only at the start (`eval.teacher = "start"`).
+    AtStart,
+}
+
+/// How `experiment`'s run holds its teacher (the one rule the trainer and the memory model use).
+pub fn teacher_held(experiment: &Experiment) -> TeacherHeld {
+    if experiment.stages.iter().all(|s| !trains_base_weights(s.trainable)) {
+        TeacherHeld::View
+    } else if experiment.eval.teacher == TeacherEval::Start && experiment.stages.iter().all(|s| !s.loss.needs_teacher())
+    {
+        TeacherHeld::AtStart
+    } else {
+        TeacherHeld::Copy
+    }
+}
+
+/// Whether the run's teacher is a view of the student's own weights rather than a second copy.
 pub fn teacher_is_view(experiment: &Experiment) -> bool {
-    experiment.stages.iter().all(|s| !trains_base_weights(s.trainable))
+    teacher_held(experiment) == TeacherHeld::View
 }
 
 /// The student's parameter count and, per stage, how many of them train.

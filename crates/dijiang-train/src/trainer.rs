@@ -18,17 +18,19 @@ use dijiang_model::Transformer;
 use dijiang_model::import::native::Manifest;
 
 use crate::batches::Batches;
+use crate::cadence::due;
 use crate::checkpoint::TrainerState;
 use crate::distributed::{Rank, Reducer, Reduction, on_each_device};
 use crate::error::{Result, TrainError};
 use crate::experiment::Experiment;
 use crate::optim::AdamW;
 use crate::params::set_trainable;
-use crate::recorder::{Outcome, Recorder};
+use crate::recorder::{Models, Outcome, Recorder};
 use crate::schedule::learning_rate;
+use crate::shard::{OptimizerLayout, Shards};
 use crate::start::{Inputs, RunContext, RunLock, Start, Teacher, prepare_dir};
 use crate::step::{Signals, StepInputs, step};
-use crate::trainable::{teacher_is_view, trains};
+use crate::trainable::{TeacherHeld, teacher_held, trains};
 
 /// How to run an experiment.
 #[derive(Debug, Clone)]
@@ -88,15 +90,25 @@ pub fn train_with<B: AutodiffBackend>(
     // No stage trains the base weights: the teacher is the student's own weights run as softmax
     // (bit for bit the teacher's values: the student was converted from them), and a teacher
     // handed in loaded goes.
+    let held = teacher_held(experiment);
     let teacher = match inputs.teacher {
-        Teacher::Loaded(teacher) if !teacher_is_view(experiment) => teacher,
+        Teacher::Loaded(teacher) if held != TeacherHeld::View => teacher,
         _ => {
             tracing::info!("teacher: a view of the student's weights (no stage trains them), no second copy");
             start.student.valid().teacher_view()
         }
     };
-    let replicas = Replica::for_devices(start, teacher, devices);
+    // Dropped after the step-0 evaluation (no stage reads it), so a resumed run needs none.
+    let teacher = match held {
+        TeacherHeld::AtStart if start.resumed_from.is_some() => None,
+        TeacherHeld::AtStart => {
+            tracing::info!("teacher: evaluated at step 0, then dropped (no stage reads it, eval.teacher = \"start\")");
+            Some(teacher)
+        }
+        TeacherHeld::View | TeacherHeld::Copy => Some(teacher),
+    };
     let first = dist.node_rank as usize * devices.len();
+    let replicas = Replica::for_devices(start, teacher, devices, experiment, first)?;
     let outcome = on_each_device(devices, replicas, first, dist.world(), |rank, device, replica| {
         worker::<B>(&run, rank, device, replica)
     });
@@ -106,29 +118,50 @@ pub fn train_with<B: AutodiffBackend>(
     outcome
 }
 
-/// A worker's model, teacher, optimizer and position.
+/// A worker's model, teacher (if it needs one), optimizer and position.
 struct Replica<B: AutodiffBackend> {
     student: Transformer<B>,
-    teacher: Transformer<B::InnerBackend>,
+    teacher: Option<Transformer<B::InnerBackend>>,
     optimizer: AdamW<B::InnerBackend>,
     state: TrainerState,
 }
 
 impl<B: AutodiffBackend> Replica<B> {
     /// One replica per device: identical values (and ParamIds) on every device. A single device
-    /// takes the models themselves, so that no second copy of the weights stays alive.
-    fn for_devices(start: Start<B>, teacher: Transformer<B::InnerBackend>, devices: &[B::Device]) -> Vec<Self> {
+    /// takes the models themselves, so that no second copy of the weights stays alive. Each
+    /// worker reads the saved optimizer state for itself: all of it, or its own shard's. A teacher
+    /// needed only for the step-0 evaluation goes to the writer alone.
+    fn for_devices(
+        start: Start<B>,
+        teacher: Option<Transformer<B::InnerBackend>>,
+        devices: &[B::Device],
+        experiment: &Experiment,
+        first_rank: usize,
+    ) -> Result<Vec<Self>> {
         let Start { student, optimizer, state, .. } = start;
-        if devices.len() == 1 {
-            return vec![Self { student, teacher, optimizer, state }];
-        }
-        let fork = |device: &B::Device| Self {
-            student: student.clone().fork(device),
-            teacher: teacher.clone().fork(device),
-            optimizer: optimizer.to_device(device),
-            state: state.clone(),
+        let shards = (experiment.distributed.optimizer == OptimizerLayout::Sharded).then(|| {
+            let (stage, _) = experiment.stage_at(state.step.min(experiment.total_steps() - 1));
+            Shards::of_stage(experiment, student.config(), stage)
+        });
+        let optimizer_on = |device: &B::Device, rank: usize| match &optimizer {
+            None => Ok(AdamW::new(experiment.optimizer.clone())),
+            Some(path) => {
+                let keep = |name: &str| shards.as_ref().is_none_or(|s| s.updates(rank, name));
+                AdamW::load(experiment.optimizer.clone(), path, device, &keep)
+            }
         };
-        devices.iter().map(fork).collect()
+        let needs_teacher = |rank: usize| teacher_held(experiment) != TeacherHeld::AtStart || rank == 0;
+        if devices.len() == 1 {
+            let optimizer = optimizer_on(&devices[0], first_rank)?;
+            let teacher = teacher.filter(|_| needs_teacher(first_rank));
+            return Ok(vec![Self { student, teacher, optimizer, state }]);
+        }
+        let fork = |(i, device): (usize, &B::Device)| -> Result<Self> {
+            let optimizer = optimizer_on(device, first_rank + i)?;
+            let teacher = teacher.as_ref().filter(|_| needs_teacher(first_rank + i)).map(|t| t.clone().fork(device));
+            Ok(Self { student: student.clone().fork(device), teacher, optimizer, state: state.clone() })
+        };
+        devices.iter().enumerate().map(fork).collect()
     }
 }
 
@@ -156,12 +189,15 @@ fn train_loop<B: AutodiffBackend>(
     replica: Replica<B>,
     reducer: &mut Reducer<B::InnerBackend>,
 ) -> Result<Outcome> {
-    let Replica { mut student, teacher, mut optimizer, mut state } = replica;
+    let Replica { mut student, mut teacher, mut optimizer, mut state } = replica;
     let e = run.experiment;
     let mut batches = Batches::new(&run.train, &e.data, e.seed, rank, state.cursor);
     let mut recorder = rank.is_writer().then(|| Recorder::open(run, &state)).transpose()?;
     if let Some(r) = recorder.as_mut().filter(|_| run.resumed_from.is_none()) {
-        r.evaluate(0, &student, &teacher, device)?;
+        r.evaluate(0, &student, teacher.as_ref(), device)?;
+    }
+    if teacher_held(e) == TeacherHeld::AtStart {
+        teacher = None;
     }
     let (mut failure, mut trainable_stage, mut interrupted) = (None, None, false);
     while state.step < e.total_steps() {
@@ -169,6 +205,9 @@ fn train_loop<B: AutodiffBackend>(
         let stage = &e.stages[index];
         if trainable_stage.replace(index) != Some(index) {
             student = set_trainable(student, &|name| trains(stage.trainable, &e.student, name));
+            if e.distributed.optimizer == OptimizerLayout::Sharded {
+                reducer.shard(Some(Shards::of_stage(e, student.config(), index)));
+            }
         }
         if stage_step == 0 {
             // Each stage optimises its own objective over its own parameters: fresh moments.
@@ -177,7 +216,7 @@ fn train_loop<B: AutodiffBackend>(
         let started = Instant::now();
         let inputs = StepInputs {
             objective: &stage.loss,
-            teacher: Some(&teacher),
+            teacher: teacher.as_ref(),
             micro_batches: batches.next_step(device),
             lr: learning_rate(stage, stage_step),
             lr_scale: stage.lr_scale,
@@ -192,8 +231,13 @@ fn train_loop<B: AutodiffBackend>(
         }
         let seconds = started.elapsed().as_secs_f64();
         state.advance(record.applied, e.data.tokens_per_step(), seconds, batches.cursor());
-        let model = (&student, &teacher, &optimizer);
-        if let Some(Err(err)) = recorder.as_mut().map(|r| r.after_step(&state, stage, &record, seconds, model, device))
+        // Every worker takes part in gathering a sharded optimizer state for the checkpoint.
+        let saved = match due(e, state.step, record.signals.stop).checkpoint {
+            true => reducer.optimizer_state(&optimizer)?,
+            false => None,
+        };
+        let models = Models { student: &student, teacher: teacher.as_ref(), optimizer: saved.as_ref() };
+        if let Some(Err(err)) = recorder.as_mut().map(|r| r.after_step(&state, stage, &record, seconds, models, device))
         {
             if rank.world == 1 {
                 return Err(err);

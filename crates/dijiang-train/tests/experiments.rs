@@ -104,3 +104,24 @@ fn block_recomputation_refuses_a_loss_that_mixes_layer_terms_with_logits() {
     assert!(err.contains("everything") && err.contains("blocks"), "{err}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// The 7B experiments fit an 80 GB card (~74.5 GiB usable) by the memory model: `dijiang-7b` on one
+/// device, `dijiang-7b-reference` on each of 8 (docs/memory.md, "What fits where").
+#[test]
+fn the_7b_experiments_fit_80_gb_devices() {
+    use dijiang_model::ModelConfig;
+    use dijiang_train::memory::estimate;
+
+    let teacher = ModelConfig::preset("llama2-7b").unwrap();
+    // The reference recipe's 64 sequences per step: 8 micro-batches of one per device on 8 devices.
+    for (name, devices, accumulation) in [("dijiang-7b", 1, None), ("dijiang-7b-reference", 8, Some(8))] {
+        let path = repo().join(format!("experiments/{name}.toml"));
+        let mut overrides = vec![format!("distributed.devices={:?}", vec!["cuda"; devices])];
+        overrides.extend(accumulation.map(|a| format!("data.grad_accumulation={a}")));
+        let e = Experiment::load(&path, &overrides).unwrap();
+        let memory = estimate(&e, &teacher);
+        println!("{name}: {memory}");
+        let gib = memory.total() as f64 / (1u64 << 30) as f64;
+        assert!(gib <= 74.5, "{name}: {gib:.1} GiB per device");
+    }
+}

@@ -17,7 +17,7 @@ use dijiang_model::config::Architecture;
 use dijiang_model::cpu::Cpu;
 use dijiang_model::import::native::{self, Manifest};
 use dijiang_model::{ModelConfig, Transformer};
-use dijiang_train::experiment::Experiment;
+use dijiang_train::experiment::{DistributedConfig, Experiment};
 use dijiang_train::objective::Term;
 use dijiang_train::params::{params, set_trainable};
 use dijiang_train::start::Inputs;
@@ -80,14 +80,14 @@ fn inputs(dir: &Path) -> Inputs<I> {
     Inputs::in_memory(teacher, train.to_vec(), validation.to_vec(), BLOCK)
 }
 
+/// burn-collective's registry is one per process and backend: runs with several workers take
+/// turns (the tests run in parallel threads).
+static COLLECTIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(dir: &Path, experiment: &Experiment, run: &str, stop: bool, workers: usize) -> Outcome {
-    let experiment = Experiment {
-        distributed: dijiang_train::experiment::DistributedConfig {
-            devices: vec!["cpu".into(); workers],
-            ..Default::default()
-        },
-        ..experiment.clone()
-    };
+    let _turn = (workers > 1).then(|| COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    let distributed = DistributedConfig { devices: vec!["cpu".into(); workers], ..experiment.distributed.clone() };
+    let experiment = Experiment { distributed, ..experiment.clone() };
     let options =
         RunOptions { experiment, run_dir: dir.join(run), resume: true, stop: Arc::new(AtomicBool::new(stop)) };
     train_with::<B>(options, inputs(dir), &vec![Default::default(); workers]).unwrap()
@@ -183,6 +183,73 @@ fn two_workers_match_one() {
         }
     }
     assert!(compared >= STEPS * 4, "{compared} values compared");
+}
+
+/// ZeRO-1 (`distributed.optimizer = "sharded"`): 4 workers that each keep a quarter of the
+/// moments train as 4 replicated workers do, bit for bit; a sharded checkpoint holds the whole state (the same
+/// bytes as the replicated run's), and a run stopped with 2 sharded workers resumes with 4 as the
+/// replicated run does.
+#[test]
+fn sharded_optimizer_trains_as_replicated_and_resumes_at_another_worker_count() {
+    use dijiang_train::shard::OptimizerLayout;
+
+    let (dir, experiment, _) = reference(Architecture::Llama);
+    // 8 sequences per step in 2 micro-batches: one sequence per worker and micro-batch with 4.
+    let mut experiment = experiment.clone();
+    experiment.data.batch_size = 8;
+    let layout = |optimizer| Experiment {
+        distributed: DistributedConfig { optimizer, ..experiment.distributed.clone() },
+        ..experiment.clone()
+    };
+    let (replicated, sharded) = (layout(OptimizerLayout::Replicated), layout(OptimizerLayout::Sharded));
+    run(dir, &replicated, "replicated-4", false, 4);
+    run(dir, &sharded, "sharded-4", false, 4);
+    // Bit for bit: the same averaged gradients (burn-collective's local sums in peer order,
+    // vendor/README.md), each parameter's update computed once by its owner, and `x + 0 = x`.
+    assert_same(&metrics(&dir.join("sharded-4")), &metrics(&dir.join("replicated-4")));
+
+    // Stopped after the first step with 2 workers, then resumed with 4.
+    for (name, e) in [("replicated-2-4", &replicated), ("sharded-2-4", &sharded)] {
+        let stopped = run(dir, e, name, true, 2);
+        assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+        assert_eq!(run(dir, e, name, false, 4).resumed_from, Some(1));
+    }
+    let optimizer = |name: &str| std::fs::read(dir.join(name).join("checkpoints/step-00000006/optimizer.safetensors"));
+    assert_eq!(optimizer("sharded-4").unwrap(), optimizer("replicated-4").unwrap(), "the gathered state is whole");
+    assert_same(&metrics(&dir.join("sharded-2-4")), &metrics(&dir.join("replicated-2-4")));
+}
+
+/// `eval.teacher = "start"` with a stage that reads no teacher (the reference recipe's full
+/// fine-tune): the teacher is evaluated at step 0 only, later evaluations log its kept perplexity
+/// beside the student's (no KL or attention errors), and a resumed run, which never loads it into
+/// training, logs the same numbers bit for bit.
+#[test]
+fn a_teacher_evaluated_at_the_start_only_is_kept_as_a_number() {
+    use dijiang_train::experiment::TeacherEval;
+    use dijiang_train::objective::Objective;
+    use dijiang_train::trainable::{TeacherHeld, teacher_held};
+
+    let (dir, experiment, _) = reference(Architecture::Llama);
+    let mut e = experiment.clone();
+    e.eval.teacher = TeacherEval::Start;
+    for stage in &mut e.stages {
+        stage.trainable = dijiang_train::experiment::Trainable::All;
+        stage.loss = Objective::new([(Term::Lm, 1.0)]);
+    }
+    assert_eq!(teacher_held(&e), TeacherHeld::AtStart);
+    run(dir, &e, "teacher-start", false, 1);
+    let m = metrics(&dir.join("teacher-start"));
+    let at = |step: usize, tag: &str| m.get(&(step, tag.to_string())).copied();
+    assert!(at(0, "eval/kl").is_some() && at(0, "eval/attention_error").is_some(), "step 0 compares with the teacher");
+    for step in [3, 6] {
+        assert!(at(step, "eval/perplexity").is_some(), "step {step} evaluates the student");
+        assert_eq!(at(step, "eval/teacher_perplexity"), at(0, "eval/teacher_perplexity"), "step {step}");
+        assert!(at(step, "eval/kl").is_none() && at(step, "eval/attention_error").is_none(), "step {step}");
+    }
+    let stopped = run(dir, &e, "teacher-start-resumed", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    run(dir, &e, "teacher-start-resumed", false, 1);
+    assert_same(&metrics(&dir.join("teacher-start-resumed")), &m);
 }
 
 /// `memory.recompute = "blocks"`: the same run to f32 round-off (the distillation stage

@@ -57,6 +57,7 @@ pub fn trainer_state_seeds() -> Result<Vec<Input>> {
                 skipped: i % 2,
                 train_seconds: 12.5 * i as f64,
                 experiment: Experiment::load(file, &[])?,
+                teacher_loss: (i % 2 == 1).then_some(3.25),
                 // The target writes an empty optimizer file: its digest matches, the model's
                 // (a directory) does not, so both verification outcomes are reached.
                 files: vec![

@@ -31,7 +31,7 @@ use crate::weights::Loaded;
 /// Maps a file read-only. The one unsafe operation of the crate: the mapping is sound as long as no
 /// one truncates the file while we read it, the contract of every mmap-based loader.
 #[allow(unsafe_code)]
-pub(crate) fn map_file(path: &Path) -> Result<Mmap, ModelError> {
+pub fn map_file(path: &Path) -> Result<Mmap, ModelError> {
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: read-only mapping of a checkpoint file we do not modify.
     unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))

@@ -17,10 +17,13 @@ pub(crate) fn all_reduce_sum_tree<B: Backend>(
     let mut input = tensors.into_iter().collect::<Vec<_>>();
 
     // Sort to put devices of the same type together
+    // dijiang patch: peers on equal device ids (every CPU worker) in the order of their ids, not
+    // the map's random order, so the sums are added in the same order, to the same last bits, in
+    // every run.
     input.sort_by(|a, b| {
         let dev_a = B::float_device(&a.1);
         let dev_b = B::float_device(&b.1);
-        dev_a.id().cmp(&dev_b.id())
+        dev_a.id().cmp(&dev_b.id()).then(a.0.0.cmp(&b.0.0))
     });
     // Recursive all-reduce
     let out = all_reduce_sum_tree_inner::<B>(input, arity);

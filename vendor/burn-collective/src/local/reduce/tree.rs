@@ -12,18 +12,18 @@ pub(crate) fn reduce_sum_tree<B: Backend>(
     arity: u32,
 ) -> B::FloatTensorPrimitive {
     // Convert hash map to vector of key-value pairs because order matters
-    let mut input = vec![];
     let root_tensor = tensors.remove(root).unwrap();
-    for (_, tensor) in tensors.drain() {
-        input.push(tensor);
-    }
+    let mut peers: Vec<_> = tensors.drain().collect();
 
     // Sort to put devices of the same type together
-    input.sort_by(|a, b| {
-        let dev_a = B::float_device(a);
-        let dev_b = B::float_device(b);
-        dev_a.id().cmp(&dev_b.id())
+    // dijiang patch: peers on equal device ids in the order of their ids, not the map's random
+    // order (the same sums in the same order in every run).
+    peers.sort_by(|a, b| {
+        let dev_a = B::float_device(&a.1);
+        let dev_b = B::float_device(&b.1);
+        dev_a.id().cmp(&dev_b.id()).then(a.0.0.cmp(&b.0.0))
     });
+    let mut input: Vec<_> = peers.into_iter().map(|(_, tensor)| tensor).collect();
 
     // put the root first
     input.insert(0, root_tensor);
