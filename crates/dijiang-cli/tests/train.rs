@@ -573,7 +573,8 @@ fn finish_nodes(mut nodes: Vec<(std::process::Child, PathBuf)>, what: &str) {
 
 /// 2 and 3 node processes on localhost, with 1 and 2 devices each, through burn-collective's
 /// global all-reduce: 20 steps over both stages equal the single-device run with the same global
-/// batch (1e-5 relative); the whole set twice in a row, so a stall between runs would show.
+/// batch (1e-5 relative); the whole set twice in a row, so a stall between runs would show. The
+/// second round shards the optimizer state (ZeRO-1) and logs the first round's values bit for bit.
 #[test]
 fn nodes_on_localhost_match_one_device() {
     let Some((dir, want)) = nodes_reference() else { return };
@@ -581,15 +582,30 @@ fn nodes_on_localhost_match_one_device() {
         for (nodes, devices) in [(2, 1), (3, 1), (2, 2), (3, 2)] {
             let runs = format!("runs-n{nodes}x{devices}-{round}");
             // Six workers send their gradients between nodes in chunks of at most 100,000 values (3 per step).
-            let chunks: &[&str] = if nodes * devices == 6 { &["distributed.chunk_values=100000"] } else { &[] };
-            let started = start_nodes(dir, &runs, nodes, devices, chunks);
+            let mut extra: Vec<&str> =
+                if nodes * devices == 6 { vec!["distributed.chunk_values=100000"] } else { vec![] };
+            if round == 1 {
+                extra.push("distributed.optimizer=\"sharded\"");
+            }
+            let started = start_nodes(dir, &runs, nodes, devices, &extra);
             let log1 = started[1].1.clone();
             finish_nodes(started, &runs);
             let log = std::fs::read_to_string(&log1).unwrap();
             let world = nodes * devices;
             let here = format!("data parallel: {devices} device(s) here, {world} in all (node 1 of {nodes})");
             assert!(log.contains(&here), "{log}");
-            assert_same_losses_over(&metrics(&dir.join(format!("{runs}/t"))), want, 20);
+            let got = metrics(&dir.join(format!("{runs}/t")));
+            assert_same_losses_over(&got, want, 20);
+            if round == 1 {
+                let replicated = metrics(&dir.join(format!("runs-n{nodes}x{devices}-0/t")));
+                for (key, value) in replicated.iter().filter(|((_, tag), _)| tag != "train/tokens_per_s") {
+                    assert_eq!(
+                        got.get(key).map(|v| v.to_bits()),
+                        Some(value.to_bits()),
+                        "{runs}: {key:?} sharded vs replicated"
+                    );
+                }
+            }
         }
     }
 }
