@@ -37,8 +37,11 @@ impl<B: Backend> Projection<B> {
     /// # Shapes
     /// - x: `[n, d_in]` -> `[n, d_out]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        // Burn's own linear op (what `nn::Linear` runs; fused on some backends).
-        let y = burn::tensor::module::linear(x.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        // A frozen weight may be stored in half precision: cast at use (exact for the values of a
+        // half-precision checkpoint). Burn's own linear op (what `nn::Linear` runs; fused on some
+        // backends).
+        let weight = cast_to(self.weight.val(), x.dtype());
+        let y = burn::tensor::module::linear(x.clone(), weight, self.bias.as_ref().map(|b| b.val()));
         match &self.lora {
             Some(lora) => y + x.matmul(lora.a.val()).matmul(lora.b.val()).mul_scalar(lora.scale),
             None => y,
@@ -67,11 +70,17 @@ impl<B: Backend> Projection<B> {
             None => self,
             Some(lora) => {
                 let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
-                let weight = Param::from_tensor(self.weight.val() + delta);
+                let weight = Param::from_tensor(cast_to(self.weight.val(), delta.dtype()) + delta);
                 Self { weight, bias: self.bias, lora: None }
             }
         }
     }
+}
+
+/// `x` in `dtype` (itself when it is already): frozen weights stored in half precision meet
+/// activations in the backend's float type.
+pub fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: burn::tensor::DType) -> Tensor<B, D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
 }
 
 /// A linear layer `y = x W + b` named `name` (see [`Projection`]), with a LoRA adapter when

@@ -7,7 +7,7 @@ use burn::prelude::*;
 use crate::attention::{Attention, LayerState};
 use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
 use crate::error::ModelError;
-use crate::layers::{Mlp, Norm, Projection, embedding, flat_linear, linear};
+use crate::layers::{Mlp, Norm, Projection, cast_to, embedding, flat_linear, linear};
 use crate::rope::rope_tables;
 use crate::weights::{Fresh, Skeleton, WeightSource};
 
@@ -312,7 +312,7 @@ impl<B: Backend> Transformer<B> {
     ) -> Option<Tensor<B, 3>> {
         let [_, t] = tokens.dims();
         let (cos, sin) = self.rope(0, t, &tokens.device());
-        let mut x = self.embed.forward(tokens);
+        let mut x = self.embed_tokens(tokens);
         for layer in &self.layers {
             let (out, trace) = layer.forward_layer_trace(x, &cos, &sin, rows);
             sink(trace);
@@ -331,7 +331,7 @@ impl<B: Backend> Transformer<B> {
         let [_, t] = tokens.dims();
         let (cos, sin) = self.rope(0, t, &tokens.device());
         let mut boundaries = Vec::with_capacity(self.layers.len() + 1);
-        boundaries.push(self.embed.forward(tokens));
+        boundaries.push(self.embed_tokens(tokens));
         for layer in &self.layers {
             let x = boundaries.last().expect("the embedding output").clone();
             boundaries.push(layer.forward(x, &cos, &sin, &mut None));
@@ -426,7 +426,7 @@ impl<B: Backend> Transformer<B> {
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
         let [_, t] = tokens.dims();
         let (cos, sin) = self.rope(state.position, t, &tokens.device());
-        let mut x = self.embed.forward(tokens);
+        let mut x = self.embed_tokens(tokens);
         let mut hidden_states = Vec::new();
         for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
             if keep_hidden {
@@ -443,6 +443,15 @@ impl<B: Backend> Transformer<B> {
         (x, hidden_states)
     }
 
+    /// The token embeddings in the backend's float type (the table may be stored in half
+    /// precision).
+    ///
+    /// # Shapes
+    /// - tokens: `[b, t]` -> `[b, t, hidden]`
+    pub fn embed_tokens(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        cast_to(self.embed.forward(tokens), <B::FloatElem as burn::tensor::Element>::dtype())
+    }
+
     /// The output head on final-norm outputs: `[b, t, hidden]` -> `[b, t, vocab]`.
     pub fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
@@ -450,8 +459,8 @@ impl<B: Backend> Transformer<B> {
             None => {
                 let [b, t, h] = x.dims();
                 let v = self.config.vocab_size;
-                let table = self.embed.weight.val(); // [vocab, hidden]
                 let x = x.reshape([b * t, h]);
+                let table = cast_to(self.embed.weight.val(), x.dtype()); // [vocab, hidden]
                 // x @ table^T. Backends that materialise a transposed operand would copy the whole
                 // [vocab, hidden] table on every call, which dominates decoding; for few rows,
                 // (table @ x^T)^T copies only the small result instead.

@@ -65,6 +65,39 @@ pub struct MemoryConfig {
     /// What the backward pass recomputes instead of keeping.
     #[serde(default)]
     pub recompute: Recompute,
+    /// How the weights no stage trains (the base weights of attention-transfer and LoRA recipes)
+    /// are stored: `"f16"` / `"bf16"` halve them, cast to f32 where they are used (exact for a
+    /// checkpoint in that precision). Trainable parameters, norms and optimizer state stay f32.
+    #[serde(default)]
+    pub frozen_dtype: StorageDtype,
+}
+
+/// The storage precision of frozen weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl StorageDtype {
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            StorageDtype::F32 => burn::tensor::DType::F32,
+            StorageDtype::F16 => burn::tensor::DType::F16,
+            StorageDtype::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+
+    /// Bytes per value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            StorageDtype::F32 => 4,
+            StorageDtype::F16 | StorageDtype::Bf16 => 2,
+        }
+    }
 }
 
 /// What a training step recomputes in backward ([`crate::recompute`]).
@@ -469,6 +502,14 @@ impl Experiment {
             return Err("at least one [[stages]] entry is needed".into());
         }
         self.check_lora()?;
+        if self.memory.frozen_dtype != StorageDtype::F32 && !crate::trainable::teacher_is_view(self) {
+            return Err(format!(
+                "memory.frozen_dtype = {:?} stores the weights no stage trains in half precision, but a stage trains \
+                 every weight (trainable = \"all\"): use trainable = \"kernel\" or \"lora\" stages, or \
+                 frozen_dtype = \"f32\"",
+                self.memory.frozen_dtype
+            ));
+        }
         for (i, s) in self.stages.iter().enumerate() {
             s.validate(self.memory.recompute).map_err(|m| format!("stages.{i} (`{}`): {m}", s.name))?;
         }

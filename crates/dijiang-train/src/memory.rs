@@ -26,7 +26,8 @@ use crate::experiment::{Experiment, Recompute, Stage};
 use crate::objective::Term;
 use crate::shard::{OptimizerLayout, Shards};
 
-use crate::trainable::{TeacherHeld, teacher_held, trains, trains_base_weights};
+use crate::experiment::StorageDtype;
+use crate::trainable::{TeacherHeld, frozen_for_run, teacher_held, trains, trains_base_weights};
 
 /// How a stage's step keeps what backward reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,10 @@ pub struct Memory {
     pub activations: u64,
     /// The logits' tensors (student's, log-softmax, gradients; the teacher's for KL).
     pub logits: u64,
+    /// f32 copies of half-precision frozen weights that backward keeps (`memory.frozen_dtype`).
+    pub casts: u64,
+    /// How the frozen weights are stored.
+    pub frozen_dtype: StorageDtype,
     /// What backward holds at once: activations and logits, or in block recomputation the blocks'
     /// inputs with either the logits (the head's phase) or one block.
     pub backward: u64,
@@ -102,10 +107,14 @@ impl fmt::Display for Memory {
         };
         let sharded =
             if self.sharded_over > 1 { format!(" (sharded over {})", self.sharded_over) } else { String::new() };
+        let (frozen, casts) = match self.frozen_dtype {
+            StorageDtype::F32 => (String::new(), String::new()),
+            dtype => (format!(" (frozen in {dtype:?})"), format!(", f32 casts {:.2}", gib(self.casts))),
+        };
         write!(
             f,
-            "~{:.1} GiB per device, at stage `{}` ({:?}): weights {:.2} + teacher {teacher} + moments {:.2}{sharded} \
-             + the larger of backward {:.2} (activations {:.2}, logits {:.2}) and update {:.2}",
+            "~{:.1} GiB per device, at stage `{}` ({:?}): weights {:.2}{frozen} + teacher {teacher} + moments \
+             {:.2}{sharded} + the larger of backward {:.2} (activations {:.2}, logits {:.2}{casts}) and update {:.2}",
             gib(self.total()),
             self.stage,
             self.mode,
@@ -164,14 +173,26 @@ pub fn stage_estimate(experiment: &Experiment, teacher: &ModelConfig, index: usi
     let (kept, one_at_a_time) = activations_per_token(&student, experiment, stage, mode);
     let logits = 4 * tokens * logits_per_token(&student, stage, mode);
     let (kept, one_at_a_time) = (4 * tokens * kept, 4 * tokens * one_at_a_time);
-    let backward = match mode {
-        StepMode::Blocks => kept + one_at_a_time.max(logits),
-        StepMode::Graph | StepMode::Streamed => kept + one_at_a_time + logits,
+    // Frozen weights stored in half precision, and their f32 copies cast at use that backward
+    // keeps (for the inputs' gradients): every block's in one graph, one block's at a time
+    // otherwise (or the output head's, in the head's phase).
+    let half = frozen_half(experiment, &shapes);
+    let (block_casts, head_casts) = (4 * half.blocks / student.num_layers as u64, 4 * half.head);
+    let (backward, casts) = match mode {
+        StepMode::Blocks => {
+            let (block, head) = (one_at_a_time + block_casts, logits + head_casts);
+            (kept + block.max(head), if block >= head { block_casts } else { head_casts })
+        }
+        StepMode::Graph => {
+            let casts = 4 * half.blocks + head_casts;
+            (kept + one_at_a_time + logits + casts, casts)
+        }
+        StepMode::Streamed => (kept + one_at_a_time + logits + block_casts, block_casts),
     };
     Memory {
         stage: stage.name.clone(),
         mode,
-        weights: 4 * total,
+        weights: 4 * total - (4 - experiment.memory.frozen_dtype.bytes()) * (half.blocks + half.other),
         teacher: 4 * teacher_weights,
         teacher_held: held,
         at_start: if held == TeacherHeld::AtStart { 4 * (total + teacher.num_params() as u64) } else { 0 },
@@ -180,8 +201,39 @@ pub fn stage_estimate(experiment: &Experiment, teacher: &ModelConfig, index: usi
         update: 4 * (gradients + 2 * largest),
         activations: kept + one_at_a_time,
         logits,
+        casts,
+        frozen_dtype: experiment.memory.frozen_dtype,
         backward,
     }
+}
+
+/// Values of the frozen matrices stored in half precision (`memory.frozen_dtype`): in the blocks,
+/// in the output head (the tied embedding or `lm_head`), and the others (an untied embedding).
+struct FrozenHalf {
+    blocks: u64,
+    head: u64,
+    other: u64,
+}
+
+fn frozen_half(experiment: &Experiment, shapes: &[(String, Vec<usize>)]) -> FrozenHalf {
+    let mut half = FrozenHalf { blocks: 0, head: 0, other: 0 };
+    if experiment.memory.frozen_dtype == StorageDtype::F32 {
+        return half;
+    }
+    let tied = !shapes.iter().any(|(name, _)| name == "lm_head.weight");
+    for (name, shape) in shapes.iter().filter(|(name, shape)| shape.len() >= 2 && frozen_for_run(experiment, name)) {
+        let n = shape.iter().product::<usize>() as u64;
+        let is_head = name == "lm_head.weight" || (tied && name == "embed.weight");
+        match (name.starts_with("layers."), is_head) {
+            (true, _) => half.blocks += n,
+            (false, true) => {
+                half.head += n;
+                half.other += n;
+            }
+            (false, false) => half.other += n,
+        }
+    }
+    half
 }
 
 /// f32 values per token of a stage's backward phase: what stays for the whole backward, and what

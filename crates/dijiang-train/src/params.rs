@@ -4,6 +4,7 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
 /// Tracks the dotted path of the module being visited, leaving out enum variants.
@@ -109,6 +110,51 @@ impl<B: AutodiffBackend> ModuleMapper<B> for SetTrainable<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.set_require_grad((self.trainable)(&self.path.name()))
     }
+}
+
+struct Store<'a> {
+    path: PathTracker,
+    dtype: DType,
+    which: &'a dyn Fn(&str) -> bool,
+    /// The parameters whose values the cast changed (not values of that precision).
+    rounded: Vec<String>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Store<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, container: &str) {
+        self.path.exit(container);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        if D < 2 || tensor.dtype() == self.dtype || !(self.which)(&self.path.name()) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        // A frozen constant: cast outside autodiff, no gradient.
+        let value = tensor.inner();
+        let stored = value.clone().cast(self.dtype);
+        if !stored.clone().cast(value.dtype()).equal(value).all().into_scalar().to_bool() {
+            self.rounded.push(self.path.name());
+        }
+        Param::from_mapped_value(id, Tensor::from_inner(stored), mapper)
+    }
+}
+
+/// `module` with the matrices (embeddings, projections) for which `which(name)` holds stored in
+/// `dtype`, as constants to autodiff (the layers cast them to the activations' type at use), and
+/// the names of those whose values the cast rounded (exact for a checkpoint in that precision).
+pub fn set_storage<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    dtype: DType,
+    which: &dyn Fn(&str) -> bool,
+) -> (M, Vec<String>) {
+    let mut store = Store { path: PathTracker::default(), dtype, which, rounded: Vec::new() };
+    let module = module.map(&mut store);
+    (module, store.rounded)
 }
 
 /// `module` with exactly the parameters for which `trainable(name)` holds requiring gradients:

@@ -71,7 +71,7 @@ pub fn accumulate<B: AutodiffBackend>(
 
         // The embedding, when it trains.
         if lowest == 0 && embedding_trains(student) {
-            let x = student.embed.forward(Tensor::from_inner(batch.inputs.clone()));
+            let x = student.embed_tokens(Tensor::from_inner(batch.inputs.clone()));
             add(surrogate(x, upstream).backward());
         }
     }

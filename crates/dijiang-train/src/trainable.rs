@@ -43,6 +43,13 @@ pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool
         }
 }
 
+/// Whether `name` is one of the teacher's weights that no stage of `experiment` trains (it keeps
+/// the checkpoint's value for the whole run: what `memory.frozen_dtype` stores in half
+/// precision; the attention kernels' few frozen parameters stay f32).
+pub fn frozen_for_run(experiment: &Experiment, name: &str) -> bool {
+    Group::of(name) == Group::Base && experiment.stages.iter().all(|s| !trains(s.trainable, &experiment.student, name))
+}
+
 /// Whether a stage that trains `trainable` changes the base weights (those the student shares with
 /// its teacher).
 pub fn trains_base_weights(trainable: Trainable) -> bool {

@@ -22,15 +22,15 @@ use crate::cadence::due;
 use crate::checkpoint::TrainerState;
 use crate::distributed::{Rank, Reducer, Reduction, on_each_device};
 use crate::error::{Result, TrainError};
-use crate::experiment::Experiment;
+use crate::experiment::{Experiment, StorageDtype};
 use crate::optim::AdamW;
-use crate::params::set_trainable;
+use crate::params::{set_storage, set_trainable};
 use crate::recorder::{Models, Outcome, Recorder};
 use crate::schedule::learning_rate;
 use crate::shard::{OptimizerLayout, Shards};
 use crate::start::{Inputs, RunContext, RunLock, Start, Teacher, prepare_dir};
 use crate::step::{Signals, StepInputs, step};
-use crate::trainable::{TeacherHeld, teacher_held, trains};
+use crate::trainable::{TeacherHeld, frozen_for_run, teacher_held, trains};
 
 /// How to run an experiment.
 #[derive(Debug, Clone)]
@@ -68,7 +68,26 @@ pub fn train_with<B: AutodiffBackend>(
     // Node 0 owns the run directory: one trainer at a time.
     let _lock = (dist.node_rank == 0).then(|| RunLock::acquire(&options.run_dir)).transpose()?;
     let found = prepare_dir(&options.run_dir, experiment, options.resume)?;
-    let start = Start::<B>::resume_or_convert(found.as_ref(), experiment, &student_config, &devices[0])?;
+    let mut start = Start::<B>::resume_or_convert(found.as_ref(), experiment, &student_config, &devices[0])?;
+    let frozen = experiment.memory.frozen_dtype;
+    if frozen != StorageDtype::F32 {
+        if !B::supports_dtype(&devices[0], frozen.dtype()) {
+            return Err(TrainError::Input(format!(
+                "memory.frozen_dtype = {frozen:?}: this backend has no {frozen:?} tensors (NdArray has f32 only); use \
+                 backend=flex (the default CPU build), wgpu or cuda, or frozen_dtype = \"f32\""
+            )));
+        }
+        // Before the teacher view is taken: it shares these tensors.
+        let (student, rounded) = set_storage(start.student, frozen.dtype(), &|name| frozen_for_run(experiment, name));
+        if let Some(first) = rounded.first() {
+            tracing::warn!(
+                "memory.frozen_dtype = {frozen:?} rounded {} frozen weights ({first}, ...): the teacher's checkpoint is \
+                 not in that precision, so the student no longer starts exactly from it",
+                rounded.len()
+            );
+        }
+        start.student = student;
+    }
     let manifest =
         Manifest { source: Some(experiment.teacher.path.display().to_string()), ..Manifest::new(student_config) };
     let run = RunContext {

@@ -24,11 +24,12 @@ use dijiang_model::cpu::Cpu;
 use dijiang_model::{ModelConfig, Transformer};
 use dijiang_train::Experiment;
 use dijiang_train::distributed::Reducer;
+use dijiang_train::experiment::StorageDtype;
 use dijiang_train::memory::{Memory, stage_estimate};
 use dijiang_train::optim::AdamW;
-use dijiang_train::params::set_trainable;
+use dijiang_train::params::{set_storage, set_trainable};
 use dijiang_train::step::{Signals, StepInputs, step};
-use dijiang_train::trainable::{teacher_is_view, trains};
+use dijiang_train::trainable::{frozen_for_run, teacher_is_view, trains};
 
 type I = Cpu;
 type B = Autodiff<Cpu>;
@@ -130,6 +131,11 @@ fn measure(experiment: &Experiment, teacher_config: &ModelConfig) -> u64 {
             student = student.with_lora(lora, 2);
         }
         let student = set_trainable(student, &|name| trains(stage.trainable, &experiment.student, name));
+        let frozen = experiment.memory.frozen_dtype;
+        let student = match frozen {
+            StorageDtype::F32 => student,
+            _ => set_storage(student, frozen.dtype(), &|name| frozen_for_run(experiment, name)).0,
+        };
         let teacher = if teacher_is_view(experiment) {
             student.valid().teacher_view()
         } else {
@@ -195,6 +201,13 @@ loss = { attention = 1.0 }"#;
         ("attention transfer, streamed", transfer, String::new(), false),
         ("LoRA, KL + LM, teacher a view", lora_kl, lora.into(), true),
         ("LoRA, block recomputation", lora_kl, format!("{lora}{blocks}"), true),
+        // Its head's phase (the logits beside the output head's f32 copy) sets the peak at short lengths.
+        (
+            "LoRA, block recomputation, frozen weights in f16",
+            lora_kl,
+            format!("{lora}{blocks}frozen_dtype = \"f16\"\n"),
+            false,
+        ),
     ];
     let lengths = [128, 256, 384];
     let mut report = String::new();
@@ -244,4 +257,5 @@ loss = { attention = 1.0 }"#;
     let peak = |i: usize| measured[i][2].0;
     assert!(peak(1) < peak(0), "block recomputation holds less than the plain graph\n{report}");
     assert!(peak(4) < peak(3) && peak(3) < peak(0), "LoRA below full fine-tuning, recomputed lowest\n{report}");
+    assert!(peak(5) < peak(4), "frozen weights in f16 below f32\n{report}");
 }

@@ -260,7 +260,10 @@ fn block_recomputation_trains_as_the_plain_step_and_resumes_exactly() {
     use dijiang_train::experiment::{MemoryConfig, Recompute};
 
     let (dir, experiment, plain) = reference(Architecture::Llama);
-    let recomputed = Experiment { memory: MemoryConfig { recompute: Recompute::Blocks }, ..experiment.clone() };
+    let recomputed = Experiment {
+        memory: MemoryConfig { recompute: Recompute::Blocks, ..Default::default() },
+        ..experiment.clone()
+    };
     run(dir, &recomputed, "blocks", false, 1);
     let got = metrics(&dir.join("blocks"));
     let mut compared = 0;
@@ -448,4 +451,62 @@ fn a_lora_stage_trains_adapters_and_kernels_and_exports_a_merged_model() {
     let diff = (a.clone() - e).abs().max().into_scalar() / a.abs().max().into_scalar();
     assert!(diff < 1e-5, "the exported model is the adapted one merged: {diff}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `memory.frozen_dtype = "f16"` on a LoRA recipe whose teacher holds f16 values (as LLaMA-2's and
+/// Pythia's checkpoints do): the frozen base weights are stored in f16 and cast to f32 at use, so
+/// the run logs the f32-stored run's numbers bit for bit, checkpoints keep them in f16, and a
+/// stopped run resumes exactly. NdArray (no f16) is refused before any work.
+#[test]
+fn half_precision_frozen_weights_train_as_f32_storage_bit_for_bit() {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::{DType, Tensor};
+    use dijiang_model::{LoraConfig, LoraTarget};
+    use dijiang_train::experiment::{StorageDtype, Trainable};
+
+    struct ToHalf;
+    impl ModuleMapper<I> for ToHalf {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<I, D>>) -> Param<Tensor<I, D>> {
+            param.map(|t| t.cast(DType::F16).cast(DType::F32))
+        }
+    }
+    let (dir, mut experiment) = setup("half", Architecture::Llama);
+    let device = Default::default();
+    let teacher = dijiang_model::import::load::<I>(&dir.join("teacher"), &device).unwrap().model.map(&mut ToHalf);
+    native::save(&teacher, &Manifest::new(teacher.config().clone()), &dir.join("teacher")).unwrap();
+    experiment.stages[1].trainable = Trainable::Lora;
+    experiment.lora = Some(LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Q, LoraTarget::Up] });
+    run(&dir, &experiment, "f32", false, 1);
+    let want = metrics(&dir.join("f32"));
+
+    experiment.memory.frozen_dtype = StorageDtype::F16;
+    experiment.validate().unwrap();
+    let stopped = run(&dir, &experiment, "f16", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    run(&dir, &experiment, "f16", false, 1);
+    assert_same(&metrics(&dir.join("f16")), &want);
+    let weights = std::fs::read(dir.join("f16/checkpoints/step-00000006/model").join(native::WEIGHTS)).unwrap();
+    let saved = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let dtype = |name: &str| saved.tensor(name).unwrap().dtype();
+    assert_eq!(dtype("layers.1.mlp.down.weight"), safetensors::Dtype::F16, "a frozen weight is stored in f16");
+    assert_eq!(dtype("layers.1.mlp.up.lora.b"), safetensors::Dtype::F32, "an adapter trains in f32");
+
+    let options = RunOptions {
+        experiment: experiment.clone(),
+        run_dir: dir.join("ndarray"),
+        resume: false,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    type N = burn::backend::NdArray<f32>;
+    let refused = train_with::<Autodiff<N>>(options, ndarray_inputs(&dir), &[Default::default()]).unwrap_err();
+    assert!(refused.to_string().contains("frozen_dtype"), "{refused}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn ndarray_inputs(dir: &Path) -> Inputs<burn::backend::NdArray<f32>> {
+    let teacher = dijiang_model::import::load(&dir.join("teacher"), &Default::default()).unwrap().model;
+    let text = std::fs::read(support::repo().join("README.md")).unwrap();
+    let tokens: Vec<u32> = text.iter().take(1200).map(|b| u32::from(*b)).collect();
+    let (train, validation) = tokens.split_at(900);
+    Inputs::in_memory(teacher, train.to_vec(), validation.to_vec(), BLOCK)
 }
