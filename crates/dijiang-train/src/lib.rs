@@ -34,6 +34,7 @@ pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod plan;
+pub mod recipes;
 pub mod recompute;
 pub mod recorder;
 pub mod schedule;

@@ -19,6 +19,7 @@
 mod attention;
 mod data;
 mod decode;
+mod recipes;
 mod report;
 mod train;
 
@@ -36,6 +37,9 @@ pub enum What {
     Decode(decode::Args),
     /// Training-step throughput and achieved FLOP/s.
     Train(train::Args),
+    /// A few trainer steps of every stage of experiments on random weights of their presets
+    /// (the prepared GPU check, bench/gpu-check.sh).
+    Recipes(recipes::Args),
     /// The summary table and plots from the JSON files in --out.
     Report {
         #[arg(long, default_value = "runs/bench")]
@@ -67,6 +71,7 @@ pub fn run(what: What) -> Result<()> {
         What::Attention(args) => attention::run(&args),
         What::Decode(args) => on_each_backend(&args),
         What::Train(args) => on_each_backend(&args),
+        What::Recipes(args) => recipes::run(&args),
         What::Report { out } => report::run(&out),
         What::All { out } => {
             attention::run(&defaults(&out))?;
