@@ -3,7 +3,7 @@
 # `dijiang bench recipes` (built with --features cuda) takes 2 real trainer steps of every stage of
 # experiments/dijiang-7b.toml (hybrid attention transfer, then LoRA distillation on an f16 base) and
 # experiments/dijiang-7b-reference.toml (the full fine-tune; its optimizer sharding needs several
-# devices, so here one H100/H200-class device must hold it) on seeded random LLaMA-2-7B weights at
+# devices, so here one 141 GB H200-class device must hold it: ~109 GiB planned) on seeded random LLaMA-2-7B weights at
 # 2048 tokens, records tokens/s and the memory model's estimate per stage, checks that f16 storage
 # of frozen weights gives the f32 logits, while nvidia-smi samples the device memory every 100 ms.
 # Everything lands in OUT/gpu-check.json (and the per-experiment recipes-*.json, logs, samples).
