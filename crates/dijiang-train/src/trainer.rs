@@ -69,25 +69,7 @@ pub fn train_with<B: AutodiffBackend>(
     let _lock = (dist.node_rank == 0).then(|| RunLock::acquire(&options.run_dir)).transpose()?;
     let found = prepare_dir(&options.run_dir, experiment, options.resume)?;
     let mut start = Start::<B>::resume_or_convert(found.as_ref(), experiment, &student_config, &devices[0])?;
-    let frozen = experiment.memory.frozen_dtype;
-    if frozen != StorageDtype::F32 {
-        if !B::supports_dtype(&devices[0], frozen.dtype()) {
-            return Err(TrainError::Input(format!(
-                "memory.frozen_dtype = {frozen:?}: this backend has no {frozen:?} tensors (NdArray has f32 only); use \
-                 backend=flex (the default CPU build), wgpu or cuda, or frozen_dtype = \"f32\""
-            )));
-        }
-        // Before the teacher view is taken: it shares these tensors.
-        let (student, rounded) = set_storage(start.student, frozen.dtype(), &|name| frozen_for_run(experiment, name));
-        if let Some(first) = rounded.first() {
-            tracing::warn!(
-                "memory.frozen_dtype = {frozen:?} rounded {} frozen weights ({first}, ...): the teacher's checkpoint is \
-                 not in that precision, so the student no longer starts exactly from it",
-                rounded.len()
-            );
-        }
-        start.student = student;
-    }
+    start.student = store_frozen_weights(start.student, experiment, &devices[0])?;
     let manifest =
         Manifest { source: Some(experiment.teacher.path.display().to_string()), ..Manifest::new(student_config) };
     let run = RunContext {
@@ -106,26 +88,7 @@ pub fn train_with<B: AutodiffBackend>(
     }
     // Node 0 hosts burn-collective's orchestrator for as long as its workers train.
     let orchestrator = run.reduction.as_ref().map(Reduction::host).transpose()?.flatten();
-    // No stage trains the base weights: the teacher is the student's own weights run as softmax
-    // (bit for bit the teacher's values: the student was converted from them), and a teacher
-    // handed in loaded goes.
-    let held = teacher_held(experiment);
-    let teacher = match inputs.teacher {
-        Teacher::Loaded(teacher) if held != TeacherHeld::View => teacher,
-        _ => {
-            tracing::info!("teacher: a view of the student's weights (no stage trains them), no second copy");
-            start.student.valid().teacher_view()
-        }
-    };
-    // Dropped after the step-0 evaluation (no stage reads it), so a resumed run needs none.
-    let teacher = match held {
-        TeacherHeld::AtStart if start.resumed_from.is_some() => None,
-        TeacherHeld::AtStart => {
-            tracing::info!("teacher: evaluated at step 0, then dropped (no stage reads it, eval.teacher = \"start\")");
-            Some(teacher)
-        }
-        TeacherHeld::View | TeacherHeld::Copy => Some(teacher),
-    };
+    let teacher = run_teacher(inputs.teacher, &start, experiment);
     let first = dist.node_rank as usize * devices.len();
     let replicas = Replica::for_devices(start, teacher, devices, experiment, first)?;
     let outcome = on_each_device(devices, replicas, first, dist.world(), |rank, device, replica| {
@@ -135,6 +98,63 @@ pub fn train_with<B: AutodiffBackend>(
         run.reduction.as_ref().expect("an orchestrator belongs to a reduction").await_departures();
     }
     outcome
+}
+
+/// The student with the weights no stage trains stored in `memory.frozen_dtype` (before the
+/// teacher view is taken: it shares these tensors).
+fn store_frozen_weights<B: AutodiffBackend>(
+    student: Transformer<B>,
+    experiment: &Experiment,
+    device: &B::Device,
+) -> Result<Transformer<B>> {
+    let frozen = experiment.memory.frozen_dtype;
+    if frozen == StorageDtype::F32 {
+        return Ok(student);
+    }
+    if !B::supports_dtype(device, frozen.dtype()) {
+        return Err(TrainError::Input(format!(
+            "memory.frozen_dtype = {frozen:?}: this backend has no {frozen:?} tensors (NdArray has f32 only); use \
+             backend=flex (the default CPU build), wgpu or cuda, or frozen_dtype = \"f32\""
+        )));
+    }
+    let (student, rounded) = set_storage(student, frozen.dtype(), &|name| frozen_for_run(experiment, name));
+    if let Some(first) = rounded.first() {
+        tracing::warn!(
+            "memory.frozen_dtype = {frozen:?} rounded {} frozen weights ({first}, ...): the teacher's checkpoint is \
+             not in that precision, so the student no longer starts exactly from it",
+            rounded.len()
+        );
+    }
+    Ok(student)
+}
+
+/// The teacher the run holds: the loaded one, a view of the student's weights when no stage
+/// trains them, or none when it is dropped after step 0 and the run resumes.
+fn run_teacher<B: AutodiffBackend>(
+    inputs: Teacher<B::InnerBackend>,
+    start: &Start<B>,
+    experiment: &Experiment,
+) -> Option<Transformer<B::InnerBackend>> {
+    // No stage trains the base weights: the teacher is the student's own weights run as softmax
+    // (bit for bit the teacher's values: the student was converted from them), and a teacher
+    // handed in loaded goes.
+    let held = teacher_held(experiment);
+    let teacher = match inputs {
+        Teacher::Loaded(teacher) if held != TeacherHeld::View => teacher,
+        _ => {
+            tracing::info!("teacher: a view of the student's weights (no stage trains them), no second copy");
+            start.student.valid().teacher_view()
+        }
+    };
+    // Dropped after the step-0 evaluation (no stage reads it), so a resumed run needs none.
+    match held {
+        TeacherHeld::AtStart if start.resumed_from.is_some() => None,
+        TeacherHeld::AtStart => {
+            tracing::info!("teacher: evaluated at step 0, then dropped (no stage reads it, eval.teacher = \"start\")");
+            Some(teacher)
+        }
+        TeacherHeld::View | TeacherHeld::Copy => Some(teacher),
+    }
 }
 
 /// A worker's model, teacher (if it needs one), optimizer and position.
