@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
@@ -23,7 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::experiment::DistributedConfig;
 use crate::nodes::{Nodes, Orchestrator};
 use crate::optim::{AdamW, SavedState};
-use crate::params::PathTracker;
+use crate::params::{NamedMap, map_named};
 use crate::shard::Shards;
 
 /// Where a worker sits in a data-parallel run.
@@ -160,8 +160,8 @@ impl<B: Backend> Reducer<B> {
     {
         let Reducer::Collective { rank, shards: Some(shards), .. } = self else { return Ok(module) };
         let (rank, shards) = (rank.global, shards.clone());
-        let mut share = Share { reducer: self, shards: &shards, rank, path: PathTracker::default(), failed: None };
-        let module = module.map(&mut share);
+        let mut share = Share { reducer: self, shards: &shards, rank, failed: None };
+        let module = map_named(module, &mut share);
         match share.failed {
             Some(e) => Err(e),
             None => Ok(module),
@@ -268,22 +268,13 @@ struct Share<'a, B: Backend> {
     reducer: &'a mut Reducer<B>,
     shards: &'a Shards,
     rank: usize,
-    path: PathTracker,
     failed: Option<TrainError>,
 }
 
-impl<AB: AutodiffBackend> ModuleMapper<AB> for Share<'_, AB::InnerBackend> {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.path.enter(name, container);
-    }
-
-    fn exit_module(&mut self, _: &str, container: &str) {
-        self.path.exit(container);
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+impl<AB: AutodiffBackend> NamedMap<AB> for Share<'_, AB::InnerBackend> {
+    fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper) = param.consume();
-        let Some(owner) = self.shards.owner(&self.path.name()).filter(|_| self.failed.is_none()) else {
+        let Some(owner) = self.shards.owner(name).filter(|_| self.failed.is_none()) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let trains = tensor.is_require_grad();

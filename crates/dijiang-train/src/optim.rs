@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Result, TrainError};
 use crate::experiment::OptimizerConfig;
-use crate::params::PathTracker;
+use crate::params::{NamedMap, map_named};
 
 /// First and second moments of one parameter, flattened.
 #[derive(Debug, Clone)]
@@ -86,8 +86,7 @@ impl<B: Backend> AdamW<B> {
         M: AutodiffModule<AB>,
     {
         self.updates += 1;
-        let mut mapper = Update { optimizer: self, grads, rates, owns, path: PathTracker::default() };
-        module.map(&mut mapper)
+        map_named(module, &mut Update { optimizer: self, grads, rates, owns })
     }
 
     /// PyTorch's AdamW for one tensor: decoupled decay, then the bias-corrected Adam step.
@@ -216,27 +215,17 @@ struct Update<'a, B: Backend> {
     grads: GradientsParams,
     rates: Rates<'a>,
     owns: &'a dyn Fn(&str) -> bool,
-    path: PathTracker,
 }
 
-impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Update<'_, B> {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.path.enter(name, container);
-    }
-
-    fn exit_module(&mut self, _: &str, container: &str) {
-        self.path.exit(container);
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> NamedMap<AB> for Update<'_, B> {
+    fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper) = param.consume();
-        let name = self.path.name();
-        let Some(grad) = self.grads.remove::<B, D>(id).filter(|_| (self.owns)(&name)) else {
+        let Some(grad) = self.grads.remove::<B, D>(id).filter(|_| (self.owns)(name)) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let scale = self.rates.grad_scale;
         let grad = if scale == 1.0 { grad } else { grad.mul_scalar(scale) };
-        let updated = self.optimizer.update(&name, tensor.inner(), grad, (self.rates.lr)(&name));
+        let updated = self.optimizer.update(name, tensor.inner(), grad, (self.rates.lr)(name));
         Param::from_mapped_value(id, Tensor::from_inner(updated).require_grad(), mapper)
     }
 }

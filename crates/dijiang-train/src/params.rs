@@ -93,12 +93,18 @@ pub fn flat_values<B: Backend, M: Module<B>>(module: &M) -> Vec<Tensor<B, 1>> {
     visitor.0
 }
 
-struct SetTrainable<'a> {
-    path: PathTracker,
-    trainable: &'a dyn Fn(&str) -> bool,
+/// A mapping of float parameters by name: what [`map_named`] applies to every parameter of a
+/// module, tracking the names (the one owner of that bookkeeping for every mapper here).
+pub(crate) trait NamedMap<B: Backend> {
+    fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>>;
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for SetTrainable<'_> {
+struct Named<'a, T> {
+    path: PathTracker,
+    map: &'a mut T,
+}
+
+impl<B: Backend, T: NamedMap<B>> ModuleMapper<B> for Named<'_, T> {
     fn enter_module(&mut self, name: &str, container: &str) {
         self.path.enter(name, container);
     }
@@ -108,37 +114,43 @@ impl<B: AutodiffBackend> ModuleMapper<B> for SetTrainable<'_> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.set_require_grad((self.trainable)(&self.path.name()))
+        self.map.map(&self.path.name(), param)
+    }
+}
+
+/// `module` with `map` applied to every float parameter, with its name.
+pub(crate) fn map_named<B: Backend, M: Module<B>>(module: M, map: &mut impl NamedMap<B>) -> M {
+    module.map(&mut Named { path: PathTracker::default(), map })
+}
+
+struct SetTrainable<'a> {
+    trainable: &'a dyn Fn(&str) -> bool,
+}
+
+impl<B: AutodiffBackend> NamedMap<B> for SetTrainable<'_> {
+    fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad((self.trainable)(name))
     }
 }
 
 struct Store<'a> {
-    path: PathTracker,
     dtype: DType,
     which: &'a dyn Fn(&str) -> bool,
     /// The parameters whose values the cast changed (not values of that precision).
     rounded: Vec<String>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Store<'_> {
-    fn enter_module(&mut self, name: &str, container: &str) {
-        self.path.enter(name, container);
-    }
-
-    fn exit_module(&mut self, _: &str, container: &str) {
-        self.path.exit(container);
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl<B: AutodiffBackend> NamedMap<B> for Store<'_> {
+    fn map<const D: usize>(&mut self, name: &str, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        if D < 2 || tensor.dtype() == self.dtype || !(self.which)(&self.path.name()) {
+        if D < 2 || tensor.dtype() == self.dtype || !(self.which)(name) {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         // A frozen constant: cast outside autodiff, no gradient.
         let value = tensor.inner();
         let stored = value.clone().cast(self.dtype);
         if !stored.clone().cast(value.dtype()).equal(value).all().into_scalar().to_bool() {
-            self.rounded.push(self.path.name());
+            self.rounded.push(name.to_string());
         }
         Param::from_mapped_value(id, Tensor::from_inner(stored), mapper)
     }
@@ -152,13 +164,13 @@ pub fn set_storage<B: AutodiffBackend, M: Module<B>>(
     dtype: DType,
     which: &dyn Fn(&str) -> bool,
 ) -> (M, Vec<String>) {
-    let mut store = Store { path: PathTracker::default(), dtype, which, rounded: Vec::new() };
-    let module = module.map(&mut store);
+    let mut store = Store { dtype, which, rounded: Vec::new() };
+    let module = map_named(module, &mut store);
     (module, store.rounded)
 }
 
 /// `module` with exactly the parameters for which `trainable(name)` holds requiring gradients:
 /// the others are constants to autodiff (no gradient is computed for them).
 pub fn set_trainable<B: AutodiffBackend, M: Module<B>>(module: M, trainable: &dyn Fn(&str) -> bool) -> M {
-    module.map(&mut SetTrainable { path: PathTracker::default(), trainable })
+    map_named(module, &mut SetTrainable { trainable })
 }
