@@ -39,6 +39,17 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&product(threads)), bits(&one), "{threads} threads");
             }
+            // Several threads at once: one holds the spinning helpers (vendor/burn-flex patch 7),
+            // the others compute their products alone; every result is the same bits.
+            std::thread::scope(|s| {
+                let handles: Vec<_> =
+                    (0..4).map(|_| s.spawn(|| (0..50).map(|_| product(2)).collect::<Vec<_>>())).collect();
+                for handle in handles {
+                    for got in handle.join().unwrap() {
+                        assert!(got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "concurrent products");
+                    }
+                }
+            });
             let (xs, ws) = (x.to_data().to_vec::<f32>().unwrap(), weight.to_data().to_vec::<f32>().unwrap());
             for (j, got) in one.iter().enumerate() {
                 let want: f64 = (0..k).map(|i| xs[i] as f64 * ws[i * n + j] as f64).sum();

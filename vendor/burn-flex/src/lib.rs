@@ -33,6 +33,9 @@ mod backend;
 mod layout;
 /// dijiang patch (vendor/README.md).
 mod par;
+/// dijiang patch 7 (vendor/README.md).
+#[cfg(feature = "rayon")]
+mod spin;
 mod qtensor;
 mod strided_index;
 mod tensor;

@@ -266,7 +266,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     // dijiang's vendored change (vendor/README.md): a one-row product, each decoded token's, is a
     // matrix-vector product, which the gemm crate runs on one thread whatever the parallelism.
     #[cfg(feature = "rayon")]
-    if m == 1 && n.saturating_mul(k) >= GEMV_SPLIT_THRESHOLD && rayon::current_num_threads() > 1 {
+    if m == 1 && n.saturating_mul(k) >= GEMV_SPLIT_THRESHOLD && n > 64 && crate::spin::parts() > 1 {
         gemv_by_column_blocks::<T>(n, k, out.spare(), (lhs_ptr, lhs_col_stride, lhs_row_stride), (rhs_ptr, rhs_col_stride, rhs_row_stride));
         // SAFETY: the column blocks cover 0..n, and gemm wrote each of them (`gemm_call`).
         return unsafe { out.written(out_shape) };
@@ -326,15 +326,15 @@ impl<T: GemmScalar> OutputBuffer<T> {
     }
 }
 
-/// Weight elements (`n x k`, 4 MiB of f32) from which a one-row product is split over threads.
-/// Measured on 2 cores: from 128 Ki, SmolLM2-135M's decoding (30 layers of small products, each
-/// split paying rayon's hand-over) went from 23.2 to 20 tokens/s; from 1 Mi it stays at 24 while
-/// pythia-70m's goes from 90-97 to 111 (its MLP and output head split).
+/// Weight elements (`n x k`, 256 KiB of f32) from which a one-row product is split over threads.
+/// With rayon's hand-over (~150 us on this VM) the split paid only from 1 Mi (SmolLM2-135M's
+/// decoding went from 23.2 to 20 tokens/s when split from 128 Ki); the spinning helpers
+/// (`crate::spin`, patch 7) hand a part over in about a microsecond while a token's products run.
 #[cfg(feature = "rayon")]
-const GEMV_SPLIT_THRESHOLD: usize = 1024 * 1024;
+const GEMV_SPLIT_THRESHOLD: usize = 64 * 1024;
 
-/// A pointer that may cross into rayon's threads: each thread reads the shared operands and writes
-/// only its own block of the output.
+/// A pointer that may cross into the helper threads: each thread reads the shared operands and
+/// writes only its own block of the output.
 #[cfg(feature = "rayon")]
 #[derive(Clone, Copy)]
 struct SharedPtr<T>(*const T);
@@ -343,11 +343,11 @@ unsafe impl<T> Send for SharedPtr<T> {}
 #[cfg(feature = "rayon")]
 unsafe impl<T> Sync for SharedPtr<T> {}
 
-/// `[1, k] x [k, n]` with the `n` output columns in blocks over rayon's threads, each block by the
-/// same single-threaded gemm call on its columns. Blocks start at multiples of 64 columns (a whole
-/// number of SIMD vectors for every lane width), so each output element is computed by the same
-/// kernel path, in the same order over `k`, as one unsplit call: the result is bit for bit the
-/// unsplit result, whatever the thread count.
+/// `[1, k] x [k, n]` with the `n` output columns in blocks over the spinning helper threads
+/// (`crate::spin`), each block by the same single-threaded gemm call on its columns. Blocks start
+/// at multiples of 64 columns (a whole number of SIMD vectors for every lane width), so each
+/// output element is computed by the same kernel path, in the same order over `k`, as one unsplit
+/// call: the result is bit for bit the unsplit result, whatever the thread count.
 #[cfg(feature = "rayon")]
 fn gemv_by_column_blocks<T: GemmScalar>(
     n: usize,
@@ -356,17 +356,20 @@ fn gemv_by_column_blocks<T: GemmScalar>(
     (lhs, lhs_cs, lhs_rs): (*const T, isize, isize),
     (rhs, rhs_cs, rhs_rs): (*const T, isize, isize),
 ) {
-    use rayon::prelude::*;
-    let block = n.div_ceil(rayon::current_num_threads()).next_multiple_of(64);
+    let block = n.div_ceil(crate::spin::parts()).next_multiple_of(64);
+    let parts = n.div_ceil(block);
     let (lhs, rhs) = (SharedPtr(lhs), SharedPtr(rhs));
-    out[..n].par_chunks_mut(block).enumerate().for_each(|(i, out)| {
-        let (lhs, rhs) = (lhs, rhs);
+    let out = SharedPtr(out.as_mut_ptr().cast::<T>().cast_const());
+    crate::spin::run(parts, &|i| {
+        let (lhs, rhs, out) = (lhs, rhs, out);
+        let columns = block.min(n - i * block);
+        // SAFETY: part `i` writes only columns `i * block .. i * block + columns` of the output.
         unsafe {
             gemm_call(
                 1,
-                out.len(),
+                columns,
                 k,
-                out.as_mut_ptr().cast::<T>(),
+                out.0.cast_mut().add(i * block),
                 1,
                 n as isize,
                 lhs.0,
