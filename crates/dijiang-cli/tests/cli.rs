@@ -4,6 +4,7 @@
 mod support;
 use support::{fixture, shared};
 
+use std::path::Path;
 use std::process::Command;
 
 /// Runs `dijiang args...`, asserting success; returns stdout.
@@ -158,22 +159,16 @@ fn bench_measures_writes_json_and_plots_and_reports() {
         }
         assert_eq!(row["chunked_by_chunk"].as_array().unwrap().len(), 2);
     }
-    dijiang(&[
-        "bench",
-        "decode",
-        "--models",
-        "stories260k",
-        "--contexts",
-        "16,32,64",
-        "--prefill",
-        "16",
-        "--tokens",
-        "2",
-        "--out",
-        out,
-    ]);
-    let decode = json(&std::fs::read_to_string(dir.join("decode.json")).unwrap());
-    let steps = decode["models"][0]["decode"].as_array().unwrap();
+    // stories260K's shape decoding at `contexts`, `extra` options, results in `to`.
+    let decode = |contexts: &str, extra: &[&str], to: &Path| {
+        let to = to.to_str().unwrap();
+        let mut args = vec!["bench", "decode", "--models", "stories260k", "--contexts", contexts, "--prefill", "16"];
+        args.extend(["--tokens", "2", "--out", to].iter().chain(extra));
+        dijiang(&args);
+        json(&std::fs::read_to_string(Path::new(to).join("decode.json")).unwrap())
+    };
+    let decode_reference = decode("16,32,64", &[], &dir);
+    let steps = decode_reference["models"][0]["decode"].as_array().unwrap();
     let bytes = |i: usize, key: &str| steps[i][key].as_u64().unwrap();
     // stories260K: 5 layers, 4 KV heads of 8: the KV cache grows linearly with the context; the
     // DiJiang state (5 layers x 8 heads x 8 features x 8, f32) does not.
@@ -186,6 +181,16 @@ fn bench_measures_writes_json_and_plots_and_reports() {
             assert!(step[key].as_f64().unwrap() > 0.0, "{key}: {step}");
         }
     }
+    // The DiJiang model with the default experiment's student (the hybrid, window 64): its linear
+    // state (normalised: one more column) and ring buffer of 64 keys, features and values, the
+    // same size at every context.
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/default.toml");
+    let decode = decode("16,128", &["--experiment", default], &dir.join("hybrid"));
+    assert_eq!(decode["dijiang_options"]["window"], 64, "{decode}");
+    let steps = decode["models"][0]["decode"].as_array().unwrap();
+    let hybrid = 5 * (8 * 8 * 9 + 3 * 4 * 64 * 8) * 4;
+    assert!(steps.iter().all(|s| s["dijiang_state_bytes"].as_u64() == Some(hybrid)), "{decode}");
+    assert!(steps.iter().all(|s| s["dijiang_tokens_per_s"].as_f64().unwrap() > 0.0), "{decode}");
     // The training bench on an experiment (the stories260K one, with its teacher's preset).
     let experiment = dir.join("tiny.toml");
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/stories260k.toml"))

@@ -125,6 +125,14 @@ pub struct DiJiangConfig {
     /// Train the decay (in log space), as the reference trains its D1/D2 tensors.
     #[serde(default = "yes")]
     pub learnable_decay: bool,
+    /// The longest memory a head's decay may keep, in tokens: `gamma <= 1 - 1/max_horizon` (a
+    /// head's horizon is `1 / (1 - gamma)`), however training moves `ln(gamma)`. Without it the
+    /// bound is `gamma <= 1`, and distillation drives many heads there (no decay: 87 of the 270
+    /// heads of the 1,024-token hybrid), whose linear state then grows past the training length
+    /// and the model degrades on longer contexts (docs/conversion-start.md). `None`: `gamma <= 1`
+    /// (the reference).
+    #[serde(default)]
+    pub max_horizon: Option<usize>,
     /// Chunk length of the chunked form used for full-sequence forward passes.
     #[serde(default = "default_chunk_len")]
     pub chunk_len: usize,
@@ -190,6 +198,7 @@ impl Default for DiJiangConfig {
             feature_weights: false,
             decay: DecayKind::default(),
             learnable_decay: true,
+            max_horizon: None,
             chunk_len: default_chunk_len(),
             seed: 0,
             feature_training: FeatureTraining::Frozen,
@@ -566,6 +575,14 @@ impl ModelConfig {
             if dj.chunk_len == 0 {
                 return fail("attention.chunk_len must be positive".into());
             }
+            if let Some(h) = dj.max_horizon
+                && h < 2
+            {
+                return fail(format!(
+                    "attention.max_horizon = {h}: the decay bound 1 - 1/max_horizon needs at least 2 tokens (or leave \
+                     it out for gamma <= 1)"
+                ));
+            }
             if dj.features == Some(0) || (dj.features.is_some() && dj.feature_map != FeatureMapKind::Reference) {
                 return fail(
                     "attention.features sets the reference map's feature count (>= 1); other maps: performer_features"
@@ -709,6 +726,21 @@ mod tests {
         assert_eq!(dj.linear_weight, LinearWeight::Calibrated);
         assert!(serde_json::from_str::<DiJiangConfig>(r#"{"gate": "swish"}"#).is_err());
         assert!(serde_json::from_str::<DiJiangConfig>(r#"{"windows": 64}"#).is_err());
+    }
+
+    #[test]
+    fn a_decay_horizon_under_two_tokens_is_refused_by_name() {
+        let with = |max_horizon| ModelConfig {
+            attention: AttentionKernelConfig::Dijiang(DiJiangConfig { max_horizon, ..DiJiangConfig::default() }),
+            ..ModelConfig::tiny(Architecture::Llama)
+        };
+        for bad in [0, 1] {
+            let err = with(Some(bad)).validate().unwrap_err().to_string();
+            assert!(err.contains("max_horizon") && err.contains("at least 2"), "{err}");
+        }
+        assert!(with(Some(2)).validate().is_ok() && with(None).validate().is_ok());
+        let dj: DiJiangConfig = serde_json::from_str(r#"{"max_horizon": 512}"#).unwrap();
+        assert_eq!(dj.max_horizon, Some(512));
     }
 
     #[test]

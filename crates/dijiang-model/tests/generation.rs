@@ -103,6 +103,9 @@ fn options() -> Vec<(String, DiJiangConfig)> {
     for window in [1, 5, 16, 100] {
         options.push((format!("hybrid W={window}"), DiJiangConfig { window, ..pass_through.clone() }));
     }
+    // Every reference horizon (32 to 512 tokens) is beyond 8: the bound holds for all heads.
+    let bounded = DiJiangConfig { window: 5, max_horizon: Some(8), ..pass_through.clone() };
+    options.push(("hybrid W=5, decay horizon at most 8 tokens".into(), bounded));
     let calibrated = DiJiangConfig {
         window: 5,
         decay: DecayKind::Calibrated,

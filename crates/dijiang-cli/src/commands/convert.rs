@@ -37,6 +37,10 @@ pub struct Args {
     /// calibrated (per head, from the teacher's mean attention distance on --calibrate's text).
     #[arg(long, default_value = "reference")]
     decay: String,
+    /// The longest horizon a head's decay may keep, in tokens (gamma <= 1 - 1/N however training
+    /// moves it); without it gamma <= 1.
+    #[arg(long)]
+    max_horizon: Option<usize>,
     /// Seed for the new parameters.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -147,6 +151,7 @@ fn dijiang_config(args: &Args) -> Result<DiJiangConfig> {
         sampling: if args.mc { ScaleSampling::Mc { seed: args.seed } } else { ScaleSampling::Qmc { shift_seed: None } },
         feature_weights: args.feature_weights,
         decay,
+        max_horizon: args.max_horizon,
         seed: args.seed,
         normalize: args.normalize,
         window: args.window,

@@ -15,9 +15,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use dijiang_kernel::linear_attention::WindowState;
 use dijiang_model::attention::LayerState;
 use dijiang_model::rope::rope_tables;
 use dijiang_model::{AttentionKernelConfig, DecodeState, DiJiangConfig, ModelConfig, Transformer};
+use dijiang_train::experiment::Experiment;
 use serde_json::{Value, json};
 
 use super::{OnBackend, Run, machine, median_time, sync, write_json};
@@ -36,11 +38,25 @@ pub struct Args {
     /// Decoding steps timed per context.
     #[arg(long, default_value_t = 16)]
     pub tokens: usize,
+    /// The DiJiang model takes this experiment's `[student]` options (e.g. the default's hybrid
+    /// without gate) instead of the reference's (swish gate, GroupNorm, no window).
+    #[arg(long)]
+    pub experiment: Option<PathBuf>,
     /// Only the binary's backend (by default a Flex build also measures NdArray, side by side).
     #[arg(long)]
     pub no_peer: bool,
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
+}
+
+impl Args {
+    /// The DiJiang options measured: the experiment's student, or the reference's.
+    fn student(&self) -> Result<DiJiangConfig> {
+        let Some(path) = &self.experiment else { return Ok(DiJiangConfig::default()) };
+        let experiment = Experiment::load(path, &[])
+            .with_context(|| format!("reading {} (run from the repository root)", path.display()))?;
+        Ok(experiment.student)
+    }
 }
 
 /// A decoding state at position `context`, as a prefill would leave it (random contents).
@@ -56,8 +72,23 @@ fn state_at<B: Backend>(model: &Transformer<B>, context: usize, device: &B::Devi
                 v: random([1, c.num_kv_heads, context, c.head_dim]),
             },
             AttentionKernelConfig::Dijiang(dj) => {
-                // phi rows are distributions over the features: a non-negative state.
-                LayerState::Recurrent(random([1, c.num_heads, dj.num_features(c.head_dim), c.head_dim]).abs())
+                // phi rows are distributions over the features: a non-negative state, with the
+                // normaliser's sums `z` as one more column in the normalised forms.
+                let (m, d) = (dj.num_features(c.head_dim), c.head_dim);
+                let linear = random([1, c.num_heads, m, d + usize::from(dj.normalize)]).abs();
+                if dj.window == 0 {
+                    LayerState::Recurrent(linear)
+                } else {
+                    // The hybrid's ring buffer holds the last `window` keys, features and values.
+                    let w = dj.window;
+                    LayerState::Window(WindowState {
+                        linear,
+                        keys: random([1, c.num_kv_heads, w, d]),
+                        features: random([1, c.num_kv_heads, w, m]).abs(),
+                        values: random([1, c.num_kv_heads, w, d]),
+                        seen: context,
+                    })
+                }
             }
         });
     }
@@ -122,7 +153,7 @@ impl<B: Backend> Pair<B> {
         let mut config = ModelConfig::preset(name).with_context(|| format!("`{name}` is not a model preset"))?;
         config.max_seq_len = config.max_seq_len.max(args.contexts.iter().max().copied().unwrap_or(0) + args.tokens + 2);
         let softmax = Transformer::<B>::init(&config, 0, device)?;
-        let dijiang = config.clone().with_attention(AttentionKernelConfig::Dijiang(DiJiangConfig::default()));
+        let dijiang = config.clone().with_attention(AttentionKernelConfig::Dijiang(args.student()?));
         let dijiang = Transformer::<B>::init(&dijiang, 0, device)?;
         Ok(Self { name: name.to_string(), config, softmax, dijiang })
     }
@@ -199,6 +230,8 @@ fn run_on<B: Backend>(args: &Args, run: Run) -> Result<()> {
         "bench": "decode",
         "machine": machine::<B>(run),
         "tokens_per_context": args.tokens,
+        "dijiang_options": serde_json::to_value(args.student()?)?,
+        "experiment": args.experiment.as_ref().map(|p| p.display().to_string()),
         "models": models,
     });
     let path = write_json(&args.out, &run.file("decode"), &result)?;

@@ -39,6 +39,11 @@ pub fn reference_log_decay(heads: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The bound on `ln(gamma)` for a longest horizon of `max_horizon` tokens (0: gamma <= 1).
+pub fn max_log_decay(max_horizon: Option<usize>) -> f64 {
+    max_horizon.map_or(0.0, |h| (1.0 - 1.0 / h as f64).ln())
+}
+
 #[derive(Module, Debug)]
 pub struct DiJiangKernel<B: Backend> {
     /// Feature projection `[d, m]`, frozen.
@@ -71,6 +76,9 @@ pub struct DiJiangKernel<B: Backend> {
     window: usize,
     #[module(skip)]
     learnable_decay: bool,
+    /// `ln(1 - 1/max_horizon)`, or 0 (`DiJiangConfig::max_horizon`).
+    #[module(skip)]
+    max_log_decay: f64,
 }
 
 impl<B: Backend> DiJiangKernel<B> {
@@ -124,6 +132,7 @@ impl<B: Backend> DiJiangKernel<B> {
             normalize: dj.normalize,
             window: dj.window,
             learnable_decay: dj.is_trainable(&decay_name),
+            max_log_decay: max_log_decay(dj.max_horizon),
         }
     }
 
@@ -184,9 +193,10 @@ impl<B: Backend> DiJiangKernel<B> {
         }
     }
 
-    /// `ln(gamma)` per query head, clamped to `<= 0` (gamma <= 1) whatever training did.
+    /// `ln(gamma)` per query head, clamped to `<= ln(1 - 1/max_horizon)` (`<= 0` without a
+    /// horizon: gamma <= 1) whatever training did.
     pub fn log_decay(&self) -> Tensor<B, 1> {
-        self.log_decay.val().clamp_max(0.0)
+        self.log_decay.val().clamp_max(self.max_log_decay)
     }
 }
 
@@ -200,5 +210,28 @@ mod tests {
         assert!((g[0] - (1.0 - 1.0 / 32.0)).abs() < 1e-12);
         assert!((g[3] - (1.0 - 1.0 / 512.0)).abs() < 1e-12);
         assert!(g.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn decay_stays_within_its_horizon_whatever_its_parameter() {
+        use crate::weights::Fresh;
+        type B = crate::cpu::Cpu;
+        let device = Default::default();
+        let config = ModelConfig::tiny(crate::config::Architecture::Llama);
+        let heads = config.num_heads;
+        // Stored values as training leaves them: below, at and above each bound.
+        let stored: Vec<f32> = (0..heads).map(|i| -0.05 + 0.02 * i as f32).collect();
+        for max_horizon in [None, Some(2), Some(64)] {
+            let dj = DiJiangConfig { max_horizon, ..DiJiangConfig::default() };
+            let mut kernel = DiJiangKernel::<B>::build(&mut Fresh { seed: 0, device: &device }, "k", &config, &dj);
+            kernel.set_log_decay(Tensor::from_data(TensorData::new(stored.clone(), [heads]), &device));
+            let got: Vec<f32> = kernel.log_decay().into_data().to_vec().expect("f32");
+            let bound = max_log_decay(max_horizon);
+            for (s, g) in stored.iter().zip(got) {
+                assert_eq!(g, s.min(bound as f32), "max_horizon {max_horizon:?}");
+            }
+        }
+        assert_eq!(max_log_decay(None), 0.0);
+        assert!((max_log_decay(Some(512)).exp() - (1.0 - 1.0 / 512.0)).abs() < 1e-15);
     }
 }
