@@ -57,4 +57,41 @@ mod tests {
             }
         }
     }
+
+    /// Large same-shape element-wise ops (Flex splits them over threads in chunks, and computes a
+    /// shared left operand chunk by chunk on a copy: vendor/burn-flex patch 8) equal the scalar op
+    /// element by element at any thread count, whether the left operand is shared or not, and
+    /// leave a shared operand unchanged.
+    #[test]
+    fn large_element_wise_ops_equal_the_scalar_ones_on_any_thread_count() {
+        let device = Default::default();
+        // 2^19 + 37 elements: over the parallel threshold, the last chunk ragged.
+        let n = (1 << 19) + 37;
+        let a = Tensor::<Cpu, 1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<Cpu, 1>::random([n], Distribution::Uniform(0.5, 2.0), &device);
+        let (av, bv) = (a.to_data().to_vec::<f32>().unwrap(), b.to_data().to_vec::<f32>().unwrap());
+        type Op = fn(Tensor<Cpu, 1>, Tensor<Cpu, 1>) -> Tensor<Cpu, 1>;
+        let ops: [(&str, Op, fn(f32, f32) -> f32); 4] = [
+            ("add", |x, y| x + y, |x, y| x + y),
+            ("sub", |x, y| x - y, |x, y| x - y),
+            ("mul", |x, y| x * y, |x, y| x * y),
+            ("div", |x, y| x / y, |x, y| x / y),
+        ];
+        for (name, op, scalar) in ops {
+            let want: Vec<u32> = av.iter().zip(&bv).map(|(&x, &y)| scalar(x, y).to_bits()).collect();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let bits = |t: Tensor<Cpu, 1>| {
+                    t.into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                // `a` stays alive: the op sees a shared left operand.
+                let shared = pool.install(|| op(a.clone(), b.clone()));
+                assert_eq!(bits(shared), want, "{name}, shared, {threads} threads");
+                let unique = Tensor::<Cpu, 1>::from_data(a.to_data(), &device);
+                let unique = pool.install(|| op(unique, b.clone()));
+                assert_eq!(bits(unique), want, "{name}, unique, {threads} threads");
+            }
+            assert_eq!(a.to_data().to_vec::<f32>().unwrap(), av, "{name} changed its shared operand");
+        }
+    }
 }

@@ -96,13 +96,29 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
-        }
+        // dijiang patch: large operands over rayon's threads in chunks (`crate::par`, rows of one
+        // element), each chunk by the same SIMD kernel.
+        crate::par::for_row_chunks(l_slice, 1, |first, c| {
+            same_shape_inplace_f32(simd_op, c, &r_slice[first..first + c.len()])
+        });
         return lhs;
+    }
+
+    // dijiang patch: a shared (not unique) contiguous lhs, as autodiff keeps the inputs it needs
+    // for the backward pass: each chunk copied and computed by the thread that owns it, by the
+    // SIMD kernel, instead of upstream's scalar map on the calling thread (`binary_op_typed`).
+    if let Some(simd_op) = simd_hint
+        && let (Some((l_start, l_end)), Some((r_start, r_end))) = (
+            lhs.layout().contiguous_offsets(),
+            rhs.layout().contiguous_offsets(),
+        )
+    {
+        let r_slice: &[f32] = &rhs.storage()[r_start..r_end];
+        let l_slice: &[f32] = &lhs.storage()[l_start..l_end];
+        let out = crate::par::copy_then_rows(l_slice, 1, |first, c| {
+            same_shape_inplace_f32(simd_op, c, &r_slice[first..first + c.len()])
+        });
+        return make_tensor(out, lhs.layout().shape().clone(), DType::F32);
     }
 
     // Broadcast SIMD fast path: rhs is broadcast via stride-0 dims in
@@ -116,6 +132,17 @@ where
     }
 
     binary_op_typed(lhs, rhs, op)
+}
+
+/// `a = a op b` element by element, by the SIMD kernel of `op`.
+#[cfg(feature = "simd")]
+fn same_shape_inplace_f32(op: BinaryOp, a: &mut [f32], b: &[f32]) {
+    match op {
+        BinaryOp::Add => simd::add_inplace_f32(a, b),
+        BinaryOp::Sub => simd::sub_inplace_f32(a, b),
+        BinaryOp::Mul => simd::mul_inplace_f32(a, b),
+        BinaryOp::Div => simd::div_inplace_f32(a, b),
+    }
 }
 
 /// Categorization of the two broadcast patterns we can accelerate.
@@ -854,6 +881,37 @@ mod tests {
             &TensorData::new(expected, vec![3]),
             Tolerance::absolute(bf16::from_f32(0.01)),
         );
+    }
+
+    /// dijiang patch: same-shape ops on large operands, with a unique lhs (in place) and a
+    /// shared one (copied chunk by chunk), equal the scalar op element by element and leave a
+    /// shared lhs unchanged.
+    #[cfg(feature = "simd")]
+    #[test]
+    fn test_binary_same_shape_large_unique_and_shared_f32() {
+        let n = crate::par::PAR_MIN * 2 + 37;
+        let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() + 1.5).collect();
+        let ops: [(BinaryOp, fn(f32, f32) -> f32); 4] = [
+            (BinaryOp::Add, |x, y| x + y),
+            (BinaryOp::Sub, |x, y| x - y),
+            (BinaryOp::Mul, |x, y| x * y),
+            (BinaryOp::Div, |x, y| x / y),
+        ];
+        for (simd_op, f) in ops {
+            let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| f(x, y)).collect();
+            let lhs = FlexTensor::from_data(TensorData::new(a.clone(), vec![n]));
+            let rhs = FlexTensor::from_data(TensorData::new(b.clone(), vec![n]));
+            let kept = lhs.clone();
+            // The f64 op is never called: the operands are f32.
+            let shared = binary_op(lhs, rhs.clone(), f, |x, y| x + y, Some(simd_op));
+            assert_eq!(shared.into_data().as_slice::<f32>().unwrap(), want.as_slice());
+            assert_eq!(kept.clone().into_data().as_slice::<f32>().unwrap(), a.as_slice());
+            drop(kept);
+            let lhs = FlexTensor::from_data(TensorData::new(a.clone(), vec![n]));
+            let unique = binary_op(lhs, rhs, f, |x, y| x + y, Some(simd_op));
+            assert_eq!(unique.into_data().as_slice::<f32>().unwrap(), want.as_slice());
+        }
     }
 
     // ============================================================================
