@@ -71,7 +71,8 @@ mod tests {
         let b = Tensor::<Cpu, 1>::random([n], Distribution::Uniform(0.5, 2.0), &device);
         let (av, bv) = (a.to_data().to_vec::<f32>().unwrap(), b.to_data().to_vec::<f32>().unwrap());
         type Op = fn(Tensor<Cpu, 1>, Tensor<Cpu, 1>) -> Tensor<Cpu, 1>;
-        let ops: [(&str, Op, fn(f32, f32) -> f32); 4] = [
+        type Scalar = fn(f32, f32) -> f32;
+        let ops: [(&str, Op, Scalar); 4] = [
             ("add", |x, y| x + y, |x, y| x + y),
             ("sub", |x, y| x - y, |x, y| x - y),
             ("mul", |x, y| x * y, |x, y| x * y),
