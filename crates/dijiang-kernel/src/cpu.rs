@@ -20,7 +20,8 @@ mod tests {
 
     /// A one-row product (each decoded token's) gives the same bits on one thread and on several
     /// (Flex's is split over threads by columns: vendor/burn-flex), for a row-major weight and a
-    /// transposed one (a tied embedding as the output head), and matches a naive f64 product.
+    /// transposed one (a tied embedding as the output head), and matches a naive f64 product; so
+    /// does its transpose, a one-column product (the tied head's `table @ x^T`, split by rows).
     #[test]
     fn one_row_products_do_not_depend_on_the_thread_count() {
         let device = Default::default();
@@ -29,10 +30,17 @@ mod tests {
         let x = Tensor::<Cpu, 2>::random([1, k], Distribution::Normal(0.0, 1.0), &device);
         let w = Tensor::<Cpu, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
         let w_t = Tensor::<Cpu, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
-        for weight in [w, w_t.transpose()] {
+        for (weight, one_column) in
+            [(w.clone(), false), (w_t.clone().transpose(), false), (w, true), (w_t.transpose(), true)]
+        {
             let product = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| x.clone().matmul(weight.clone()).into_data().to_vec::<f32>().unwrap())
+                let (x, weight) = (x.clone(), weight.clone());
+                // `[n, k] x [k, 1]`: the same dot products, one per output row.
+                let y = pool
+                    .install(|| if one_column { weight.transpose().matmul(x.transpose()) } else { x.matmul(weight) });
+                assert_eq!(y.dims(), if one_column { [n, 1] } else { [1, n] });
+                y.into_data().to_vec::<f32>().unwrap()
             };
             let one = product(1);
             for threads in [2, 3, 7] {

@@ -271,6 +271,17 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
         // SAFETY: the column blocks cover 0..n, and gemm wrote each of them (`gemm_call`).
         return unsafe { out.written(out_shape) };
     }
+    // dijiang's vendored change 9 (vendor/README.md): the same for a one-*column* product, a tied
+    // output head's `table @ x^T` (SmolLM2's: 49,152 x 576 weights per token, on one thread). Its
+    // transpose `x @ table^T` is a one-row product with the operands' roles and strides swapped,
+    // which gemm sends to the same row-major matrix-vector kernel with the same per-row arguments,
+    // so the blocks of output rows are bit for bit the unsplit product.
+    #[cfg(feature = "rayon")]
+    if n == 1 && m.saturating_mul(k) >= GEMV_SPLIT_THRESHOLD && m > 64 && crate::spin::parts() > 1 {
+        gemv_by_column_blocks::<T>(m, k, out.spare(), (rhs_ptr, rhs_row_stride, rhs_col_stride), (lhs_ptr, lhs_row_stride, lhs_col_stride));
+        // SAFETY: the blocks cover the `m` outputs, and gemm wrote each of them (`gemm_call`).
+        return unsafe { out.written(out_shape) };
+    }
 
     let parallelism = get_parallelism(m, n, k);
 
