@@ -103,4 +103,71 @@ mod tests {
             assert_eq!(a.to_data().to_vec::<f32>().unwrap(), av, "{name} changed its shared operand");
         }
     }
+
+    /// `exp` and `sigmoid` (Flex computes f32 ones with a vectorised polynomial: vendor/burn-flex
+    /// patch 10) are within 1 ulp (sigmoid 2.5) of the exact f64 values from -104 to 89, give
+    /// `f32::exp`'s infinities, zeros and NaN, and give the same bits whatever the layout (unique,
+    /// shared, transposed, offset, strided: the last runs element by element) and thread count.
+    #[test]
+    fn exp_and_sigmoid_are_accurate_and_the_same_bits_in_every_layout() {
+        use burn::tensor::activation::sigmoid;
+        use burn::tensor::{TensorData, s};
+        let device = Default::default();
+        // Every 997th f32 magnitude below 104 (negative) and 89 (positive): ~2.3 M values.
+        let mut values: Vec<f32> = (0..104f32.to_bits()).step_by(997).map(|b| -f32::from_bits(b)).collect();
+        values.extend((0..89f32.to_bits()).step_by(997).map(f32::from_bits));
+        values.extend([0.0, -0.0, 88.72283, 88.7229, -87.33655, -103.97, 1e-30, -1e-30, 200.0, -200.0]);
+        values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        values.resize(values.len().div_ceil(64) * 64, 0.5);
+        let n = values.len();
+        let x = Tensor::<Cpu, 1>::from_data(TensorData::new(values.clone(), [n]), &device);
+        let ulps = |got: f32, want: f64| {
+            let w = want as f32;
+            if got.to_bits() == w.to_bits() {
+                return 0.0;
+            }
+            let ulp = (f32::from_bits(w.abs().to_bits() + 1) - w.abs()) as f64;
+            (got as f64 - want).abs() / ulp
+        };
+        type Op = fn(Tensor<Cpu, 2>) -> Tensor<Cpu, 2>;
+        let ops: [(&str, Op, fn(f64) -> f64, f64); 2] =
+            [("exp", |t| t.exp(), f64::exp, 1.0), ("sigmoid", sigmoid, |x| 1.0 / (1.0 + (-x).exp()), 2.5)];
+        let flat = |t: Tensor<Cpu, 2>| t.into_data().to_vec::<f32>().unwrap();
+        let rows = x.clone().reshape([n / 64, 64]);
+        for (name, op, exact, bound) in ops {
+            let got = flat(op(x.clone().reshape([1, n])));
+            let mut worst = 0.0f64;
+            for (&v, &g) in values.iter().zip(&got) {
+                let want = exact(v as f64);
+                if v.is_nan() {
+                    assert!(g.is_nan(), "{name}(NaN) = {g}");
+                } else if want > f32::MAX as f64 {
+                    assert_eq!(g, f32::INFINITY, "{name}({v})");
+                } else if want < f32::MIN_POSITIVE as f64 {
+                    // A subnormal result rounds once: within one subnormal step.
+                    assert!((g as f64 - want).abs() <= f32::from_bits(1) as f64, "{name}({v}) = {g}, want {want}");
+                } else {
+                    worst = worst.max(ulps(g, want));
+                }
+            }
+            assert!(worst <= bound, "{name}: worst error {worst} ulp");
+            let bits = |t: Tensor<Cpu, 2>| flat(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let want: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let unique = Tensor::<Cpu, 2>::from_data(rows.to_data(), &device);
+                    assert_eq!(bits(op(unique)), want, "{name}, unique, {threads} threads");
+                    assert_eq!(bits(op(rows.clone())), want, "{name}, shared, {threads} threads");
+                    let transposed = op(rows.clone().transpose()).transpose();
+                    assert_eq!(bits(transposed), want, "{name}, transposed, {threads} threads");
+                    let offset = op(rows.clone().slice(s![1.., ..]));
+                    assert_eq!(bits(offset), want[64..].to_vec(), "{name}, offset, {threads} threads");
+                    let strided = op(rows.clone().slice(s![.., 0..32]));
+                    let want_strided: Vec<u32> = want.chunks(64).flat_map(|row| row[..32].to_vec()).collect();
+                    assert_eq!(bits(strided), want_strided, "{name}, strided, {threads} threads");
+                });
+            }
+        }
+    }
 }

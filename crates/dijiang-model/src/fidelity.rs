@@ -10,7 +10,7 @@
 use burn::prelude::*;
 
 use crate::attention::AttentionKernel;
-use crate::rope::rope_tables;
+use crate::rope::Rope;
 use crate::transformer::Transformer;
 
 /// Rows divided by their sums (the smallest sum clamped away from 0).
@@ -52,7 +52,7 @@ pub fn measure<B: Backend>(
     let [_, t] = tokens.dims();
     let config = teacher.config();
     let device = tokens.device();
-    let (cos, sin) = rope_tables(0, t, config.rotary_dims(), config.rope_theta, &device);
+    let rope = Rope::new(config, 0, t, &device);
     let hidden = teacher.forward_with_hidden(tokens, true).hidden_states;
     let causal = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &device).reshape([1, 1, t, t]);
     layers
@@ -65,17 +65,17 @@ pub fn measure<B: Backend>(
                 "layer {layer} of the student is not a DiJiang layer"
             );
             // [1, h, t, t]: teacher softmax rows; student rows normalised by their sums.
-            let p = tl.attn.rows(x.clone(), &cos, &sin);
+            let p = tl.attn.rows(x.clone(), &rope);
             let [_, hq, _, _] = p.dims();
-            let s = normalise_rows(sl.attn.rows(x.clone(), &cos, &sin));
+            let s = normalise_rows(sl.attn.rows(x.clone(), &rope));
             // Per head: the mean over rows of 0.5 * sum_j |p - s|.
             let tv = (p.clone() - s).abs().sum_dim(3).mul_scalar(0.5).mean_dim(2).reshape([hq]);
             let tv_per_head = tv.into_data().convert::<f64>().to_vec::<f64>().expect("float");
             let ones = Tensor::<B, 4>::ones([1, 1, t, t], &device).mask_fill(causal.clone(), 0.0);
             let uniform = ones.clone() / ones.sum_dim(3);
             let tv_uniform = scalar((p.clone() - uniform).abs().sum_dim(3).mul_scalar(0.5).mean().reshape([1]));
-            let teacher_out = tl.attn.forward(x.clone(), &cos, &sin);
-            let student_out = sl.attn.forward(x, &cos, &sin);
+            let teacher_out = tl.attn.forward(x.clone(), &rope);
+            let student_out = sl.attn.forward(x, &rope);
             let diff = scalar((student_out - teacher_out.clone()).powi_scalar(2).sum().reshape([1])).sqrt();
             let norm = scalar(teacher_out.powi_scalar(2).sum().reshape([1])).sqrt();
             LayerFidelity {

@@ -6,6 +6,8 @@
 
 use burn::prelude::*;
 
+use crate::config::ModelConfig;
+
 /// cos and sin tables for positions `start..start + t`, each `[t, rotary_dims]`, laid out as
 /// `cat(freqs, freqs)`.
 ///
@@ -34,6 +36,42 @@ pub fn rope_tables<B: Backend>(
     (table(cos), table(sin))
 }
 
+/// The rotary tables of one forward pass: cos and sin for positions `start..start + t`
+/// ([`rope_tables`]) and, for each head count the attention rotates (queries, keys), the
+/// flattened per-head tables [`apply_rope`] multiplies by. Built once per pass: building them in
+/// every layer for both projections took ~20 small tensor ops each, 60 times per decoded
+/// SmolLM2 token (docs/profile.md).
+#[derive(Clone, Debug)]
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    /// `(heads, cos', sin')`, each table `[1, t * heads * head_dim]`.
+    per_heads: Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// The tables of `config`'s query and key heads at positions `start..start + t`.
+    pub fn new(config: &ModelConfig, start: usize, t: usize, device: &B::Device) -> Self {
+        let (cos, sin) = rope_tables(start, t, config.rotary_dims(), config.rope_theta, device);
+        Self::with_heads(cos, sin, config.head_dim, &[config.num_heads, config.num_kv_heads])
+    }
+
+    /// From [`rope_tables`]' `cos` and `sin`, with the per-head tables of each of `heads` built
+    /// now (others are built when [`apply_rope`] meets them).
+    pub fn with_heads(cos: Tensor<B, 2>, sin: Tensor<B, 2>, head_dim: usize, heads: &[usize]) -> Self {
+        let mut per_heads: Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)> = Vec::new();
+        if cos.dims()[1] > 0 {
+            for &h in heads {
+                if !per_heads.iter().any(|(n, _, _)| *n == h) {
+                    let (c, s) = head_tables(&cos, &sin, h, head_dim);
+                    per_heads.push((h, c, s));
+                }
+            }
+        }
+        Self { cos, sin, per_heads }
+    }
+}
+
 /// Applies RoPE to the first `r` dims of each of the `heads` heads, in the projections' own
 /// token-major layout (before the heads are split off).
 ///
@@ -45,10 +83,10 @@ pub fn rope_tables<B: Backend>(
 /// element on Flex (~13% of a SmolLM2 evaluation, docs/profile.md).
 ///
 /// # Shapes
-/// - x: `[b, t, heads * d]`, cos / sin: `[t, r]` ([`rope_tables`]) -> `[b, t, heads * d]`
-pub fn apply_rope<B: Backend>(x: Tensor<B, 3>, heads: usize, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+/// - x: `[b, t, heads * d]`, rope: `t` positions -> `[b, t, heads * d]`
+pub fn apply_rope<B: Backend>(x: Tensor<B, 3>, heads: usize, rope: &Rope<B>) -> Tensor<B, 3> {
     let [b, t, width] = x.dims();
-    let [_, r] = cos.dims();
+    let [_, r] = rope.cos.dims();
     if r == 0 {
         return x;
     }
@@ -60,7 +98,10 @@ pub fn apply_rope<B: Backend>(x: Tensor<B, 3>, heads: usize, cos: &Tensor<B, 2>,
         swapped.push(x4.narrow(3, r, d - r));
     }
     let swapped = Tensor::cat(swapped, 3).reshape([b, t * width]);
-    let (cos, sin) = head_tables(cos, sin, heads, d);
+    let (cos, sin) = match rope.per_heads.iter().find(|(n, _, _)| *n == heads) {
+        Some((_, cos, sin)) => (cos.clone(), sin.clone()),
+        None => head_tables(&rope.cos, &rope.sin, heads, d),
+    };
     (x.reshape([b, t * width]) * cos + swapped * sin).reshape([b, t, width])
 }
 
@@ -122,7 +163,11 @@ mod tests {
             let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
             let (cos, sin) = rope_tables::<B>(start, shape[1], r, 10_000.0, &device);
             let input = Tensor::<B, 3>::from_data(TensorData::new(x.clone(), [2, 3, 16]), &device);
-            let got = apply_rope(input, 2, &cos, &sin).into_data().to_vec::<f32>().unwrap();
+            // Per-head tables built ahead (as a forward pass does) and on the fly: the same.
+            let ahead = Rope::with_heads(cos.clone(), sin.clone(), 8, &[2, 1]);
+            let got = apply_rope(input.clone(), 2, &ahead).into_data().to_vec::<f32>().unwrap();
+            let on_the_fly = apply_rope(input, 2, &Rope::with_heads(cos, sin, 8, &[])).into_data();
+            assert_eq!(on_the_fly.to_vec::<f32>().unwrap(), got);
             // Positions start..start + t: shift the naive positions by building it at each offset.
             let mut padded = vec![0.0; start * shape[2] * shape[3]];
             let mut want = Vec::new();

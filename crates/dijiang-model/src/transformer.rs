@@ -8,7 +8,7 @@ use crate::attention::{Attention, LayerState};
 use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::layers::{Mlp, Norm, Projection, cast_to, embedding, flat_linear, linear};
-use crate::rope::rope_tables;
+use crate::rope::Rope;
 use crate::weights::{Fresh, Skeleton, WeightSource};
 
 /// One Transformer block.
@@ -36,28 +36,16 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
     /// - state: this layer's decoding state (`None` at the start), updated
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-        state: &mut Option<LayerState<B>>,
-    ) -> Tensor<B, 3> {
-        let attn = self.attn.forward_cached(self.attn_norm.forward(x.clone()), cos, sin, state);
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, state: &mut Option<LayerState<B>>) -> Tensor<B, 3> {
+        let attn = self.attn.forward_cached(self.attn_norm.forward(x.clone()), rope, state);
         self.residual(x, attn)
     }
 
     /// A whole sequence from scratch, keeping what attention transfer reads (the teacher's side),
     /// with the attention rows if `rows`: the block's output and its trace.
-    pub fn forward_layer_trace(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-        rows: bool,
-    ) -> (Tensor<B, 3>, LayerTrace<B>) {
+    pub fn forward_layer_trace(&self, x: Tensor<B, 3>, rope: &Rope<B>, rows: bool) -> (Tensor<B, 3>, LayerTrace<B>) {
         let normed = self.attn_norm.forward(x.clone());
-        let (q, k, v) = self.attn.heads(normed.clone(), cos, sin);
+        let (q, k, v) = self.attn.heads(normed.clone(), rope);
         let rows = rows.then(|| self.attn.rows_from_heads(q.clone(), k.clone()));
         let attention = self.attn.forward_from_heads(q.clone(), k.clone(), v.clone(), normed.clone());
         let out = self.residual(x.clone(), attention.clone());
@@ -102,8 +90,8 @@ impl<B: Backend> Block<B> {
     ///
     /// # Shapes
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
-    pub fn attention(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
-        self.attn.forward(self.attn_norm.forward(x), cos, sin)
+    pub fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        self.attn.forward(self.attn_norm.forward(x), rope)
     }
 }
 
@@ -311,10 +299,10 @@ impl<B: Backend> Transformer<B> {
         mut sink: impl FnMut(LayerTrace<B>),
     ) -> Option<Tensor<B, 3>> {
         let [_, t] = tokens.dims();
-        let (cos, sin) = self.rope(0, t, &tokens.device());
+        let rope = self.rope(0, t, &tokens.device());
         let mut x = self.embed_tokens(tokens);
         for layer in &self.layers {
-            let (out, trace) = layer.forward_layer_trace(x, &cos, &sin, rows);
+            let (out, trace) = layer.forward_layer_trace(x, &rope, rows);
             sink(trace);
             x = out;
         }
@@ -329,12 +317,12 @@ impl<B: Backend> Transformer<B> {
     /// - tokens: `[b, t]` -> each `[b, t, hidden]`
     pub fn block_boundaries(&self, tokens: Tensor<B, 2, Int>) -> Vec<Tensor<B, 3>> {
         let [_, t] = tokens.dims();
-        let (cos, sin) = self.rope(0, t, &tokens.device());
+        let rope = self.rope(0, t, &tokens.device());
         let mut boundaries = Vec::with_capacity(self.layers.len() + 1);
         boundaries.push(self.embed_tokens(tokens));
         for layer in &self.layers {
             let x = boundaries.last().expect("the embedding output").clone();
-            boundaries.push(layer.forward(x, &cos, &sin, &mut None));
+            boundaries.push(layer.forward(x, &rope, &mut None));
         }
         boundaries
     }
@@ -345,8 +333,8 @@ impl<B: Backend> Transformer<B> {
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
     pub fn block(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [_, t, _] = x.dims();
-        let (cos, sin) = self.rope(0, t, &x.device());
-        self.layers[layer].forward(x, &cos, &sin, &mut None)
+        let rope = self.rope(0, t, &x.device());
+        self.layers[layer].forward(x, &rope, &mut None)
     }
 
     /// The logits from the last block's output: the final norm, then the output head.
@@ -364,8 +352,8 @@ impl<B: Backend> Transformer<B> {
     /// - x: `[b, t, hidden]` -> `[b, t, hidden]`
     pub fn layer_attention(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [_, t, _] = x.dims();
-        let (cos, sin) = self.rope(0, t, &x.device());
-        self.layers[layer].attention(x, &cos, &sin)
+        let rope = self.rope(0, t, &x.device());
+        self.layers[layer].attention(x, &rope)
     }
 
     /// Block `layer`'s attention output on a teacher's trace of the same block: from the
@@ -403,13 +391,13 @@ impl<B: Backend> Transformer<B> {
     /// - x: `[b, t, hidden]` -> `[b, h_q, t, t]`
     pub fn layer_rows(&self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [_, t, _] = x.dims();
-        let (cos, sin) = self.rope(0, t, &x.device());
+        let rope = self.rope(0, t, &x.device());
         let block = &self.layers[layer];
-        block.attn.rows(block.attn_norm.forward(x), &cos, &sin)
+        block.attn.rows(block.attn_norm.forward(x), &rope)
     }
 
-    fn rope(&self, start: usize, t: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        rope_tables(start, t, self.config.rotary_dims(), self.config.rope_theta, device)
+    fn rope(&self, start: usize, t: usize, device: &B::Device) -> Rope<B> {
+        Rope::new(&self.config, start, t, device)
     }
 
     fn run(&self, tokens: Tensor<B, 2, Int>, state: &mut DecodeState<B>, keep_hidden: bool) -> ForwardOutput<B> {
@@ -425,14 +413,14 @@ impl<B: Backend> Transformer<B> {
         keep_hidden: bool,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
         let [_, t] = tokens.dims();
-        let (cos, sin) = self.rope(state.position, t, &tokens.device());
+        let rope = self.rope(state.position, t, &tokens.device());
         let mut x = self.embed_tokens(tokens);
         let mut hidden_states = Vec::new();
         for (layer, layer_state) in self.layers.iter().zip(state.layers.iter_mut()) {
             if keep_hidden {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(x, &cos, &sin, layer_state);
+            x = layer.forward(x, &rope, layer_state);
         }
         state.position += t;
         let x = self.final_norm.forward(x);

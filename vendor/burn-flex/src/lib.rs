@@ -39,6 +39,8 @@ mod spin;
 mod qtensor;
 mod strided_index;
 mod tensor;
+/// dijiang patch 10 (vendor/README.md).
+mod vexp;
 
 #[doc(hidden)]
 pub mod ops;

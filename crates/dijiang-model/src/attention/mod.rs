@@ -14,7 +14,7 @@ use dijiang_kernel::linear_attention::WindowState;
 
 use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
 use crate::layers::{Projection, flat_linear, linear};
-use crate::rope::apply_rope;
+use crate::rope::{Rope, apply_rope};
 use crate::weights::WeightSource;
 
 /// What the attention block does with its heads.
@@ -145,18 +145,13 @@ impl<B: Backend> Attention<B> {
     ///
     /// # Shapes
     /// - x: `[b, t, hidden]` -> q `[b, h_q, t, d]`, k / v `[b, h_kv, t, d]`
-    pub fn heads(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn heads(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let d = self.head_dim;
         // [b, t, heads*d] -> [b, heads, t, d]
         let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = split(apply_rope(flat_linear(&self.q, x.clone()), self.num_heads, cos, sin), self.num_heads);
-        let k = split(apply_rope(flat_linear(&self.k, x.clone()), self.num_kv_heads, cos, sin), self.num_kv_heads);
+        let q = split(apply_rope(flat_linear(&self.q, x.clone()), self.num_heads, rope), self.num_heads);
+        let k = split(apply_rope(flat_linear(&self.k, x.clone()), self.num_kv_heads, rope), self.num_kv_heads);
         let v = split(flat_linear(&self.v, x), self.num_kv_heads);
         (q, k, v)
     }
@@ -166,9 +161,9 @@ impl<B: Backend> Attention<B> {
     /// (un-normalised for the reference, rows summing to 1 normalised or hybrid).
     ///
     /// # Shapes
-    /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, h_q, t, t]`
-    pub fn rows(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
-        let (q, k, _) = self.heads(x, cos, sin);
+    /// - x: `[b, t, hidden]`, rope: `t` positions ([`Rope`]) -> `[b, h_q, t, t]`
+    pub fn rows(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 4> {
+        let (q, k, _) = self.heads(x, rope);
         self.rows_from_heads(q, k)
     }
 
@@ -202,24 +197,18 @@ impl<B: Backend> Attention<B> {
     /// A whole sequence from scratch.
     ///
     /// # Shapes
-    /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, t, hidden]`
-    pub fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
-        self.forward_cached(x, cos, sin, &mut None)
+    /// - x: `[b, t, hidden]`, rope: `t` positions ([`Rope`]) -> `[b, t, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
+        self.forward_cached(x, rope, &mut None)
     }
 
     /// The next `t` positions after those `state` summarises (none if `None`), updating it: a KV
-    /// cache for softmax, the recurrent state for DiJiang. cos / sin are for those positions.
+    /// cache for softmax, the recurrent state for DiJiang. `rope` is for those positions.
     ///
     /// # Shapes
-    /// - x: `[b, t, hidden]`, rope cos / sin: `[t, rotary_dims]` -> `[b, t, hidden]`
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-        state: &mut Option<LayerState<B>>,
-    ) -> Tensor<B, 3> {
-        let (q, k, v) = self.heads(x.clone(), cos, sin);
+    /// - x: `[b, t, hidden]`, rope: `t` positions ([`Rope`]) -> `[b, t, hidden]`
+    pub fn forward_cached(&self, x: Tensor<B, 3>, rope: &Rope<B>, state: &mut Option<LayerState<B>>) -> Tensor<B, 3> {
+        let (q, k, v) = self.heads(x.clone(), rope);
         self.mix(q, k, v, x, state)
     }
 

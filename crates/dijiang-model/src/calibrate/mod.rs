@@ -20,7 +20,7 @@ use dijiang_kernel::linear_attention::repeat_kv;
 
 use crate::attention::{AttentionKernel, DiJiangKernel};
 use crate::error::ModelError;
-use crate::rope::rope_tables;
+use crate::rope::Rope;
 use crate::transformer::{Block, Transformer};
 
 /// What calibration reads off a softmax teacher on the calibration tokens.
@@ -76,11 +76,11 @@ pub fn rows_and_values<B: Backend>(
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let [_, t, _] = x.dims();
     let config = model.config();
-    let (cos, sin) = rope_tables(0, t, config.rotary_dims(), config.rope_theta, &x.device());
+    let rope = Rope::new(config, 0, t, &x.device());
     let x = block.attn_norm.forward(x);
-    let (_, _, v) = block.attn.heads(x.clone(), &cos, &sin);
+    let (_, _, v) = block.attn.heads(x.clone(), &rope);
     let groups = config.num_heads / config.num_kv_heads;
-    (block.attn.rows(x, &cos, &sin), repeat_kv(v, groups))
+    (block.attn.rows(x, &rope), repeat_kv(v, groups))
 }
 
 impl<B: Backend> TeacherAttention<B> {

@@ -93,7 +93,13 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn sigmoid(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        unary_op(tensor, sigmoid_f32, sigmoid_f64)
+        // dijiang patch (change 10): vectorised f32 kernel (upstream's formulas, src/vexp.rs).
+        crate::ops::unary::unary_op_slices(
+            tensor,
+            crate::vexp::sigmoid_in_place,
+            crate::vexp::sigmoid_lane,
+            sigmoid_f64,
+        )
     }
 
     fn sigmoid_backward(output: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {

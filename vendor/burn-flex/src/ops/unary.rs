@@ -69,6 +69,47 @@ where
     }
 }
 
+/// dijiang patch (change 10, `src/vexp.rs`): a unary op whose f32 kernel runs over whole slices
+/// (vectorised), `lane` being the same function element by element. Contiguous f32 tensors go
+/// through `slices`, chunk by chunk over rayon's threads (a shared input is copied chunk by chunk
+/// by the thread that computes it); every other layout and dtype through `lane`, which gives the
+/// same bits.
+pub(crate) fn unary_op_slices<F64Op>(
+    mut tensor: FlexTensor,
+    slices: fn(&mut [f32]),
+    lane: fn(f32) -> f32,
+    f64_op: F64Op,
+) -> FlexTensor
+where
+    F64Op: Fn(f64) -> f64 + Copy + Sync + Send,
+{
+    if tensor.dtype() != DType::F32 {
+        return unary_op(tensor, lane, f64_op);
+    }
+    let n = tensor.layout().num_elements();
+    let layout = tensor.layout().clone();
+    if tensor.is_unique() && layout.is_contiguous() && layout.start_offset() == 0 {
+        let storage: &mut [f32] = tensor.storage_mut();
+        crate::par::for_row_chunks(&mut storage[..n], 1, |_, c| slices(c));
+        return tensor;
+    }
+    let src: &[f32] = tensor.storage();
+    let block = if layout.is_contiguous() {
+        Some((layout.start_offset(), n))
+    } else if layout.strides().iter().all(|&s| s >= 0) && layout.start_offset() == 0 && src.len() == n {
+        // Storage order is the view's elements in another order (a transpose): keep the layout.
+        None
+    } else {
+        return unary_op(tensor, lane, f64_op);
+    };
+    let (start, len, out_layout) = match block {
+        Some((start, len)) => (start, len, Layout::contiguous(layout.shape().clone())),
+        None => (0, n, layout),
+    };
+    let out = crate::par::copy_then_rows(&src[start..start + len], 1, |_, c| slices(c));
+    FlexTensor::new(Bytes::from_elems(out), out_layout, DType::F32)
+}
+
 /// Generic unary operation for any element type.
 fn unary_op_typed<E, Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
 where
@@ -162,7 +203,8 @@ where
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+    // dijiang patch (change 10): vectorised f32 kernel.
+    unary_op_slices(tensor, crate::vexp::exp_in_place, crate::vexp::exp_lane, |x| x.exp())
 }
 
 /// Natural logarithm: ln(x)

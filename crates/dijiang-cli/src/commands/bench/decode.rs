@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_kernel::linear_attention::WindowState;
 use dijiang_model::attention::LayerState;
-use dijiang_model::rope::rope_tables;
+use dijiang_model::rope::Rope;
 use dijiang_model::{AttentionKernelConfig, DecodeState, DiJiangConfig, ModelConfig, Transformer};
 use dijiang_train::experiment::Experiment;
 use serde_json::{Value, json};
@@ -105,9 +105,9 @@ fn attention_step<B: Backend>(model: &Transformer<B>, state: DecodeState<B>, ste
     let x = Tensor::<B, 3>::random([1, 1, c.hidden_size], Distribution::Normal(0.0, 1.0), device);
     let mut position = state.position;
     let mut step = |layer: &mut Option<LayerState<B>>| {
-        let (cos, sin) = rope_tables(position, 1, c.rotary_dims(), c.rope_theta, device);
+        let rope = Rope::new(c, position, 1, device);
         position += 1;
-        attention.forward_cached(x.clone(), &cos, &sin, layer)
+        attention.forward_cached(x.clone(), &rope, layer)
     };
     let _ = step(&mut layer);
     sync::<B>(device);
