@@ -130,7 +130,8 @@ mod tests {
             (got as f64 - want).abs() / ulp
         };
         type Op = fn(Tensor<Cpu, 2>) -> Tensor<Cpu, 2>;
-        let ops: [(&str, Op, fn(f64) -> f64, f64); 2] =
+        type Exact = fn(f64) -> f64;
+        let ops: [(&str, Op, Exact, f64); 2] =
             [("exp", |t| t.exp(), f64::exp, 1.0), ("sigmoid", sigmoid, |x| 1.0 / (1.0 + (-x).exp()), 2.5)];
         let flat = |t: Tensor<Cpu, 2>| t.into_data().to_vec::<f32>().unwrap();
         let rows = x.clone().reshape([n / 64, 64]);

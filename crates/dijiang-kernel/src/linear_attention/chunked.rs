@@ -8,7 +8,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::{check_shapes, decay_matrix, decay_powers, per_head, repeat_kv};
+use super::{check_shapes, decay_matrix, decay_powers, per_head, repeat_kv, reversed_decay_powers};
 
 /// Causal linear attention in chunks of `chunk_len` positions, starting from `state` (zeros for a
 /// fresh sequence) and returning the state after the last position, ready for
@@ -73,8 +73,7 @@ fn equal_chunks<B: Backend>(
     let intra = (q.clone().matmul(k.clone().swap_dims(3, 4)) * g).matmul(v.clone());
 
     // Each chunk's own contribution to the state: sum_j gamma^(c-1-j) k_j v_j^T. [b, h, n, m, dv]
-    // gamma^(c-1-j) for j in 0..c is gamma^j reversed.
-    let weights = decay_powers(log_decay.clone(), 0, c).flip([2]).unsqueeze_dim::<5>(2);
+    let weights = reversed_decay_powers(log_decay.clone(), c).unsqueeze_dim::<5>(2);
     let local = k.swap_dims(3, 4).matmul(v * weights);
 
     // Scan: incoming[t] = S_{t-1}, S_t = gamma^c S_{t-1} + local[t].

@@ -95,9 +95,43 @@ pub fn decay_matrix<B: Backend>(log_decay: Tensor<B, 1>, t: usize) -> Tensor<B, 
     g.mask_fill(upper.reshape([1, 1, t, t]), 0.0)
 }
 
+/// `gamma_h^(t - 1 - i)` for `i` in `0..t` ([`decay_powers`] from 0 in reverse order, the same
+/// bits), shaped `[1, h, t, 1]`. Built in that order rather than flipped: a flipped view has a
+/// negative stride, which sent its product with the values down Flex's element-by-element path
+/// (~2% of a SmolLM2 prefill, docs/profile.md).
+pub(crate) fn reversed_decay_powers<B: Backend>(log_decay: Tensor<B, 1>, t: usize) -> Tensor<B, 4> {
+    let device = log_decay.device();
+    let exponent = Tensor::<B, 1, Int>::arange(0..t as i64, &device).float().neg().add_scalar((t - 1) as f64);
+    (exponent.reshape([1, 1, t, 1]) * per_head(log_decay)).exp()
+}
+
 /// `gamma_h^(start + i)` for `i` in `0..t`, shaped `[1, h, t, 1]`.
 pub(crate) fn decay_powers<B: Backend>(log_decay: Tensor<B, 1>, start: usize, t: usize) -> Tensor<B, 4> {
     let device = log_decay.device();
     let exponent = Tensor::<B, 1, Int>::arange(start as i64..(start + t) as i64, &device).float();
     (exponent.reshape([1, 1, t, 1]) * per_head(log_decay)).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::{decay_powers, reversed_decay_powers};
+    use crate::cpu::Cpu;
+
+    /// The reversed powers are the flipped ones, bit for bit.
+    #[test]
+    fn reversed_decay_powers_are_the_flipped_powers() {
+        let device = Default::default();
+        let log_decay = Tensor::<Cpu, 1>::from_data(TensorData::from([-0.01f32, -0.3, -2.5]), &device);
+        for t in [1, 7, 128] {
+            let want = decay_powers(log_decay.clone(), 0, t).flip([2]).into_data().to_vec::<f32>().unwrap();
+            let got = reversed_decay_powers(log_decay.clone(), t).into_data().to_vec::<f32>().unwrap();
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "t = {t}"
+            );
+        }
+    }
 }

@@ -376,10 +376,14 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
     // Scalar exp (no SIMD exp in macerator). This pass is the one that
     // actually does memory reads + writes on the whole row, so scalar
     // here still lands us at memory bandwidth.
-    let mut sum = 0.0f32;
+    // dijiang patch (change 10): `x - max` first, then the vectorised `exp` of src/vexp.rs over
+    // the row, then the same left-to-right sum as upstream's loop (which called the scalar `expf`).
     for idx in 0..len {
-        let e = (input[idx] - max_val).exp();
-        output[idx] = e;
+        output[idx] = input[idx] - max_val;
+    }
+    crate::vexp::exp_in_place(output);
+    let mut sum = 0.0f32;
+    for &e in output.iter() {
         sum += e;
     }
 
