@@ -7,13 +7,14 @@
 # 2048 tokens, records tokens/s and the memory model's estimate per stage, checks that f16 storage
 # of frozen weights gives the f32 logits, while nvidia-smi samples the device memory every 100 ms.
 # Everything lands in OUT/gpu-check.json (and the per-experiment recipes-*.json, logs, samples).
-# DIJIANG_BIN=path uses an already built binary. CI runs the same steps on a small preset on
+# DIJIANG_BIN=path uses an already built binary; DIJIANG_TIMEOUT=SECONDS bounds each experiment (270). CI runs the same steps on a small preset on
 # Flex and wgpu (crates/dijiang-train/tests/recipes.rs).
 # Usage, from the repository root: bench/gpu-check.sh [OUT_DIR]
 set -euo pipefail
 out="${1:-runs/gpu-check}"
 mkdir -p "$out"
 bin="${DIJIANG_BIN:-}"
+limit="${DIJIANG_TIMEOUT:-270}"
 if [ -z "$bin" ]; then
     cargo build --release --no-default-features --features cuda
     bin="${CARGO_TARGET_DIR:-target}/release/dijiang"
@@ -23,7 +24,7 @@ for name in dijiang-7b dijiang-7b-reference; do
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$out/$name.memory-mib" &
     sampler=$!
     status=0
-    timeout 270 "$bin" bench recipes --experiments "experiments/$name.toml" --steps 2 --out "$out/$name" \
+    timeout "$limit" "$bin" bench recipes --experiments "experiments/$name.toml" --steps 2 --out "$out/$name" \
         > "$out/$name.log" 2>&1 || status=$?
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
