@@ -7,6 +7,9 @@
 # fine-tune; the default experiment's attention transfer then KL distillation) with their logged
 # losses. Students and data batches are seeded on the host, so both runs start from the same
 # numbers; the report says how far they end apart. One JSON file, OUT/parity.json.
+# CUDA_BIN: built with --features cuda-untuned (with autotuning, a fresh machine spends 10-30 s on
+# each new matmul shape and every command here outran its limit: docs/gpu.md); CPU_BIN: the default
+# build (Flex). Takes about 70 s on an H200 machine with 16 cores.
 # Usage, from the repository root: bench/cuda-parity.sh CPU_BIN CUDA_BIN [OUT_DIR] (SHARED=../shared)
 set -euo pipefail
 cpu="$1"

@@ -2,6 +2,9 @@
 # The CUDA bench as one short script for a GPU machine (about 10 minutes with the binary built):
 # `dijiang bench all` built with `--features cuda` (Burn 0.21 loads CUDA at run time), into
 # runs/bench-cuda/ (summary.md, JSON, plots). DIJIANG_BIN=path uses an already built binary.
+# Autotuning (the `cuda` feature) times every candidate kernel of each new shape on a fresh machine
+# (10-30 s per matmul shape on an H200, cached on disk afterwards): run it twice, or build
+# `cuda-untuned` (DIJIANG_BIN) where the machine's time is short (docs/gpu.md).
 # Usage, from the repository root: bench/cuda.sh [OUT_DIR]
 set -euo pipefail
 out="${1:-runs/bench-cuda}"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU check of the 7B recipes (one script, no downloads, under 10 minutes once built):
-# `dijiang bench recipes` (built with --features cuda) takes 2 real trainer steps of every stage of
+# The prepared GPU check of the 7B recipes (one script, no downloads; docs/gpu.md says what its first run found):
+# `dijiang bench recipes` (built with --features cuda-untuned) takes 2 real trainer steps of every stage of
 # experiments/dijiang-7b.toml (hybrid attention transfer, then LoRA distillation on an f16 base) and
 # experiments/dijiang-7b-reference.toml (the full fine-tune; its optimizer sharding needs several
-# devices, so here one 141 GB H200-class device must hold it: ~109 GiB planned) on seeded random LLaMA-2-7B weights at
+# devices, so here one 141 GB H200-class device must hold it: ~109 GiB planned) on random LLaMA-2-7B weights (drawn on the GPU) at
 # 2048 tokens, records tokens/s and the memory model's estimate per stage, checks that f16 storage
 # of frozen weights gives the f32 logits, while nvidia-smi samples the device memory every 100 ms.
 # Everything lands in OUT/gpu-check.json (and the per-experiment recipes-*.json, logs, samples).
@@ -16,7 +16,9 @@ mkdir -p "$out"
 bin="${DIJIANG_BIN:-}"
 limit="${DIJIANG_TIMEOUT:-270}"
 if [ -z "$bin" ]; then
-    cargo build --release --no-default-features --features cuda
+    # Without autotuning: on a fresh machine it timed every candidate kernel of each new matmul
+    # shape (10-30 s each on an H200), more than the check's whole budget (docs/gpu.md).
+    cargo build --release --no-default-features --features cuda-untuned
     bin="${CARGO_TARGET_DIR:-target}/release/dijiang"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv"

@@ -1,6 +1,7 @@
-//! The compile-time backend choice.
+//! The compile-time backend choice. `cuda-untuned` is the CUDA backend; `cuda` is it with Burn's
+//! autotuning, so every CUDA build has `cuda-untuned`.
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-untuned")]
 mod chosen {
     pub type Backend = burn::backend::Cuda;
     pub const NAME: &str = "cuda";
@@ -15,7 +16,7 @@ mod chosen {
     }
 }
 
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+#[cfg(all(feature = "wgpu", not(feature = "cuda-untuned")))]
 mod chosen {
     use burn::backend::wgpu::WgpuDevice;
 
@@ -32,7 +33,7 @@ mod chosen {
     }
 }
 
-#[cfg(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda")))]
+#[cfg(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda-untuned")))]
 mod chosen {
     pub type Backend = burn::backend::Flex;
     pub const NAME: &str = "flex";
@@ -43,7 +44,7 @@ mod chosen {
     }
 }
 
-#[cfg(all(not(feature = "flex"), not(feature = "wgpu"), not(feature = "cuda")))]
+#[cfg(all(not(feature = "flex"), not(feature = "wgpu"), not(feature = "cuda-untuned")))]
 mod chosen {
     pub type Backend = burn::backend::NdArray;
     pub const NAME: &str = "ndarray";
@@ -69,7 +70,7 @@ pub fn devices(names: &[String]) -> anyhow::Result<Vec<burn::tensor::Device<Back
         .collect()
 }
 
-#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "cuda")))]
+#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "cuda-untuned")))]
 compile_error!("enable one backend feature: ndarray, flex, wgpu or cuda");
 
 /// The backend this binary was built for.
@@ -85,8 +86,9 @@ pub type CpuPeer = burn::backend::NdArray;
 
 /// `Some("ndarray")` where the binary's backend is Flex; `None` elsewhere (a GPU backend has no
 /// CPU peer, and NdArray is its own).
-pub const CPU_PEER: Option<&str> =
-    if cfg!(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda"))) { Some("ndarray") } else { None };
+pub const CPU_PEER: Option<&str> = if IS_FLEX { Some("ndarray") } else { None };
+
+const IS_FLEX: bool = cfg!(all(feature = "flex", not(feature = "wgpu"), not(feature = "cuda-untuned")));
 
 /// The backend's name and default device.
 pub fn describe() -> String {

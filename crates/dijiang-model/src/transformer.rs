@@ -9,7 +9,7 @@ use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::layers::{Mlp, Norm, Projection, cast_to, embedding, flat_linear, linear};
 use crate::rope::Rope;
-use crate::weights::{Fresh, Skeleton, WeightSource};
+use crate::weights::{Drawn, Fresh, Skeleton, WeightSource};
 
 /// One Transformer block.
 #[derive(Module, Debug)]
@@ -206,6 +206,13 @@ impl<B: Backend> Transformer<B> {
     pub fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
         config.validate()?;
         Ok(Self::build(&mut Fresh { seed, device }, config))
+    }
+
+    /// A model whose parameters are drawn on the device, unseeded ([`Drawn`]): for memory and speed
+    /// checks, where the values do not matter and a 7B host-side init would take minutes.
+    pub fn init_drawn(config: &ModelConfig, device: &B::Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        Ok(Self::build(&mut Drawn { device }, config))
     }
 
     pub fn config(&self) -> &ModelConfig {

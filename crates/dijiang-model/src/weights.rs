@@ -8,7 +8,7 @@
 //! teacher), recording which those were. Nothing is allocated twice: a 7B model never exists as a
 //! random init before its weights are read.
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Distribution, Tensor, TensorData, backend::Backend};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 use crate::error::{ModelError, name_list};
@@ -83,6 +83,35 @@ pub struct Fresh<'a, B: Backend> {
 impl<B: Backend> WeightSource<B> for Fresh<'_, B> {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<B, D> {
         to_tensor(init.values(name, &shape, self.seed), shape, self.device)
+    }
+
+    fn device(&self) -> &B::Device {
+        self.device
+    }
+}
+
+/// Draws every parameter on the device with its backend's generator (unseeded): for checks where
+/// only shapes matter, the memory and speed of a 7B recipe. [`Fresh`] draws on one host thread
+/// through the inverse normal CDF: LLaMA-2-7B took the whole 140 s limit of a device check there
+/// (the first GPU session, docs/gpu.md).
+#[derive(Debug)]
+pub struct Drawn<'a, B: Backend> {
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> WeightSource<B> for Drawn<'_, B> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<B, D> {
+        let distribution = match init {
+            Init::Normal { std } => Distribution::Normal(0.0, std),
+            Init::XavierUniform { gain } => {
+                let (fan_in, fan_out) = (shape[0], shape.get(1).copied().unwrap_or(1));
+                let bound = gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
+                Distribution::Uniform(-bound, bound)
+            }
+            // Constants and computed values: small, and the same as Fresh's.
+            other => return to_tensor(other.values(name, &shape, 0), shape, self.device),
+        };
+        Tensor::random(shape, distribution, self.device)
     }
 
     fn device(&self) -> &B::Device {
@@ -182,5 +211,38 @@ impl<B: Backend> WeightSource<B> for Loaded<'_, B> {
 
     fn device(&self) -> &B::Device {
         self.device
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+
+    use super::*;
+
+    type B = NdArray;
+
+    #[test]
+    fn drawn_parameters_follow_their_init_and_constants_equal_fresh_ones() {
+        let device = Default::default();
+        let mut drawn = Drawn::<B> { device: &device };
+        let normal: Vec<f32> = drawn.tensor("w", [512, 256], Init::Normal { std: 0.02 }).into_data().to_vec().unwrap();
+        let n = normal.len() as f64;
+        let mean = normal.iter().map(|x| *x as f64).sum::<f64>() / n;
+        let std = (normal.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(mean.abs() < 1e-3 && (std / 0.02 - 1.0).abs() < 0.02, "mean {mean}, std {std}");
+
+        let bound = (6.0f64 / (64 + 32) as f64).sqrt();
+        let uniform: Vec<f32> =
+            drawn.tensor("u", [64, 32], Init::XavierUniform { gain: 1.0 }).into_data().to_vec().unwrap();
+        let largest = uniform.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
+        assert!(largest <= bound && largest > 0.9 * bound, "largest {largest}, bound {bound}");
+
+        let mut fresh = Fresh::<B> { seed: 3, device: &device };
+        for init in [Init::Ones, Init::Zeros, Init::Values(vec![0.5, -1.0, 2.0])] {
+            let a: Vec<f32> = drawn.tensor("c", [3], init.clone()).into_data().to_vec().unwrap();
+            let b: Vec<f32> = fresh.tensor("c", [3], init).into_data().to_vec().unwrap();
+            assert_eq!(a, b);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! A few real trainer steps of every stage of an experiment, on seeded random weights of its
-//! architecture: what the prepared GPU check (`bench/gpu-check.sh`, `dijiang bench recipes`)
+//! A few real trainer steps of every stage of an experiment, on random weights of its
+//! architecture drawn on the device: what the prepared GPU check (`bench/gpu-check.sh`, `dijiang bench recipes`)
 //! measures where no checkpoint can be downloaded. Memory and speed do not depend on the weights'
 //! values, so a 7B recipe is checked from its preset alone. Each step is the trainer's own
 //! ([`crate::step::step`]) with the experiment's student options, LoRA, frozen-weight storage,
@@ -57,7 +57,7 @@ pub fn as_checked<B: Backend>(experiment: &Experiment, device: &B::Device) -> Ex
 }
 
 /// `steps` steps of every stage of `experiment` (already [`as_checked`]) with a teacher of
-/// architecture `teacher`, weights seeded by the experiment's seed.
+/// architecture `teacher`, weights drawn on the device ([`Transformer::init_drawn`]; LoRA's seeded).
 pub fn check_stages<B: AutodiffBackend>(
     experiment: &Experiment,
     teacher_config: &ModelConfig,
@@ -66,7 +66,7 @@ pub fn check_stages<B: AutodiffBackend>(
 ) -> Result<Vec<StageCheck>> {
     let e = experiment;
     let config = e.student_config(teacher_config);
-    let mut student = Transformer::<B>::init(&config, e.seed, device)?;
+    let mut student = Transformer::<B>::init_drawn(&config, device)?;
     if let Some(lora) = &e.lora {
         student = student.with_lora(lora, e.seed);
     }
@@ -75,7 +75,7 @@ pub fn check_stages<B: AutodiffBackend>(
     }
     let teacher = match teacher_held(e) {
         TeacherHeld::View => Some(student.valid().teacher_view()),
-        TeacherHeld::Copy => Some(Transformer::<B::InnerBackend>::init(teacher_config, e.seed + 1, device)?),
+        TeacherHeld::Copy => Some(Transformer::<B::InnerBackend>::init_drawn(teacher_config, device)?),
         TeacherHeld::AtStart => None,
     };
     let (block, batch) = (e.data.block_size, e.data.batch_size);
