@@ -42,11 +42,17 @@ impl<B: Backend> Block<B> {
     }
 
     /// A whole sequence from scratch, keeping what attention transfer reads (the teacher's side),
-    /// with the attention rows if `rows`: the block's output and its trace.
-    pub fn forward_layer_trace(&self, x: Tensor<B, 3>, rope: &Rope<B>, rows: bool) -> (Tensor<B, 3>, LayerTrace<B>) {
+    /// with the attention rows of the first `n` positions if `rows` is `Some(n)` (exact:
+    /// causal queries see only earlier keys): the block's output and its trace.
+    pub fn forward_layer_trace(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        rows: Option<usize>,
+    ) -> (Tensor<B, 3>, LayerTrace<B>) {
         let normed = self.attn_norm.forward(x.clone());
         let (q, k, v) = self.attn.heads(normed.clone(), rope);
-        let rows = rows.then(|| self.attn.rows_from_heads(q.clone(), k.clone()));
+        let rows = rows.map(|n| self.attn.rows_from_heads(prefix(q.clone(), n), prefix(k.clone(), n)));
         let attention = self.attn.forward_from_heads(q.clone(), k.clone(), v.clone(), normed.clone());
         let out = self.residual(x.clone(), attention.clone());
         (out, LayerTrace { input: x, normed, q, k, v, attention, rows })
@@ -93,6 +99,11 @@ impl<B: Backend> Block<B> {
     pub fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
         self.attn.forward(self.attn_norm.forward(x), rope)
     }
+}
+
+/// The first `n` positions of heads `[b, h, t, d]`.
+fn prefix<B: Backend>(heads: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
+    heads.narrow(2, 0, n)
 }
 
 /// Every parameter's name and shape in a model of `config`, as [`Transformer::build`] asks for them
@@ -166,7 +177,7 @@ pub struct LayerTrace<B: Backend> {
     pub v: Tensor<B, 4>,
     /// `[b, t, hidden]`: the attention output (after `o`).
     pub attention: Tensor<B, 3>,
-    /// `[b, h_q, t, t]`: the attention rows, when traced with them.
+    /// `[b, h_q, n, n]`: the attention rows of the first `n` positions, when traced with them.
     pub rows: Option<Tensor<B, 4>>,
 }
 
@@ -288,8 +299,9 @@ impl<B: Backend> Transformer<B> {
         self.body(tokens, state, false).0
     }
 
-    /// Every block's trace (with its attention rows if `rows`) and the logits if `with_logits`.
-    pub fn trace(&self, tokens: Tensor<B, 2, Int>, rows: bool, with_logits: bool) -> Trace<B> {
+    /// Every block's trace (with the attention rows of the first `n` positions if `rows` is
+    /// `Some(n)`) and the logits if `with_logits`.
+    pub fn trace(&self, tokens: Tensor<B, 2, Int>, rows: Option<usize>, with_logits: bool) -> Trace<B> {
         let mut layers = Vec::with_capacity(self.layers.len());
         let logits = self.trace_layers(tokens, rows, with_logits, |trace| layers.push(trace));
         Trace { layers, logits }
@@ -301,7 +313,7 @@ impl<B: Backend> Transformer<B> {
     pub fn trace_layers(
         &self,
         tokens: Tensor<B, 2, Int>,
-        rows: bool,
+        rows: Option<usize>,
         with_logits: bool,
         mut sink: impl FnMut(LayerTrace<B>),
     ) -> Option<Tensor<B, 3>> {
@@ -379,16 +391,16 @@ impl<B: Backend> Transformer<B> {
         }
     }
 
-    /// Block `layer`'s attention rows on a teacher's trace of the same block (see
-    /// [`Transformer::layer_attention_on`] for `shared_heads`).
+    /// Block `layer`'s attention rows of the first `n` positions on a teacher's trace of the same
+    /// block (see [`Transformer::layer_attention_on`] for `shared_heads`).
     ///
     /// # Shapes
-    /// - the trace's tensors as in [`LayerTrace`] -> `[b, h_q, t, t]`
-    pub fn layer_rows_on(&self, layer: usize, trace: &LayerTrace<B>, shared_heads: bool) -> Tensor<B, 4> {
+    /// - the trace's tensors as in [`LayerTrace`] -> `[b, h_q, n, n]`
+    pub fn layer_rows_on(&self, layer: usize, trace: &LayerTrace<B>, shared_heads: bool, n: usize) -> Tensor<B, 4> {
         if shared_heads {
-            self.layers[layer].attn.rows_from_heads(trace.q.clone(), trace.k.clone())
+            self.layers[layer].attn.rows_from_heads(prefix(trace.q.clone(), n), prefix(trace.k.clone(), n))
         } else {
-            self.layer_rows(layer, trace.input.clone())
+            self.layer_rows(layer, trace.input.clone().narrow(1, 0, n))
         }
     }
 

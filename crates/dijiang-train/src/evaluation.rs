@@ -104,7 +104,7 @@ pub fn evaluate<B: Backend>(
         let logits = student.forward(batch.inputs.clone());
         loss += w * scalar(cross_entropy(logits.clone(), batch.targets.clone()));
         let TeacherSide::Model(teacher) = teacher else { continue };
-        let trace = teacher.trace(batch.inputs.clone(), false, true);
+        let trace = teacher.trace(batch.inputs.clone(), None, true);
         let teacher_logits = trace.logits.expect("traced with logits");
         teacher_loss += w * scalar(cross_entropy(teacher_logits.clone(), batch.targets.clone()));
         kl += w * scalar(kl_divergence(teacher_logits, logits, 1.0));

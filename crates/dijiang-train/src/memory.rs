@@ -285,8 +285,8 @@ fn attention_per_token(config: &ModelConfig, experiment: &Experiment) -> u64 {
 fn trace_per_token(config: &ModelConfig, stage: &Stage, block_size: usize) -> u64 {
     let h = config.hidden_size as u64;
     let kv = (config.num_kv_heads * config.head_dim) as u64;
-    // `[heads, t, t]` per sequence: `heads x t` per token.
-    let rows = if stage.loss.needs_teacher_rows() { (config.num_heads * block_size) as u64 } else { 0 };
+    // `[heads, n, n]` per sequence for the rows of the first n positions: `heads x n^2 / t` per token.
+    let rows = stage.loss.teacher_rows(block_size).map_or(0, |n| (config.num_heads * n * n / block_size) as u64);
     4 * h + 2 * kv + rows
 }
 

@@ -107,7 +107,8 @@ impl Term {
             Term::Attention => mse(student.layer_attention_on(layer, trace, shared_heads), trace.attention.clone()),
             Term::AttentionRows => {
                 let teacher = trace.rows.clone().expect("traced with rows: AttentionRows needs them");
-                row_kl(teacher, student.layer_rows_on(layer, trace, shared_heads))
+                let n = teacher.dims()[2];
+                row_kl(teacher, student.layer_rows_on(layer, trace, shared_heads, n))
             }
             Term::Lm | Term::Kl => unreachable!("{self} is not layer-local"),
         }
@@ -126,8 +127,8 @@ struct Forward<'a, B: AutodiffBackend> {
     student: Option<&'a Transformer<B>>,
     teacher: Option<&'a Transformer<B::InnerBackend>>,
     batch: &'a LmBatch<B::InnerBackend>,
-    /// Whether the teacher's trace carries its attention rows (some term needs them).
-    teacher_rows: bool,
+    /// How many positions' attention rows the teacher's trace carries (some term needs them).
+    teacher_rows: Option<usize>,
     /// Whether the teacher's trace carries its logits (some term needs them).
     teacher_logits: bool,
     /// Whether the teacher's trace keeps its layers (some term is layer-local; without one, only
@@ -207,18 +208,30 @@ impl TermValues {
     }
 }
 
-/// A stage's loss: term weights (only terms with a positive weight are computed) and the KL
-/// temperature. In experiment files: `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }`.
+/// A stage's loss: term weights (only terms with a positive weight are computed), the KL
+/// temperature and how many positions the row KL reads. In experiment files:
+/// `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }`, `loss = { attention_rows = 1.0, rows_len = 256 }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Objective {
     weights: BTreeMap<Term, f64>,
     temperature: f64,
+    /// `attention_rows` on the first `n` positions of each block only (`None`: all of them). The
+    /// row KL is quadratic in length (`[heads, t, t]` per layer, with its backward): on 1,024-token
+    /// blocks it made an attention-transfer step ~5x slower than the output term alone. A
+    /// prefix's rows are exact (causal queries see only earlier keys), they cover the distances
+    /// up to `n`, and the output term still sees the whole block.
+    rows_len: Option<usize>,
 }
 
 impl Objective {
     /// An objective of the given term weights, temperature 1.
     pub fn new(weights: impl IntoIterator<Item = (Term, f64)>) -> Self {
-        Self { weights: weights.into_iter().collect(), temperature: 1.0 }
+        Self { weights: weights.into_iter().collect(), temperature: 1.0, rows_len: None }
+    }
+
+    /// The row KL on the first `n` positions of each block only (see the field).
+    pub fn with_rows_len(self, n: usize) -> Self {
+        Self { rows_len: Some(n), ..self }
     }
 
     pub fn with_temperature(self, temperature: f64) -> Self {
@@ -262,6 +275,12 @@ impl Objective {
         self.weight(Term::AttentionRows) > 0.0
     }
 
+    /// How many positions' rows the teacher's trace of a `t`-token block carries: `None` when no
+    /// term reads them.
+    pub fn teacher_rows(&self, t: usize) -> Option<usize> {
+        self.needs_teacher_rows().then(|| self.rows_len.map_or(t, |n| n.min(t)))
+    }
+
     /// The weighted loss of one layer of a layer-local objective ([`Objective::is_layer_local`])
     /// on the teacher's trace of that layer (lifted to the student's backend), and its terms as
     /// numbers. The objective's loss is the mean of these over layers.
@@ -282,6 +301,9 @@ impl Objective {
         if !valid_weights || self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err("loss weights must be >= 0 with at least one > 0, temperature > 0".into());
         }
+        if self.rows_len.is_some() && !self.needs_teacher_rows() {
+            return Err(format!("{ROWS_LEN} is set but no term reads the rows: add attention_rows or drop {ROWS_LEN}"));
+        }
         Ok(())
     }
 
@@ -290,7 +312,8 @@ impl Objective {
         let terms: Vec<String> = self.terms().map(|(t, w)| format!("{t} {w}")).collect();
         let temperature =
             if self.needs_teacher_logits() { format!(" (temperature {})", self.temperature) } else { String::new() };
-        format!("{}{temperature}", terms.join(" + "))
+        let rows = self.rows_len.map(|n| format!(" (rows of the first {n} positions)")).unwrap_or_default();
+        format!("{}{temperature}{rows}", terms.join(" + "))
     }
 
     /// The weighted loss of one micro-batch, what a training step differentiates, and its terms as
@@ -306,7 +329,7 @@ impl Objective {
             student: Some(student),
             teacher,
             batch,
-            teacher_rows: self.needs_teacher_rows(),
+            teacher_rows: self.teacher_rows(batch.inputs.dims()[1]),
             teacher_logits: self.needs_teacher_logits(),
             teacher_layers: self.has_layer_local_terms(),
             trace: OnceCell::new(),
@@ -332,7 +355,7 @@ impl Objective {
             student: None,
             teacher: None,
             batch,
-            teacher_rows: false,
+            teacher_rows: None,
             teacher_logits: false,
             teacher_layers: false,
             trace: OnceCell::from(Trace { layers: Vec::new(), logits: teacher_logits }),
@@ -366,11 +389,15 @@ fn scalar<B: Backend>(x: &Tensor<B, 1>) -> f64 {
 }
 
 const TEMPERATURE: &str = "temperature";
+const ROWS_LEN: &str = "rows_len";
 
 impl Serialize for Objective {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map: BTreeMap<&str, f64> = self.weights.iter().map(|(t, w)| (t.name(), *w)).collect();
         map.insert(TEMPERATURE, self.temperature);
+        if let Some(n) = self.rows_len {
+            map.insert(ROWS_LEN, n as f64);
+        }
         map.serialize(serializer)
     }
 }
@@ -384,9 +411,19 @@ impl<'de> Deserialize<'de> for Objective {
                 objective.temperature = value;
                 continue;
             }
+            if key == ROWS_LEN {
+                if value < 1.0 || value.fract() != 0.0 {
+                    return Err(D::Error::custom(format!("{ROWS_LEN} = {value}: a number of positions, >= 1")));
+                }
+                objective.rows_len = Some(value as usize);
+                continue;
+            }
             let term = Term::from_name(&key).ok_or_else(|| {
                 let known: Vec<&str> = Term::ALL.iter().map(|t| t.name()).collect();
-                D::Error::custom(format!("unknown loss term `{key}` (terms: {}; and {TEMPERATURE})", known.join(", ")))
+                D::Error::custom(format!(
+                    "unknown loss term `{key}` (terms: {}; and {TEMPERATURE}, {ROWS_LEN})",
+                    known.join(", ")
+                ))
             })?;
             objective.weights.insert(term, value);
         }
@@ -418,5 +455,28 @@ mod tests {
         assert!(err.contains("unknown loss term `klx`") && err.contains("attention_rows"), "{err}");
         assert!(Objective::new([(Term::Lm, 0.0)]).validate().is_err(), "a zero weight turns a term off");
         assert!(Objective::new([(Term::Lm, 1.0)]).with_temperature(0.0).validate().is_err());
+    }
+
+    fn parse(text: &str) -> Result<Objective, String> {
+        toml::from_str::<toml::Table>(text).unwrap()["loss"].clone().try_into::<Objective>().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rows_len_bounds_the_traced_rows_and_is_checked() {
+        let o = parse("loss = { attention_rows = 1.0, attention = 0.1, rows_len = 256 }").unwrap();
+        assert_eq!(o, Objective::new([(Term::AttentionRows, 1.0), (Term::Attention, 0.1)]).with_rows_len(256));
+        assert_eq!((o.teacher_rows(1024), o.teacher_rows(100)), (Some(256), Some(100)), "at most the block");
+        assert_eq!(o.describe(), "attention 0.1 + attention_rows 1 (rows of the first 256 positions)");
+        let back: Objective = toml::Value::try_from(&o).unwrap().try_into().unwrap();
+        assert_eq!(back, o);
+        let all = parse("loss = { attention_rows = 1.0 }").unwrap();
+        assert_eq!(all.teacher_rows(1024), Some(1024));
+        assert_eq!(parse("loss = { attention = 1.0 }").unwrap().teacher_rows(1024), None);
+        for bad in ["0", "2.5", "-4"] {
+            let err = parse(&format!("loss = {{ attention_rows = 1.0, rows_len = {bad} }}")).unwrap_err();
+            assert!(err.contains("rows_len") && err.contains(">= 1"), "{err}");
+        }
+        let unread = parse("loss = { attention = 1.0, rows_len = 64 }").unwrap().validate().unwrap_err();
+        assert!(unread.contains("no term reads the rows"), "{unread}");
     }
 }

@@ -43,7 +43,7 @@ pub fn accumulate<B: AutodiffBackend>(
         let teacher_logits = objective.needs_teacher_logits().then(|| {
             let teacher = teacher.expect("an objective with kl reads the teacher");
             // The same pass (and values) as the one-graph step's teacher trace, keeping no layer.
-            teacher.trace_layers(batch.inputs.clone(), false, true, drop).expect("asked for the logits")
+            teacher.trace_layers(batch.inputs.clone(), None, true, drop).expect("asked for the logits")
         });
         let mut boundaries = inner.block_boundaries(batch.inputs.clone());
         let mut add = |grads: <B as AutodiffBackend>::Gradients| {

@@ -31,7 +31,7 @@ pub fn accumulate<B: AutodiffBackend>(
 ) -> (GradientsParams, TermValues) {
     assert!(objective.is_layer_local(), "the objective {} is not layer-local", objective.describe());
     let shared = shares_heads(student, teacher);
-    let rows = objective.needs_teacher_rows();
+
     let scale = 1.0 / (micro_batches.len() * student.layers.len()) as f64;
     let mut accumulator = GradientsAccumulator::<Transformer<B>>::new();
     let mut terms = TermValues::zeros(objective);
@@ -40,6 +40,7 @@ pub fn accumulate<B: AutodiffBackend>(
             // A buffer of one: the teacher runs at most two layers ahead of the student.
             let (send, receive) = sync_channel::<LayerTrace<B::InnerBackend>>(1);
             let tokens = batch.inputs.clone();
+            let rows = objective.teacher_rows(tokens.dims()[1]);
             scope.spawn(move || {
                 // A failed send means this thread stopped (it panicked): nothing left to do.
                 teacher.trace_layers(tokens, rows, false, |trace| drop(send.send(trace)));
