@@ -203,6 +203,15 @@ fn two_stage_run_trains_and_improves_the_student() {
     kept.sort();
     assert_eq!(kept, ["step-00000035", "step-00000040"]);
     assert!(run.join("experiment.toml").exists() && run.join("outcome.json").exists());
+    // A checkpoint's model carries the teacher's tokenizer: it generates as it is.
+    let generated = run_ok({
+        let mut c = dijiang();
+        c.arg("generate").arg("--model").arg(run.join("checkpoints/step-00000035/model"));
+        c.args(["--max-new-tokens", "4", "--json"]);
+        c
+    });
+    let generated: serde_json::Value = serde_json::from_str(generated.trim()).expect("JSON");
+    assert!(generated["ids"][0] == 1 && generated["text"].is_string(), "{generated}");
     let inspected = run_ok({
         let mut c = dijiang();
         c.arg("inspect").arg(run.join("model")).arg("--json");

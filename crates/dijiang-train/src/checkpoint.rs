@@ -1,6 +1,7 @@
 //! Training checkpoints: `runs/NAME/checkpoints/step-NNNNNNNN/` holding the student
-//! (`model/`, our saved-model format), the optimizer state (`optimizer.safetensors`) and
-//! `trainer.json` (step, stage, tokens seen, data cursor, skipped updates, the resolved experiment).
+//! (`model/`, our saved-model format, with the teacher's tokenizer beside it so that a checkpoint's
+//! model is usable by `eval`, `generate` and `evaluate` as it is), the optimizer state
+//! (`optimizer.safetensors`) and `trainer.json` (step, stage, tokens seen, data cursor, skipped updates, the resolved experiment).
 //!
 //! A checkpoint is written into a temporary sibling directory, every file fsynced, then renamed into
 //! place and the parent fsynced: a process killed at any moment leaves either the complete new
@@ -22,6 +23,7 @@ use burn::prelude::*;
 use dijiang_data::dataset::Cursor;
 use dijiang_model::Transformer;
 use dijiang_model::import::native::{self, Manifest};
+use dijiang_model::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -197,12 +199,16 @@ fn step_dir_name(step: usize) -> String {
     format!("step-{step:08}")
 }
 
-/// Saves a checkpoint of `state` and returns its directory; keeps the newest `keep`.
+/// The tokenizer saved beside a checkpoint's model, and the model file it was read from (a
+/// llama2.c tokenizer is copied from beside that file).
+pub type TokenizerOf<'a> = (&'a Tokenizer, &'a Path);
+
+/// Saves a checkpoint of `state` (with `tokenizer` beside its model, when there is one) and returns
+/// its directory; keeps the newest `keep`.
 pub fn save<B: Backend>(
     run: &Path,
     state: &TrainerState,
-    model: &Transformer<B>,
-    manifest: &Manifest,
+    model: (&Transformer<B>, &Manifest, Option<TokenizerOf>),
     optimizer: &SavedState,
     keep: usize,
 ) -> Result<PathBuf> {
@@ -215,7 +221,7 @@ pub fn save<B: Backend>(
         io(std::fs::remove_dir_all(&tmp), &tmp)?;
     }
     io(std::fs::create_dir_all(&tmp), &tmp)?;
-    if let Err(e) = write_files(&tmp, state, model, manifest, optimizer) {
+    if let Err(e) = write_files(&tmp, state, model, optimizer) {
         // Free the space and leave nothing half-written; the previous checkpoints are untouched.
         std::fs::remove_dir_all(&tmp).ok();
         return Err(e);
@@ -234,11 +240,13 @@ pub fn save<B: Backend>(
 fn write_files<B: Backend>(
     dir: &Path,
     state: &TrainerState,
-    model: &Transformer<B>,
-    manifest: &Manifest,
+    (model, manifest, tokenizer): (&Transformer<B>, &Manifest, Option<TokenizerOf>),
     optimizer: &SavedState,
 ) -> Result<()> {
     native::save(model, manifest, &dir.join(MODEL))?;
+    if let Some((tokenizer, source)) = tokenizer {
+        tokenizer.save_beside(&dir.join(MODEL), source)?;
+    }
     optimizer.save(&dir.join(OPTIMIZER))?;
     fsync(&dir.join(OPTIMIZER))?;
     let stamped = TrainerState { files: FileDigest::of_dir(dir)?, ..state.clone() };

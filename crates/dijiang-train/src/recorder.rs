@@ -73,6 +73,9 @@ pub struct Recorder<'a> {
     /// The teacher's held-out loss, from the last evaluation that had the teacher (kept in
     /// checkpoints: later evaluations without it report it beside the student's).
     teacher_loss: Option<f64>,
+    /// The teacher's tokenizer, saved beside every checkpoint's model and the exported one (none
+    /// when the teacher's files carry no tokenizer).
+    tokenizer: Option<Tokenizer>,
 }
 
 impl<'a> Recorder<'a> {
@@ -88,7 +91,8 @@ impl<'a> Recorder<'a> {
         bar.set_position(state.step as u64);
         let zero_shot = ZeroShot::new(run.experiment)?;
         let outcome = Outcome::at(state, run.resumed_from);
-        Ok(Self { run, metrics, zero_shot, bar, outcome, teacher_loss: state.teacher_loss })
+        let tokenizer = Tokenizer::for_model(&run.experiment.teacher.path).ok();
+        Ok(Self { run, metrics, zero_shot, bar, outcome, teacher_loss: state.teacher_loss, tokenizer })
     }
 
     /// Evaluates the student at `step` on the held-out windows (against `teacher`, or beside its
@@ -199,7 +203,12 @@ impl<'a> Recorder<'a> {
         }
         let keep = self.run.experiment.checkpoint.keep;
         let state = TrainerState { teacher_loss: self.teacher_loss, ..state.clone() };
-        checkpoint::save(self.run.dir, &state, &inner, &self.run.manifest, optimizer, keep)
+        let model = (&inner, &self.run.manifest, self.tokenizer_of());
+        checkpoint::save(self.run.dir, &state, model, optimizer, keep)
+    }
+
+    fn tokenizer_of(&self) -> Option<checkpoint::TokenizerOf<'_>> {
+        self.tokenizer.as_ref().map(|t| (t, self.run.experiment.teacher.path.as_path()))
     }
 
     /// The end of the run: the exported student (unless interrupted) and `outcome.json`.
@@ -224,9 +233,8 @@ impl<'a> Recorder<'a> {
             let model = student.valid().merged();
             let manifest = Manifest { config: model.config().clone(), ..self.run.manifest.clone() };
             native::save(&model, &manifest, &dir)?;
-            let teacher = &self.run.experiment.teacher.path;
-            if let Ok(tokenizer) = Tokenizer::for_model(teacher) {
-                tokenizer.save_beside(&dir, teacher)?;
+            if let Some((tokenizer, source)) = self.tokenizer_of() {
+                tokenizer.save_beside(&dir, source)?;
             }
             outcome.model = Some(dir);
         }
