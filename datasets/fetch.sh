@@ -39,7 +39,7 @@ case $name in
         from_shared tinystories-fragment.txt
         # One story per line: a blank line after each makes every story a document.
         sed -i G "$tmp/raw/tinystories-fragment.txt" ;;
-    pile) echo "pile: not fetched; pass your own path: just data pile path=/data/pile/train" >&2; exit 1 ;;
+    pile) echo "pile: not fetched; pass your own path: just path=/data/pile/train data pile" >&2; exit 1 ;;
     *) echo "unknown corpus '$name' (see datasets/*.md)" >&2; exit 1 ;;
 esac
 mkdir -p "$here/$name"

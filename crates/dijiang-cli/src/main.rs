@@ -1,8 +1,8 @@
 //! `dijiang`: the command-line front end (train, convert, generate, eval, evaluate, bench).
 //!
-//! The tensor backend is chosen at compile time by cargo features: `ndarray` (CPU, the default),
-//! `wgpu` (Vulkan / Metal / DX12), `cuda`. With several enabled, the fastest wins (cuda > wgpu >
-//! ndarray).
+//! The tensor backend is chosen at compile time by cargo features: `flex` (CPU, the default),
+//! `ndarray` (the earlier CPU backend), `wgpu` (Vulkan / Metal / DX12), `cuda`. With several
+//! enabled, the fastest wins (cuda > wgpu > flex > ndarray).
 
 mod backend;
 mod commands;
