@@ -88,6 +88,33 @@ fn generate_streams_stories() {
     assert!(out["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     let streamed = dijiang(&["generate", "--model", model.to_str().unwrap(), "--max-new-tokens", "30"]);
     assert!(streamed.starts_with(text), "streamed text differs from --json text:\n{streamed}");
+
+    // The repetition penalty: 80 greedy tokens hold 55 distinct ids, with a penalty of 1.3 over
+    // the last 64 tokens more (68 measured); a non-positive penalty is refused before loading.
+    let distinct = |penalty: &str| {
+        let m = model.to_str().unwrap();
+        let out = json(&dijiang(&[
+            "generate",
+            "--model",
+            m,
+            "--max-new-tokens",
+            "80",
+            "--repeat-penalty",
+            penalty,
+            "--json",
+        ]));
+        let ids: std::collections::HashSet<u64> =
+            out["ids"].as_array().unwrap()[1..].iter().map(|v| v.as_u64().unwrap()).collect();
+        ids.len()
+    };
+    let (greedy, penalized) = (distinct("1"), distinct("1.3"));
+    assert!(penalized > greedy + 5, "distinct ids: {greedy} greedy, {penalized} with the penalty");
+    let bad = Command::new(env!("CARGO_BIN_EXE_dijiang"))
+        .args(["generate", "--model", model.to_str().unwrap(), "--repeat-penalty", "0"])
+        .output()
+        .expect("run dijiang");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("--repeat-penalty must be a positive number"), "{stderr}");
 }
 
 #[test]

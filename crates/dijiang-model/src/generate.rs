@@ -1,5 +1,6 @@
 //! Decoding: prefill the prompt, then one token at a time, carrying a KV cache (softmax) or the
-//! recurrent state (DiJiang, constant memory), with greedy, temperature, top-k and top-p sampling.
+//! recurrent state (DiJiang, constant memory), with greedy, temperature, top-k and top-p sampling
+//! and an optional repetition penalty.
 
 use std::time::Instant;
 
@@ -18,12 +19,30 @@ pub struct Sampling {
     /// Keep the smallest set of most likely tokens whose probability reaches p (1: all).
     pub top_p: f64,
     pub seed: u64,
+    /// The repetition penalty of CTRL (arXiv 1909.05858), as HF transformers' and llama.cpp's:
+    /// the logit of every token among the last `repeat_last_n` is divided by it when positive and
+    /// multiplied by it when negative (1: off).
+    pub repeat_penalty: f32,
+    /// How many of the latest tokens (prompt and generated) the penalty looks at (0: all of them).
+    pub repeat_last_n: usize,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, repeat_penalty: 1.0, repeat_last_n: 64 }
     }
+}
+
+/// `logits` with the repetition penalty applied to the tokens of `recent` (each once).
+fn penalize(logits: &[f32], recent: &[u32], penalty: f32) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    let mut seen = std::collections::HashSet::new();
+    for &id in recent {
+        if let Some(l) = out.get_mut(id as usize).filter(|_| seen.insert(id)) {
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
+    }
+    out
 }
 
 /// A seeded sampler.
@@ -39,8 +58,18 @@ impl Sampler {
         Self { config, rng }
     }
 
-    /// The next token id from one position's logits.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// The next token id from one position's logits, after the tokens `previous` (prompt and
+    /// generated so far, oldest first; only the repetition penalty reads them).
+    pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> u32 {
+        let penalized;
+        let logits = if self.config.repeat_penalty == 1.0 {
+            logits
+        } else {
+            let n = self.config.repeat_last_n;
+            let recent = if n == 0 { previous } else { &previous[previous.len().saturating_sub(n)..] };
+            penalized = penalize(logits, recent, self.config.repeat_penalty);
+            &penalized
+        };
         let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
         if self.config.temperature <= 0.0 {
             return argmax();
@@ -129,8 +158,10 @@ pub fn generate<B: Backend>(
 
     let start = Instant::now();
     let mut out = Vec::with_capacity(max_new);
+    let mut previous = prompt.to_vec();
     for step in 0..max_new {
-        let id = sampler.sample(&logits);
+        let id = sampler.sample(&logits, &previous);
+        previous.push(id);
         out.push(id);
         on_token(id);
         if Some(id) == eos || step + 1 == max_new {
@@ -156,9 +187,9 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_and_sampling_respects_top_k() {
         let logits = [0.1, 2.0, -1.0, 1.9];
-        assert_eq!(Sampler::new(Sampling::default()).sample(&logits), 1);
-        let mut s = Sampler::new(Sampling { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 3 });
-        let draws: Vec<u32> = (0..200).map(|_| s.sample(&logits)).collect();
+        assert_eq!(Sampler::new(Sampling::default()).sample(&logits, &[]), 1);
+        let mut s = Sampler::new(Sampling { temperature: 1.0, top_k: 2, seed: 3, ..Sampling::default() });
+        let draws: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
         assert!(draws.iter().all(|d| *d == 1 || *d == 3));
         assert!(draws.contains(&1) && draws.contains(&3));
     }
@@ -166,13 +197,27 @@ mod tests {
     #[test]
     fn top_p_keeps_the_nucleus_and_seeds_repeat() {
         let logits = [5.0, 0.0, 0.0, 0.0];
-        let mut s = Sampler::new(Sampling { temperature: 1.0, top_k: 0, top_p: 0.9, seed: 1 });
-        assert!((0..100).all(|_| s.sample(&logits) == 0));
+        let mut s = Sampler::new(Sampling { temperature: 1.0, top_p: 0.9, seed: 1, ..Sampling::default() });
+        assert!((0..100).all(|_| s.sample(&logits, &[]) == 0));
         let draw = |seed| {
-            let mut s = Sampler::new(Sampling { temperature: 2.0, top_k: 0, top_p: 1.0, seed });
-            (0..50).map(|_| s.sample(&[0.0, 0.1, 0.2, 0.3])).collect::<Vec<_>>()
+            let mut s = Sampler::new(Sampling { temperature: 2.0, seed, ..Sampling::default() });
+            (0..50).map(|_| s.sample(&[0.0, 0.1, 0.2, 0.3], &[])).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn the_repetition_penalty_scales_recent_logits_once() {
+        // Hand-computed: 2.0 / 2 = 1.0 and -1.0 * 2 = -2.0; token 1 appears twice, penalised once.
+        assert_eq!(penalize(&[0.5, 2.0, -1.0, 1.9], &[1, 2, 1], 2.0), vec![0.5, 1.0, -2.0, 1.9]);
+        let greedy = |penalty, last_n, previous: &[u32]| {
+            let config = Sampling { repeat_penalty: penalty, repeat_last_n: last_n, ..Sampling::default() };
+            Sampler::new(config).sample(&[0.5, 2.0, -1.0, 1.9], previous)
+        };
+        assert_eq!(greedy(1.0, 64, &[1]), 1, "1 is off");
+        assert_eq!(greedy(1.3, 64, &[1]), 3, "2.0 / 1.3 < 1.9");
+        assert_eq!(greedy(1.3, 1, &[1, 0]), 1, "token 1 is outside the last 1");
+        assert_eq!(greedy(1.3, 0, &[1, 0, 0, 0]), 3, "0 looks at every token");
     }
 }

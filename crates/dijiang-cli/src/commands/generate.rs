@@ -33,6 +33,14 @@ pub struct Args {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Divide (or, when negative, multiply) the logits of recent tokens by this (1: off; HF's
+    /// `repetition_penalty`, llama.cpp's `--repeat-penalty`). Greedy output with a penalty is no
+    /// longer the model's greedy continuation.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many of the latest tokens the penalty looks at (0: all of them).
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -41,6 +49,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.temperature >= 0.0, "--temperature must be >= 0, got {}", args.temperature);
     anyhow::ensure!(args.top_p > 0.0 && args.top_p <= 1.0, "--top-p must be in (0, 1], got {}", args.top_p);
+    anyhow::ensure!(
+        args.repeat_penalty.is_finite() && args.repeat_penalty > 0.0,
+        "--repeat-penalty must be a positive number (1 is off), got {}",
+        args.repeat_penalty
+    );
     let path = Path::new(&args.model);
     let tokenizer = Tokenizer::for_model(path).with_context(|| format!("finding the tokenizer of {}", args.model))?;
     let mut prompt = tokenizer.encode(&args.prompt)?;
@@ -50,8 +63,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     let device = Default::default();
     let model = load::<Backend>(path, &device).with_context(|| format!("loading {}", args.model))?.model;
-    let mut sampler =
-        Sampler::new(Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed });
+    let mut sampler = Sampler::new(Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+    });
 
     // Stream: decode the prompt and everything generated so far, and print what is new. Pieces are
     // not printed one by one: multi-byte characters can span tokens, and some tokenizers decode a
