@@ -42,6 +42,20 @@ pub enum FeatureMapKind {
     Performer,
 }
 
+/// What a DiJiang feature map reads: the queries and keys after RoPE or before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureInput {
+    /// After RoPE, as the reference: the features of a rotated vector depend on its absolute
+    /// position, so positions past the training length give the map rotations it never saw.
+    #[default]
+    Rotated,
+    /// Before RoPE: the linear part is position-free apart from its decay and causal order (as
+    /// GLA / Mamba-style linear attention); the hybrid's softmax window still reads the rotated
+    /// pair.
+    Unrotated,
+}
+
 /// The per-head decay gamma of a DiJiang kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +131,9 @@ pub struct DiJiangConfig {
     pub features: Option<usize>,
     #[serde(default)]
     pub sampling: ScaleSampling,
+    /// Whether the feature map reads the rotated (the reference) or un-rotated queries and keys.
+    #[serde(default)]
+    pub feature_input: FeatureInput,
     /// Learnable per-feature weights D (init 1) on top of the map; always on for `weighted_exp`.
     #[serde(default)]
     pub feature_weights: bool,
@@ -195,6 +212,7 @@ impl Default for DiJiangConfig {
             performer_features: None,
             features: None,
             sampling: ScaleSampling::default(),
+            feature_input: FeatureInput::Rotated,
             feature_weights: false,
             decay: DecayKind::default(),
             learnable_decay: true,

@@ -30,8 +30,8 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{
-    AttentionKernelConfig, DiJiangConfig, FeatureTraining, GateKind, LinearWeight, LoraConfig, LoraTarget, ModelConfig,
-    OutputNorm,
+    AttentionKernelConfig, DiJiangConfig, FeatureInput, FeatureTraining, GateKind, LinearWeight, LoraConfig,
+    LoraTarget, ModelConfig, OutputNorm,
 };
 pub use dijiang_kernel::cpu;
 pub use error::ModelError;

@@ -4,7 +4,7 @@
 use burn::nn::Embedding;
 use burn::prelude::*;
 
-use crate::attention::{Attention, LayerState};
+use crate::attention::{Attention, Heads, LayerState};
 use crate::config::{AttentionKernelConfig, LoraConfig, ModelConfig};
 use crate::error::ModelError;
 use crate::layers::{Mlp, Norm, Projection, cast_to, embedding, flat_linear, linear};
@@ -51,11 +51,11 @@ impl<B: Backend> Block<B> {
         rows: Option<usize>,
     ) -> (Tensor<B, 3>, LayerTrace<B>) {
         let normed = self.attn_norm.forward(x.clone());
-        let (q, k, v) = self.attn.heads(normed.clone(), rope);
-        let rows = rows.map(|n| self.attn.rows_from_heads(prefix(q.clone(), n), prefix(k.clone(), n)));
-        let attention = self.attn.forward_from_heads(q.clone(), k.clone(), v.clone(), normed.clone());
+        let heads = self.attn.heads(normed.clone(), rope);
+        let rows = rows.map(|n| self.attn.rows_from_heads(heads.prefix(n)));
+        let attention = self.attn.forward_from_heads(heads.clone(), normed.clone());
         let out = self.residual(x.clone(), attention.clone());
-        (out, LayerTrace { input: x, normed, q, k, v, attention, rows })
+        (out, LayerTrace { input: x, normed, heads, attention, rows })
     }
 
     /// The block's output from its input and its attention output (sequential or parallel
@@ -99,11 +99,6 @@ impl<B: Backend> Block<B> {
     pub fn attention(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
         self.attn.forward(self.attn_norm.forward(x), rope)
     }
-}
-
-/// The first `n` positions of heads `[b, h, t, d]`.
-fn prefix<B: Backend>(heads: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
-    heads.narrow(2, 0, n)
 }
 
 /// Every parameter's name and shape in a model of `config`, as [`Transformer::build`] asks for them
@@ -169,12 +164,8 @@ pub struct LayerTrace<B: Backend> {
     pub input: Tensor<B, 3>,
     /// `[b, t, hidden]`: the attention's input (after `attn_norm`).
     pub normed: Tensor<B, 3>,
-    /// `[b, h_q, t, d]`: the rotated queries.
-    pub q: Tensor<B, 4>,
-    /// `[b, h_kv, t, d]`: the rotated keys.
-    pub k: Tensor<B, 4>,
-    /// `[b, h_kv, t, d]`: the values.
-    pub v: Tensor<B, 4>,
+    /// The attention's heads (rotated and un-rotated queries and keys, values).
+    pub heads: Heads<B>,
     /// `[b, t, hidden]`: the attention output (after `o`).
     pub attention: Tensor<B, 3>,
     /// `[b, h_q, n, n]`: the attention rows of the first `n` positions, when traced with them.
@@ -384,8 +375,7 @@ impl<B: Backend> Transformer<B> {
     /// - the trace's tensors as in [`LayerTrace`] -> `[b, t, hidden]`
     pub fn layer_attention_on(&self, layer: usize, trace: &LayerTrace<B>, shared_heads: bool) -> Tensor<B, 3> {
         if shared_heads {
-            let (q, k, v) = (trace.q.clone(), trace.k.clone(), trace.v.clone());
-            self.layers[layer].attn.forward_from_heads(q, k, v, trace.normed.clone())
+            self.layers[layer].attn.forward_from_heads(trace.heads.clone(), trace.normed.clone())
         } else {
             self.layer_attention(layer, trace.input.clone())
         }
@@ -398,7 +388,7 @@ impl<B: Backend> Transformer<B> {
     /// - the trace's tensors as in [`LayerTrace`] -> `[b, h_q, n, n]`
     pub fn layer_rows_on(&self, layer: usize, trace: &LayerTrace<B>, shared_heads: bool, n: usize) -> Tensor<B, 4> {
         if shared_heads {
-            self.layers[layer].attn.rows_from_heads(prefix(trace.q.clone(), n), prefix(trace.k.clone(), n))
+            self.layers[layer].attn.rows_from_heads(trace.heads.prefix(n))
         } else {
             self.layer_rows(layer, trace.input.clone().narrow(1, 0, n))
         }

@@ -274,6 +274,7 @@ fn options_and_calibrated_decays_survive_the_saved_format() {
         linear_weight: calibrated,
         ..configs[0].clone()
     });
+    configs.push(DiJiangConfig { feature_input: dijiang_model::FeatureInput::Unrotated, ..Default::default() });
     for (i, dijiang) in configs.into_iter().enumerate() {
         let student = if dijiang_model::convert::is_calibrated(&dijiang) {
             convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &ids, &device).unwrap()
@@ -325,6 +326,44 @@ fn calibrated_decays_are_deterministic_in_range_and_need_tokens() {
         assert!(layer.iter().zip(&reference).any(|(a, b)| (a - b).abs() > 1e-3), "{layer:?} is the reference's");
     }
     assert!(convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang, &ids[..1], &device).is_err());
+}
+
+#[test]
+fn unrotated_features_make_the_linear_part_position_free() {
+    use dijiang_model::FeatureInput::{Rotated, Unrotated};
+    use dijiang_model::rope::Rope;
+    let device = Default::default();
+    let normalized = DiJiangConfig { normalize: true, chunk_len: 4, ..Default::default() };
+    let hybrid = DiJiangConfig { window: 3, ..normalized.clone() };
+    // One block's attention (output and rows) on the same input at positions 0..12 and
+    // 1000..1012. RoPE's scores depend on relative positions only, so the hybrid's window is
+    // shift-invariant up to rounding; a feature map of rotated vectors is not.
+    for (dijiang, free) in [
+        (DiJiangConfig { feature_input: Rotated, chunk_len: 4, ..Default::default() }, false),
+        (DiJiangConfig { feature_input: Unrotated, chunk_len: 4, ..Default::default() }, true),
+        (DiJiangConfig { feature_input: Unrotated, ..normalized }, true),
+        (DiJiangConfig { feature_input: Rotated, ..hybrid.clone() }, false),
+        (DiJiangConfig { feature_input: Unrotated, ..hybrid }, true),
+    ] {
+        let model = convert::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &device).unwrap().model;
+        let hidden = model.config().hidden_size;
+        let values: Vec<f32> = (0..12 * hidden).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Tensor::<B, 3>::from_data(TensorData::new(values, [1, 12, hidden]), &device);
+        let attn = &model.layers[0].attn;
+        let at = |start: usize| {
+            let rope = Rope::new(model.config(), start, 12, &device);
+            let out = attn.forward(x.clone(), &rope).into_data().to_vec::<f32>().unwrap();
+            (out, attn.rows(x.clone(), &rope).into_data().to_vec::<f32>().unwrap())
+        };
+        let ((o0, r0), (o1, r1)) = (at(0), at(1000));
+        let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let (d_out, d_rows) = (max_diff(&o0, &o1), max_diff(&r0, &r1));
+        if free {
+            assert!(d_out < 1e-4 && d_rows < 1e-4, "{dijiang:?}: moved by {d_out:e} / {d_rows:e}");
+        } else {
+            assert!(d_out > 1e-3 && d_rows > 1e-4, "{dijiang:?}: moved by only {d_out:e} / {d_rows:e}");
+        }
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use support::{fixture, shared, smollm2_gguf};
 use std::path::Path;
 
 use burn::prelude::*;
-use dijiang_model::config::{AttentionKernelConfig, DecayKind, GateKind, LinearWeight, OutputNorm};
+use dijiang_model::config::{AttentionKernelConfig, DecayKind, FeatureInput, GateKind, LinearWeight, OutputNorm};
 use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
 use dijiang_model::cpu::Cpu;
 use dijiang_model::generate::{Sampler, Sampling, generate};
@@ -113,6 +113,10 @@ fn options() -> Vec<(String, DiJiangConfig)> {
         ..pass_through
     };
     options.push(("hybrid W=5, calibrated decay and linear weight".into(), calibrated));
+    let unrotated = FeatureInput::Unrotated;
+    options.push(("un-rotated features".into(), DiJiangConfig { feature_input: unrotated, ..base }));
+    let hybrid = DiJiangConfig { window: 5, feature_input: unrotated, ..normalized.clone() };
+    options.push(("hybrid W=5, un-rotated features".into(), hybrid));
     options.push(("hybrid W=5, reference gate and group norm".into(), DiJiangConfig { window: 5, ..normalized }));
     options
 }

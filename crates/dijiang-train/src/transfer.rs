@@ -62,9 +62,7 @@ pub fn lift<B: AutodiffBackend>(trace: &LayerTrace<B::InnerBackend>) -> LayerTra
     LayerTrace {
         input: Tensor::from_inner(trace.input.clone()),
         normed: Tensor::from_inner(trace.normed.clone()),
-        q: Tensor::from_inner(trace.q.clone()),
-        k: Tensor::from_inner(trace.k.clone()),
-        v: Tensor::from_inner(trace.v.clone()),
+        heads: trace.heads.clone().map(Tensor::from_inner),
         attention: Tensor::from_inner(trace.attention.clone()),
         rows: trace.rows.clone().map(Tensor::from_inner),
     }

@@ -17,7 +17,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use dijiang_data::dataset::LmBatch;
-use dijiang_model::config::{Architecture, GateKind, OutputNorm};
+use dijiang_model::config::{Architecture, FeatureInput, GateKind, OutputNorm};
 use dijiang_model::config::{LoraConfig, LoraTarget};
 use dijiang_model::convert::{convert, is_kernel_param};
 use dijiang_model::cpu::Cpu;
@@ -187,7 +187,9 @@ fn reference() -> DiJiangConfig {
 fn streamed_transfer_equals_the_one_graph_loss() {
     for arch in [Architecture::Llama, Architecture::GptNeox] {
         let (dir, teacher) = teacher_dir("streamed", arch);
-        for dj in [reference(), hybrid()] {
+        // The hybrid of un-rotated features: the trace's un-rotated heads reach the feature map.
+        let unrotated = DiJiangConfig { feature_input: FeatureInput::Unrotated, ..hybrid() };
+        for dj in [reference(), hybrid(), unrotated] {
             // Only the new parameters train: the student's heads are the teacher's.
             let kernel = student(&dir, dj.clone(), is_kernel_param);
             assert!(shares_heads(&kernel, &teacher), "{arch:?}: a fresh student with frozen projections shares heads");

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use dijiang_kernel::qmc::ScaleSampling;
 use dijiang_model::DiJiangConfig;
-use dijiang_model::config::{DecayKind, FeatureMapKind, FeatureTraining, GateKind, LinearWeight, OutputNorm};
+use dijiang_model::config::{
+    DecayKind, FeatureInput, FeatureMapKind, FeatureTraining, GateKind, LinearWeight, OutputNorm,
+};
 use dijiang_model::convert::{convert, convert_calibrated, is_calibrated};
 use dijiang_model::import::native::{Manifest, save};
 use dijiang_model::tokenizer::Tokenizer;
@@ -27,6 +29,10 @@ pub struct Args {
     /// Feature map: reference (softmax of x C T), weighted-exp (the paper's D * exp(T C x)), performer.
     #[arg(long, default_value = "reference")]
     feature_map: String,
+    /// What the feature map reads: rotated (queries and keys after RoPE, the reference) or
+    /// unrotated (before it: the linear part is position-free apart from its decay).
+    #[arg(long, default_value = "rotated")]
+    feature_input: String,
     /// Draw the scales by Monte Carlo (the reference code) instead of quasi-Monte Carlo.
     #[arg(long)]
     mc: bool,
@@ -143,11 +149,17 @@ fn dijiang_config(args: &Args) -> Result<DiJiangConfig> {
         "mlp" => FeatureTraining::Mlp,
         other => anyhow::bail!("--feature-training `{other}`: expected frozen, scales, projection or mlp"),
     };
+    let feature_input = match args.feature_input.as_str() {
+        "rotated" => FeatureInput::Rotated,
+        "unrotated" => FeatureInput::Unrotated,
+        other => anyhow::bail!("--feature-input `{other}`: expected rotated or unrotated"),
+    };
     let (gate, output_norm) = output_options(args)?;
     let (decay, linear_weight) = calibratable(args)?;
     Ok(DiJiangConfig {
         feature_training,
         feature_map,
+        feature_input,
         sampling: if args.mc { ScaleSampling::Mc { seed: args.seed } } else { ScaleSampling::Qmc { shift_seed: None } },
         feature_weights: args.feature_weights,
         decay,

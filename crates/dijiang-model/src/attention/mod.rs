@@ -74,6 +74,42 @@ impl<B: Backend> LayerState<B> {
     }
 }
 
+/// One block's heads as the kernels read them.
+#[derive(Debug, Clone)]
+pub struct Heads<B: Backend> {
+    /// `[b, h_q, t, d]`: the rotated queries.
+    pub q: Tensor<B, 4>,
+    /// `[b, h_kv, t, d]`: the rotated keys.
+    pub k: Tensor<B, 4>,
+    /// `[b, h_kv, t, d]`: the values.
+    pub v: Tensor<B, 4>,
+    /// `[b, h_q, t, d]`: the queries before RoPE (what a DiJiang feature map of
+    /// [`crate::FeatureInput::Unrotated`] reads). Kept beside the rotated pair rather than
+    /// computed on demand: they exist anyway before the rotation, and a teacher's trace must carry
+    /// them for a student that reads them.
+    pub q_unrotated: Tensor<B, 4>,
+    /// `[b, h_kv, t, d]`: the keys before RoPE.
+    pub k_unrotated: Tensor<B, 4>,
+}
+
+impl<B: Backend> Heads<B> {
+    /// Every tensor through `f` (e.g. onto another backend).
+    pub fn map<C: Backend>(self, f: impl Fn(Tensor<B, 4>) -> Tensor<C, 4>) -> Heads<C> {
+        Heads {
+            q: f(self.q),
+            k: f(self.k),
+            v: f(self.v),
+            q_unrotated: f(self.q_unrotated),
+            k_unrotated: f(self.k_unrotated),
+        }
+    }
+
+    /// The first `n` positions.
+    pub fn prefix(&self, n: usize) -> Self {
+        self.clone().map(|x| x.narrow(2, 0, n))
+    }
+}
+
 /// Multi-head (grouped-query) self-attention with rotary embeddings.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -141,19 +177,23 @@ impl<B: Backend> Attention<B> {
         Self { q: self.q.merged(), k: self.k.merged(), v: self.v.merged(), o: self.o.merged(), ..self }
     }
 
-    /// Queries and keys (rotated) and values, per head.
+    /// Queries and keys (rotated and not) and values, per head.
     ///
     /// # Shapes
     /// - x: `[b, t, hidden]` -> q `[b, h_q, t, d]`, k / v `[b, h_kv, t, d]`
-    pub fn heads(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn heads(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Heads<B> {
         let [b, t, _] = x.dims();
         let d = self.head_dim;
         // [b, t, heads*d] -> [b, heads, t, d]
         let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = split(apply_rope(flat_linear(&self.q, x.clone()), self.num_heads, rope), self.num_heads);
-        let k = split(apply_rope(flat_linear(&self.k, x.clone()), self.num_kv_heads, rope), self.num_kv_heads);
-        let v = split(flat_linear(&self.v, x), self.num_kv_heads);
-        (q, k, v)
+        let (q, k) = (flat_linear(&self.q, x.clone()), flat_linear(&self.k, x.clone()));
+        Heads {
+            q: split(apply_rope(q.clone(), self.num_heads, rope), self.num_heads),
+            k: split(apply_rope(k.clone(), self.num_kv_heads, rope), self.num_kv_heads),
+            v: split(flat_linear(&self.v, x), self.num_kv_heads),
+            q_unrotated: split(q, self.num_heads),
+            k_unrotated: split(k, self.num_kv_heads),
+        }
     }
 
     /// The attention rows of a whole sequence (the quadratic form, for diagnostics and attention
@@ -163,18 +203,17 @@ impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - x: `[b, t, hidden]`, rope: `t` positions ([`Rope`]) -> `[b, h_q, t, t]`
     pub fn rows(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 4> {
-        let (q, k, _) = self.heads(x, rope);
-        self.rows_from_heads(q, k)
+        self.rows_from_heads(self.heads(x, rope))
     }
 
-    /// [`Attention::rows`] from the rotated queries and keys ([`Attention::heads`]).
+    /// [`Attention::rows`] from the heads ([`Attention::heads`]).
     ///
     /// # Shapes
-    /// - q: `[b, h_q, t, d]`, k: `[b, h_kv, t, d]` -> `[b, h_q, t, t]`
-    pub fn rows_from_heads(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// - heads of `t` positions -> `[b, h_q, t, t]`
+    pub fn rows_from_heads(&self, heads: Heads<B>) -> Tensor<B, 4> {
         match &self.kernel {
-            AttentionKernel::Softmax(kernel) => kernel.rows(q, k),
-            AttentionKernel::DiJiang(kernel) => kernel.rows(q, k),
+            AttentionKernel::Softmax(kernel) => kernel.rows(heads.q, heads.k),
+            AttentionKernel::DiJiang(kernel) => kernel.rows(heads),
         }
     }
 
@@ -183,15 +222,9 @@ impl<B: Backend> Attention<B> {
     /// runs a student whose projections are its teacher's from the teacher's heads.
     ///
     /// # Shapes
-    /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]`, x: `[b, t, hidden]` -> `[b, t, hidden]`
-    pub fn forward_from_heads(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        x: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
-        self.mix(q, k, v, x, &mut None)
+    /// - heads of `t` positions, x: `[b, t, hidden]` -> `[b, t, hidden]`
+    pub fn forward_from_heads(&self, heads: Heads<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.mix(heads, x, &mut None)
     }
 
     /// A whole sequence from scratch.
@@ -208,21 +241,14 @@ impl<B: Backend> Attention<B> {
     /// # Shapes
     /// - x: `[b, t, hidden]`, rope: `t` positions ([`Rope`]) -> `[b, t, hidden]`
     pub fn forward_cached(&self, x: Tensor<B, 3>, rope: &Rope<B>, state: &mut Option<LayerState<B>>) -> Tensor<B, 3> {
-        let (q, k, v) = self.heads(x.clone(), rope);
-        self.mix(q, k, v, x, state)
+        self.mix(self.heads(x.clone(), rope), x, state)
     }
 
     /// The kernel on the heads, continuing `state`, then the output projection.
-    fn mix(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        x: Tensor<B, 3>,
-        state: &mut Option<LayerState<B>>,
-    ) -> Tensor<B, 3> {
+    fn mix(&self, heads: Heads<B>, x: Tensor<B, 3>, state: &mut Option<LayerState<B>>) -> Tensor<B, 3> {
         let merged = match &self.kernel {
             AttentionKernel::Softmax(kernel) => {
+                let Heads { q, k, v, .. } = heads;
                 let (k, v) = match state.take() {
                     Some(LayerState::Kv { k: past_k, v: past_v }) => {
                         (Tensor::cat(vec![past_k, k], 2), Tensor::cat(vec![past_v, v], 2))
@@ -233,7 +259,7 @@ impl<B: Backend> Attention<B> {
                 kernel.forward(q, k, v)
             }
             AttentionKernel::DiJiang(kernel) => {
-                let (out, next) = kernel.forward_cached(q, k, v, x, state.take());
+                let (out, next) = kernel.forward_cached(heads, x, state.take());
                 *state = Some(next);
                 out
             }

@@ -78,7 +78,7 @@ pub fn rows_and_values<B: Backend>(
     let config = model.config();
     let rope = Rope::new(config, 0, t, &x.device());
     let x = block.attn_norm.forward(x);
-    let (_, _, v) = block.attn.heads(x.clone(), &rope);
+    let v = block.attn.heads(x.clone(), &rope).v;
     let groups = config.num_heads / config.num_kv_heads;
     (block.attn.rows(x, &rope), repeat_kv(v, groups))
 }

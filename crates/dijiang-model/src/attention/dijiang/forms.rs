@@ -10,7 +10,7 @@ use dijiang_kernel::linear_attention::{
 };
 
 use super::DiJiangKernel;
-use crate::attention::{LayerState, merge_heads};
+use crate::attention::{Heads, LayerState, merge_heads};
 
 /// Epsilon of the normalised form's denominator: negligible against the smallest row sums of the
 /// reference map (whose features lie on the simplex, so scores are near `1/m`), large enough that
@@ -23,33 +23,26 @@ impl<B: Backend> DiJiangKernel<B> {
     /// state after the last position (`Recurrent` for pure DiJiang, `Window` for the hybrid).
     ///
     /// # Shapes
-    /// - q: `[b, h_q, t, d]`, k / v: `[b, h_kv, t, d]`, x (the block's input): `[b, t, hidden]`
+    /// - heads of `t` positions ([`Heads`]), x (the block's input): `[b, t, hidden]`
     /// - output: `[b, t, h_q*d]`
     pub fn forward_cached(
         &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
+        heads: Heads<B>,
         x: Tensor<B, 3>,
         state: Option<LayerState<B>>,
     ) -> (Tensor<B, 3>, LayerState<B>) {
-        let (o, state) = if self.window > 0 { self.hybrid(q, k, v, state) } else { self.linear(q, k, v, state) };
+        let (o, state) = if self.window > 0 { self.hybrid(heads, state) } else { self.linear(heads, state) };
         (self.output(merge_heads(o), x), state)
     }
 
     /// Pure DiJiang; the state is `S` `[b, h_q, m, d_v]`, or `[S | z]` `[b, h_q, m, d_v + 1]`
     /// normalised.
-    fn linear(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        state: Option<LayerState<B>>,
-    ) -> (Tensor<B, 4>, LayerState<B>) {
-        let [b, hq, t, _] = q.dims();
-        let [_, _, _, dv] = v.dims();
+    fn linear(&self, heads: Heads<B>, state: Option<LayerState<B>>) -> (Tensor<B, 4>, LayerState<B>) {
+        let [b, hq, t, _] = heads.q.dims();
+        let [_, _, _, dv] = heads.v.dims();
         let m = self.proj.dims()[1];
-        let (q, k) = (self.features(q), self.features(k));
+        let (q, k) = self.head_features(&heads);
+        let v = heads.v;
         let past = match state {
             Some(LayerState::Recurrent(s)) => Some(s),
             _ => None,
@@ -72,16 +65,13 @@ impl<B: Backend> DiJiangKernel<B> {
     }
 
     /// The sliding-window hybrid; the state is the linear state beside the window's ring buffer.
-    fn hybrid(
-        &self,
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-        state: Option<LayerState<B>>,
-    ) -> (Tensor<B, 4>, LayerState<B>) {
-        let t = q.dims()[2];
-        let phi_q = self.linear_queries(q.clone());
-        let x = HybridInputs { q, phi_k: self.features(k.clone()), k, phi_q, v, log_decay: self.log_decay() };
+    /// The window reads the rotated queries and keys whatever the feature map reads.
+    fn hybrid(&self, heads: Heads<B>, state: Option<LayerState<B>>) -> (Tensor<B, 4>, LayerState<B>) {
+        let t = heads.q.dims()[2];
+        let (phi_q, phi_k) = self.head_features(&heads);
+        let phi_q = self.weighted_linear(phi_q);
+        let Heads { q, k, v, .. } = heads;
+        let x = HybridInputs { q, phi_k, k, phi_q, v, log_decay: self.log_decay() };
         let state = match state {
             Some(LayerState::Window(s)) => s,
             _ => WindowState::empty(&x, self.window),
@@ -93,11 +83,11 @@ impl<B: Backend> DiJiangKernel<B> {
     /// The hybrid's `phi(q)` with the linear part's per-head weight folded in.
     ///
     /// # Shapes
-    /// - q: `[b, h_q, t, d]` -> `[b, h_q, t, m]`
-    fn linear_queries(&self, q: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// - phi_q: `[b, h_q, t, m]` -> `[b, h_q, t, m]`
+    fn weighted_linear(&self, phi_q: Tensor<B, 4>) -> Tensor<B, 4> {
         let weight = self.log_linear_weight.as_ref().expect("a window has its linear weight").val().exp();
         let [h] = weight.dims();
-        self.features(q) * weight.reshape([1, h, 1, 1])
+        phi_q * weight.reshape([1, h, 1, 1])
     }
 
     /// The attention rows of a whole sequence in the quadratic form: the un-normalised weights
@@ -105,18 +95,18 @@ impl<B: Backend> DiJiangKernel<B> {
     /// sums to compare them with softmax rows), or the normalised / hybrid rows (summing to 1).
     ///
     /// # Shapes
-    /// - q: `[b, h_q, t, d]`, k: `[b, h_kv, t, d]` -> `[b, h_q, t, t]`
-    pub fn rows(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, hq, t, _] = q.dims();
-        let groups = hq / k.dims()[1];
+    /// - heads of `t` positions ([`Heads`]) -> `[b, h_q, t, t]`
+    pub fn rows(&self, heads: Heads<B>) -> Tensor<B, 4> {
+        let [_, hq, t, _] = heads.q.dims();
+        let groups = hq / heads.k.dims()[1];
+        let (phi_q, phi_k) = self.head_features(&heads);
         if self.window > 0 {
-            let phi_q = self.linear_queries(q.clone());
-            return hybrid_rows(q, k.clone(), phi_q, self.features(k), self.log_decay(), self.window);
+            let phi_q = self.weighted_linear(phi_q);
+            return hybrid_rows(heads.q, heads.k, phi_q, phi_k, self.log_decay(), self.window);
         }
         if self.normalize {
-            return normalized_rows(self.features(q), self.features(k), self.log_decay(), NORMALIZER_EPS);
+            return normalized_rows(phi_q, phi_k, self.log_decay(), NORMALIZER_EPS);
         }
-        let phi_k = repeat_kv(self.features(k), groups);
-        self.features(q).matmul(phi_k.swap_dims(2, 3)) * decay_matrix(self.log_decay(), t)
+        phi_q.matmul(repeat_kv(phi_k, groups).swap_dims(2, 3)) * decay_matrix(self.log_decay(), t)
     }
 }

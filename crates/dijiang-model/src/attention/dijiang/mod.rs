@@ -25,7 +25,8 @@ use dijiang_kernel::feature_map::{
     weighted_exp_features,
 };
 
-use crate::config::{DecayKind, DiJiangConfig, FeatureMapKind, FeatureTraining, GateKind, ModelConfig};
+use crate::attention::Heads;
+use crate::config::{DecayKind, DiJiangConfig, FeatureInput, FeatureMapKind, FeatureTraining, GateKind, ModelConfig};
 use crate::weights::{Init, WeightSource};
 
 /// The reference's per-head decays `ln(gamma_h)` for `h` heads.
@@ -66,6 +67,8 @@ pub struct DiJiangKernel<B: Backend> {
     pub log_linear_weight: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     feature_map: FeatureMapKind,
+    #[module(skip)]
+    feature_input: FeatureInput,
     #[module(skip)]
     chunk_len: usize,
     #[module(skip)]
@@ -127,6 +130,7 @@ impl<B: Backend> DiJiangKernel<B> {
             group_norm: output::build_group_norm(src, name, d, width, dj.output_norm),
             log_linear_weight,
             feature_map: dj.feature_map,
+            feature_input: dj.feature_input,
             chunk_len: dj.chunk_len,
             gate_kind: dj.gate,
             normalize: dj.normalize,
@@ -191,6 +195,18 @@ impl<B: Backend> DiJiangKernel<B> {
             }
             None => phi,
         }
+    }
+
+    /// phi(q) and phi(k) of `heads`: of the rotated or un-rotated pair ([`FeatureInput`]).
+    ///
+    /// # Shapes
+    /// - heads: q `[b, h_q, t, d]`, k `[b, h_kv, t, d]` -> `[b, h_q, t, m]`, `[b, h_kv, t, m]`
+    pub fn head_features(&self, heads: &Heads<B>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let (q, k) = match self.feature_input {
+            FeatureInput::Rotated => (&heads.q, &heads.k),
+            FeatureInput::Unrotated => (&heads.q_unrotated, &heads.k_unrotated),
+        };
+        (self.features(q.clone()), self.features(k.clone()))
     }
 
     /// `ln(gamma)` per query head, clamped to `<= ln(1 - 1/max_horizon)` (`<= 0` without a
