@@ -56,6 +56,12 @@ pub enum FeatureInput {
     Unrotated,
 }
 
+impl FeatureInput {
+    fn is_rotated(&self) -> bool {
+        *self == FeatureInput::Rotated
+    }
+}
+
 /// The per-head decay gamma of a DiJiang kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,7 +138,8 @@ pub struct DiJiangConfig {
     #[serde(default)]
     pub sampling: ScaleSampling,
     /// Whether the feature map reads the rotated (the reference) or un-rotated queries and keys.
-    #[serde(default)]
+    /// Left out of saved configs when rotated, so that they read as before the option existed.
+    #[serde(default, skip_serializing_if = "FeatureInput::is_rotated")]
     pub feature_input: FeatureInput,
     /// Learnable per-feature weights D (init 1) on top of the map; always on for `weighted_exp`.
     #[serde(default)]

@@ -280,14 +280,14 @@ fn attention_per_token(config: &ModelConfig, experiment: &Experiment) -> u64 {
     3 * h + 2 * kv + heads * (7 * m + 5 * c + 5 * w)
 }
 
-/// A teacher's layer trace per token (input, normed input, q, k, v, attention output; the rows
-/// when the loss reads them).
+/// A teacher's layer trace per token (input, normed input, q and k after and before RoPE, v,
+/// attention output; the rows when the loss reads them).
 fn trace_per_token(config: &ModelConfig, stage: &Stage, block_size: usize) -> u64 {
     let h = config.hidden_size as u64;
     let kv = (config.num_kv_heads * config.head_dim) as u64;
     // `[heads, n, n]` per sequence for the rows of the first n positions: `heads x n^2 / t` per token.
     let rows = stage.loss.teacher_rows(block_size).map_or(0, |n| (config.num_heads * n * n / block_size) as u64);
-    4 * h + 2 * kv + rows
+    5 * h + 3 * kv + rows
 }
 
 /// The logits' tensors per token: the student's logits, log-softmax and their gradients; the

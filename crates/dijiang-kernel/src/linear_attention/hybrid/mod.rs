@@ -7,7 +7,8 @@
 //!      / (sum_{J_w} exp(s_nj - M_n)     + sum_{J_l} gamma^(n-j) (phi(q_n) . phi(k_j)))`,
 //!
 //! with `s_nj = q_n . k_j / sqrt(d)` on the raw (rotated) queries and keys and
-//! `M_n = max_{j in J_w} s_nj`.
+//! `M_n = max_{j in J_w} s_nj`. The features are the caller's: of the same rotated vectors (the
+//! reference order) or of the vectors before RoPE.
 //!
 //! Numerics (the choice, as LoLCATs makes it): the window scores are shifted by their own row
 //! maximum, and the linear scores are *not* scaled by `exp(-M_n)`. So the window's largest weight
@@ -45,7 +46,7 @@ use super::{check_shapes, per_head};
 /// The inputs of one hybrid attention call (positions `seen..seen + t` after a state).
 #[derive(Debug, Clone)]
 pub struct HybridInputs<B: Backend> {
-    /// Queries as the softmax sees them (after RoPE, before the feature map): `[b, h_q, t, d]`.
+    /// Queries as the softmax sees them (after RoPE): `[b, h_q, t, d]`.
     pub q: Tensor<B, 4>,
     /// Keys as the softmax sees them: `[b, h_kv, t, d]`.
     pub k: Tensor<B, 4>,

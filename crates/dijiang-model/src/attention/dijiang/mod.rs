@@ -9,7 +9,9 @@
 //! - the reference: no normaliser, GroupNorm with `num_groups = head_dim` over the merged heads (its
 //!   quirk: groups of H consecutive channels), the swish gate `silu(x W_G)`;
 //! - options (`DiJiangConfig`): the normalised form (`normalize`), the sliding-window hybrid
-//!   (`window`, [`forms`]), no or an identity-at-init gate and no GroupNorm ([`output`]).
+//!   (`window`, [`forms`]), no or an identity-at-init gate and no GroupNorm ([`output`]), a bound
+//!   on the decay's horizon (`max_horizon`), features of the queries and keys before RoPE
+//!   (`feature_input`).
 
 mod forms;
 mod output;
