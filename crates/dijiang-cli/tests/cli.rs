@@ -76,6 +76,31 @@ fn eval_reproduces_stories260k_perplexity() {
     assert_eq!((windowed["windows"].as_u64(), windowed["tokens"].as_u64()), (Some(4), Some(256)));
     let nll = windowed["nll"].as_f64().unwrap();
     assert!(nll.is_finite() && nll > out["nll"].as_f64().unwrap(), "short contexts predict worse: {nll}");
+
+    // By position: each window predicts 63 tokens, in buckets 0-15, 16-31, 32-47, 48-62; their
+    // token-weighted mean is the windows' NLL.
+    let args = ["eval", "--model", m, "--text", t, "--max-tokens", "256", "--window", "64", "--json"];
+    let by = json(&dijiang(&[&args[..], &["--positions", "16"]].concat()));
+    let buckets = by["by_position"].as_array().unwrap();
+    let spans: Vec<(u64, u64)> =
+        buckets.iter().map(|b| (b["from"].as_u64().unwrap(), b["to"].as_u64().unwrap())).collect();
+    assert_eq!(spans, [(0, 15), (16, 31), (32, 47), (48, 62)]);
+    let bucket_nll = |i: usize| buckets[i]["nll"].as_f64().unwrap();
+    let weighted = (0..4).map(|i| bucket_nll(i) * (spans[i].1 - spans[i].0 + 1) as f64).sum::<f64>() / 63.0;
+    let by_nll = by["nll"].as_f64().unwrap();
+    assert!((weighted - by_nll).abs() < 1e-9 && (by_nll - nll).abs() < 1e-5, "{weighted} {by_nll} {nll}");
+    // The model is causal: the first window's positions 0-31 score as a sequence of 33 tokens.
+    let first = ["eval", "--model", m, "--text", t, "--window", "64", "--positions", "32", "--json"];
+    let first = json(&dijiang(&[&first[..], &["--max-tokens", "64"]].concat()));
+    let alone = json(&dijiang(&["eval", "--model", m, "--text", t, "--max-tokens", "33", "--json"]));
+    let (head, alone) = (first["by_position"][0]["nll"].as_f64().unwrap(), alone["nll"].as_f64().unwrap());
+    assert!((head - alone).abs() < 1e-4, "positions 0-31 of a 64-token window {head}, the 33 tokens alone {alone}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_dijiang"))
+        .args([&args[..], &["--positions", "0"]].concat())
+        .output()
+        .expect("run dijiang");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("a bucket must hold at least one position"), "{stderr}");
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! `dijiang eval --model <model> --text <file> | --data <prepared dir>`: mean next-token NLL and
 //! perplexity on a text or a prepared dataset's validation split, as one sequence or as
 //! consecutive windows of `--window` tokens, each read from an empty context (so that windows of
-//! 1,024 and 4,096 tokens show how the model uses long contexts).
+//! 1,024 and 4,096 tokens show how the model uses long contexts); `--positions N` adds the mean
+//! NLL of every N positions of the windows (where in a long window the loss rises).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use dijiang_data::dataset::{Split, TokenStream};
 use dijiang_data::manifest::Manifest;
-use dijiang_model::eval::mean_nll;
+use dijiang_model::eval::{mean_nll, token_nll};
 use dijiang_model::import::load;
 use dijiang_model::tokenizer::Tokenizer;
 use indicatif::ProgressBar;
@@ -33,8 +34,42 @@ pub struct Args {
     /// window is dropped); default: all tokens as one sequence.
     #[arg(long)]
     window: Option<usize>,
+    /// Also report the mean NLL of positions 0..N, N..2N, ... of the windows (averaged over
+    /// windows; a window of W tokens predicts from positions 0..W-1): how the loss changes with
+    /// the context a position has.
+    #[arg(long)]
+    positions: Option<usize>,
     #[arg(long)]
     json: bool,
+}
+
+/// Sums of per-token losses in consecutive buckets of positions.
+struct ByPosition {
+    width: usize,
+    predicted: usize,
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+impl ByPosition {
+    fn new(width: usize, predicted: usize) -> Self {
+        let buckets = predicted.div_ceil(width);
+        Self { width, predicted, sums: vec![0.0; buckets], counts: vec![0; buckets] }
+    }
+
+    fn add(&mut self, losses: &[f64]) {
+        for (i, loss) in losses.iter().enumerate() {
+            self.sums[i / self.width] += loss;
+            self.counts[i / self.width] += 1;
+        }
+    }
+
+    /// `(first position, last position, mean NLL)` of every bucket.
+    fn means(&self) -> Vec<(usize, usize, f64)> {
+        (self.sums.iter().zip(&self.counts).enumerate())
+            .map(|(b, (sum, &n))| (b * self.width, ((b + 1) * self.width).min(self.predicted) - 1, sum / n as f64))
+            .collect()
+    }
 }
 
 /// The first `max` tokens of `text`, tokenising only as much of it as needed: a prefix of at least
@@ -79,26 +114,43 @@ pub fn run(args: Args) -> Result<()> {
         "{} token(s): not one window of {window}; perplexity needs at least 2",
         ids.len()
     );
+    anyhow::ensure!(args.positions != Some(0), "--positions 0: a bucket must hold at least one position");
     let model = load::<Backend>(path, &Default::default()).with_context(|| format!("loading {}", args.model))?.model;
     let bar = ProgressBar::new(windows.len() as u64);
     let mut total = 0.0;
+    let mut by_position = args.positions.map(|width| ByPosition::new(width, window - 1));
     for w in &windows {
-        total += mean_nll(&model, w);
+        total += match &mut by_position {
+            Some(buckets) => {
+                let losses = token_nll(&model, w);
+                buckets.add(&losses);
+                losses.iter().sum::<f64>() / losses.len() as f64
+            }
+            None => mean_nll(&model, w),
+        };
         bar.inc(1);
     }
     bar.finish_and_clear();
     // Every window predicts `window - 1` tokens: the mean over windows is the mean over tokens.
     let nll = total / windows.len() as f64;
     let tokens = windows.len() * window;
+    let buckets = by_position.map(|b| b.means()).unwrap_or_default();
     if args.json {
-        println!(
-            "{}",
-            json!({"nll": nll, "perplexity": nll.exp(), "tokens": tokens, "window": window, "windows": windows.len()})
-        );
+        let by_position: Vec<_> =
+            buckets.iter().map(|&(from, to, nll)| json!({"from": from, "to": to, "nll": nll})).collect();
+        let mut report =
+            json!({"nll": nll, "perplexity": nll.exp(), "tokens": tokens, "window": window, "windows": windows.len()});
+        if !by_position.is_empty() {
+            report["by_position"] = by_position.into();
+        }
+        println!("{report}");
     } else {
         println!("tokens      {tokens} ({} window(s) of {window})", windows.len());
         println!("nll         {nll:.4} nats/token");
         println!("perplexity  {:.4}", nll.exp());
+        for (from, to, nll) in buckets {
+            println!("positions   {from}-{to}: nll {nll:.4}, perplexity {:.4}", nll.exp());
+        }
     }
     Ok(())
 }
