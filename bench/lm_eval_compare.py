@@ -2,11 +2,12 @@
 
 lm-eval's own HF model (`HFLM`, transformers loading the GGUF file and dequantising it to f32)
 scores lm-eval's own requests (`lm-eval-requests/TASK.jsonl.gz`, built by lm-eval's task code) for
-the first N documents of each task; the per-request log-likelihoods and greedy flags are compared
-with the records `dijiang evaluate --limit N` wrote (OUT/TASK.jsonl), and both sides' accuracies
-are computed with lm-eval's formulas.
+the first N documents of each task (of each subject for MMLU); the per-request log-likelihoods and
+greedy flags are compared with the records `dijiang evaluate --limit N` wrote (OUT/TASK.jsonl),
+and both sides' accuracies are computed with lm-eval's formulas.
 
-Usage (a virtualenv with lm-eval==0.4.13, torch, transformers, gguf; see docs/evaluation.md):
+Usage (a virtualenv with lm-eval==0.4.13, torch, transformers, gguf, accelerate; see
+docs/evaluation.md):
   python bench/lm_eval_compare.py --gguf models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf \
       --data ../shared/evaldata --records runs/evaluate/smollm2-limit --tasks arc_easy,piqa --limit 200 \
       --out runs/evaluate/lm-eval-compare.json
@@ -27,6 +28,18 @@ def lm_eval_scores(lm, requests):
         Instance(request_type="loglikelihood", doc={}, arguments=(ctx, cont), idx=i) for i, (ctx, cont) in enumerate(requests)
     ]
     return [(float(ll), bool(greedy)) for ll, greedy in lm.loglikelihood(instances)]
+
+
+def first_docs(docs, limit):
+    """The first `limit` documents, per subject where they have one (MMLU), as lm-eval's `--limit`
+    and `dijiang evaluate --limit` cut them."""
+    taken, out = {}, []
+    for doc in docs:
+        subject = doc.get("subject")
+        taken[subject] = taken.get(subject, 0) + 1
+        if taken[subject] <= limit:
+            out.append(doc)
+    return out
 
 
 def ours(records, task, n):
@@ -56,7 +69,7 @@ def accuracies(docs, scores):
 def compare(lm, args, task):
     name = "sciq_val" if task == "sciq" else task
     with gzip.open(Path(args.data, "lm-eval-requests", f"{name}.jsonl.gz"), "rt") as f:
-        docs = [json.loads(line) for _, line in zip(range(args.limit), f)]
+        docs = first_docs((json.loads(line) for line in f), args.limit)
     requests = [tuple(r) for d in docs for r in d["requests"]]
     start = time.time()
     flat = lm_eval_scores(lm, requests)

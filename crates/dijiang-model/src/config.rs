@@ -621,6 +621,13 @@ impl ModelConfig {
                     dj.window
                 ));
             }
+            if dj.feature_input == FeatureInput::Unrotated && self.rotary_dims() == 0 {
+                return fail(format!(
+                    "attention.feature_input = unrotated has no effect: this model rotates no dimensions (rotary_pct \
+                     {}), so its queries and keys are the same before and after RoPE; leave feature_input at rotated",
+                    self.rotary_pct
+                ));
+            }
             if dj.linear_weight == LinearWeight::Calibrated && dj.window == 0 {
                 return fail("attention.linear_weight = calibrated needs a window (attention.window > 0)".into());
             }
@@ -766,6 +773,21 @@ mod tests {
         assert!(with(Some(2)).validate().is_ok() && with(None).validate().is_ok());
         let dj: DiJiangConfig = serde_json::from_str(r#"{"max_horizon": 512}"#).unwrap();
         assert_eq!(dj.max_horizon, Some(512));
+    }
+
+    #[test]
+    fn unrotated_features_without_rotary_dimensions_are_refused() {
+        let with = |rotary_pct| ModelConfig {
+            rotary_pct,
+            attention: AttentionKernelConfig::Dijiang(DiJiangConfig {
+                feature_input: FeatureInput::Unrotated,
+                ..DiJiangConfig::default()
+            }),
+            ..ModelConfig::tiny(Architecture::GptNeox)
+        };
+        let err = with(0.0).validate().unwrap_err().to_string();
+        assert!(err.contains("feature_input = unrotated has no effect"), "{err}");
+        assert!(with(0.25).validate().is_ok());
     }
 
     #[test]
