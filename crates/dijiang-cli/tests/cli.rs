@@ -143,6 +143,41 @@ fn generate_streams_stories() {
 }
 
 #[test]
+fn a_hybrids_window_widens_at_inference_to_its_teacher() {
+    let (Some(teacher), Some(text)) =
+        (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))
+    else {
+        return;
+    };
+    // stories260K as a hybrid with a 4-key window, no gate and no output norm (the teacher's own
+    // weights around its attention): a window holding every key of the text is exact softmax, so
+    // the student then scores as its teacher; the window it was built with is far from it.
+    let student = std::env::temp_dir().join(format!("dijiang-cli-window-{}", std::process::id()));
+    let (m, t, s) = (teacher.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap());
+    let convert = ["convert", "--teacher", m, "--out", s, "--normalize", "--window", "4"];
+    dijiang(&[&convert[..], &["--gate", "none", "--output-norm", "none"]].concat());
+    let nll = |model: &str, extra: &[&str]| {
+        let args = ["eval", "--model", model, "--text", t, "--max-tokens", "256", "--json"];
+        json(&dijiang(&[&args[..], extra].concat()))["nll"].as_f64().unwrap()
+    };
+    let (exact, trained, wide) = (nll(m, &[]), nll(s, &[]), nll(s, &["--attention-window", "256"]));
+    assert!((wide - exact).abs() < 1e-5, "window of every key {wide}, teacher {exact}");
+    assert!(trained > exact + 0.5, "the 4-key window {trained}, teacher {exact}");
+    // Only a hybrid's window changes, and not to nothing.
+    for (model, window, why) in
+        [(m, "256", "softmax attention already reads every key"), (s, "0", "give a window of at least 1 key")]
+    {
+        let out = Command::new(env!("CARGO_BIN_EXE_dijiang"))
+            .args(["eval", "--model", model, "--text", t, "--max-tokens", "64", "--attention-window", window])
+            .output()
+            .expect("run dijiang");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+    }
+    std::fs::remove_dir_all(&student).ok();
+}
+
+#[test]
 fn fidelity_reports_every_layer_and_draws_a_heatmap() {
     let (Some(model), Some(text)) =
         (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))

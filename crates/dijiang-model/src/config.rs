@@ -543,6 +543,35 @@ impl ModelConfig {
         Self { attention, ..self }
     }
 
+    /// The same hybrid with its exact window set to `window` keys, for inference. The window is the
+    /// teacher's own softmax over the last keys, so one wider than the model was trained with
+    /// moves it towards its teacher at `O(window)` more work per token, its state still constant in
+    /// the context length (docs/conversion-start.md measures it). Only a hybrid's window changes: a
+    /// pure DiJiang or softmax model has no weight for a linear part beside a window.
+    pub fn with_window(self, window: usize) -> Result<Self, ModelError> {
+        match &self.attention {
+            AttentionKernelConfig::Dijiang(dj) if dj.window > 0 && window > 0 => {
+                let attention = AttentionKernelConfig::Dijiang(DiJiangConfig { window, ..dj.clone() });
+                Ok(self.with_attention(attention))
+            }
+            AttentionKernelConfig::Dijiang(dj) if dj.window > 0 => Err(ModelError::Config(format!(
+                "an attention window of 0 would drop the exact part of this hybrid (trained with a window of {}): \
+                 give a window of at least 1 key",
+                dj.window
+            ))),
+            AttentionKernelConfig::Dijiang(_) => Err(ModelError::Config(
+                "only a sliding-window hybrid's attention window can be changed: this pure DiJiang model has none (it \
+                 was trained without `student.window`, so its linear part has no weight beside a window)"
+                    .into(),
+            )),
+            AttentionKernelConfig::Softmax => Err(ModelError::Config(
+                "only a sliding-window hybrid's attention window can be changed: this model's softmax attention \
+                 already reads every key"
+                    .into(),
+            )),
+        }
+    }
+
     /// Dimensions RoPE rotates in each head (even).
     pub fn rotary_dims(&self) -> usize {
         // GPT-NeoX: int(head_size * rotary_pct).
@@ -788,6 +817,24 @@ mod tests {
         let err = with(0.0).validate().unwrap_err().to_string();
         assert!(err.contains("feature_input = unrotated has no effect"), "{err}");
         assert!(with(0.25).validate().is_ok());
+    }
+
+    #[test]
+    fn only_a_hybrids_window_changes() {
+        let with = |window| ModelConfig {
+            attention: AttentionKernelConfig::Dijiang(DiJiangConfig { window, normalize: true, ..Default::default() }),
+            ..ModelConfig::tiny(Architecture::Llama)
+        };
+        let wider = with(4).with_window(16).unwrap();
+        let AttentionKernelConfig::Dijiang(dj) = &wider.attention else { panic!("still DiJiang") };
+        assert_eq!(dj.window, 16);
+        assert_eq!(wider.num_params(), with(4).num_params(), "the window adds no parameter");
+        let err = with(4).with_window(0).unwrap_err().to_string();
+        assert!(err.contains("at least 1 key"), "{err}");
+        for model in [with(0), ModelConfig::tiny(Architecture::Llama)] {
+            let err = model.with_window(16).unwrap_err().to_string();
+            assert!(err.contains("only a sliding-window hybrid"), "{err}");
+        }
     }
 
     #[test]

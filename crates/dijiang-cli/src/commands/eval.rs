@@ -10,12 +10,11 @@ use anyhow::{Context, Result};
 use dijiang_data::dataset::{Split, TokenStream};
 use dijiang_data::manifest::Manifest;
 use dijiang_model::eval::{mean_nll, token_nll};
-use dijiang_model::import::load;
 use dijiang_model::tokenizer::Tokenizer;
 use indicatif::ProgressBar;
 use serde_json::json;
 
-use crate::backend::Backend;
+use super::inference::ModelOptions;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,6 +40,8 @@ pub struct Args {
     positions: Option<usize>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    options: ModelOptions,
 }
 
 /// Sums of per-token losses in consecutive buckets of positions.
@@ -115,7 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         ids.len()
     );
     anyhow::ensure!(args.positions != Some(0), "--positions 0: a bucket must hold at least one position");
-    let model = load::<Backend>(path, &Default::default()).with_context(|| format!("loading {}", args.model))?.model;
+    let model = args.options.load(path, &args.model, &Default::default())?;
     let bar = ProgressBar::new(windows.len() as u64);
     let mut total = 0.0;
     let mut by_position = args.positions.map(|width| ByPosition::new(width, window - 1));
@@ -142,6 +143,9 @@ pub fn run(args: Args) -> Result<()> {
             json!({"nll": nll, "perplexity": nll.exp(), "tokens": tokens, "window": window, "windows": windows.len()});
         if !by_position.is_empty() {
             report["by_position"] = by_position.into();
+        }
+        if let Some(change) = args.options.change() {
+            report["model_change"] = change.into();
         }
         println!("{report}");
     } else {

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use dijiang_eval::{BatchLimits, BosPolicy, EvalOptions, Progress, Task, TaskResult, evaluate_task};
-use dijiang_model::import::load;
 use dijiang_model::tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::backend::Backend;
+use super::inference::ModelOptions;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,6 +49,8 @@ pub struct Args {
     /// Bootstrap resamples for LAMBADA's perplexity standard error (lm-eval: 100000; 0: none).
     #[arg(long, default_value_t = dijiang_eval::evaluate::BOOTSTRAP_ITERS)]
     bootstrap_iters: usize,
+    #[command(flatten)]
+    options: ModelOptions,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -72,7 +73,11 @@ fn options(args: &Args, model: &Path) -> Result<EvalOptions> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let name = model.file_stem().unwrap_or_default().to_string_lossy().to_string();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/evaluate").join(name));
-    let model_id = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf()).display().to_string();
+    // The records of one model only: a changed model (another window) is another model.
+    let mut model_id = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf()).display().to_string();
+    if let Some(change) = args.options.change() {
+        model_id = format!("{model_id} ({change})");
+    }
     let bos = match args.bos {
         Bos::Tokenizer => BosPolicy::Tokenizer,
         Bos::Always => BosPolicy::Always,
@@ -108,7 +113,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let tokenizer = Tokenizer::for_model(path).with_context(|| format!("finding the tokenizer of {}", args.model))?;
-    let model = load::<Backend>(path, &Default::default()).with_context(|| format!("loading {}", args.model))?.model;
+    let model = args.options.load(path, &args.model, &Default::default())?;
     eprintln!("per-document results: {}/TASK.jsonl (rerun the same command to resume)", records.display());
     let mut results = Vec::new();
     for task in tasks {

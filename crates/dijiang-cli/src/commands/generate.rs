@@ -6,11 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use dijiang_model::generate::{Sampler, Sampling, generate};
-use dijiang_model::import::load;
 use dijiang_model::tokenizer::Tokenizer;
 use serde_json::json;
 
-use crate::backend::Backend;
+use super::inference::ModelOptions;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +43,8 @@ pub struct Args {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    options: ModelOptions,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -62,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         prompt.push(bos);
     }
     let device = Default::default();
-    let model = load::<Backend>(path, &device).with_context(|| format!("loading {}", args.model))?.model;
+    let model = args.options.load(path, &args.model, &device)?;
     let mut sampler = Sampler::new(Sampling {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -108,6 +109,7 @@ pub fn run(args: Args) -> Result<()> {
             "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
             "peak_state_bytes": stats.peak_state_bytes,
+            "model_change": args.options.change(),
         });
         println!("{out}");
     } else {

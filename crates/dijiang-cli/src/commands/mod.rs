@@ -8,6 +8,7 @@ pub mod eval;
 pub mod evaluate;
 pub mod fidelity;
 pub mod generate;
+pub mod inference;
 pub mod inspect;
 pub mod prepare;
 pub mod train;

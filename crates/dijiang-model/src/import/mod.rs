@@ -197,7 +197,17 @@ fn check_fits(config: &ModelConfig, store: &dyn TensorStore, is_new: &dyn Fn(&st
 
 /// Loads the model at `path` as it is (format detected).
 pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, ModelError> {
+    load_adjusted(path, device, Ok)
+}
+
+/// Loads the model at `path` with its stored config changed by `adjust` before anything is built
+/// (e.g. [`ModelConfig::with_window`]); the weights must still fit the changed config.
+pub fn load_adjusted<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    adjust: impl FnOnce(ModelConfig) -> Result<ModelConfig, ModelError>,
+) -> Result<LoadedModel<B>, ModelError> {
     let checkpoint = Checkpoint::open(path)?;
-    let config = checkpoint.config.clone();
+    let config = adjust(checkpoint.config.clone())?;
     checkpoint.build(&config, &|_| false, 0, device)
 }
