@@ -15,6 +15,18 @@ fn dijiang(args: &[&str]) -> String {
     stdout.into_owned()
 }
 
+/// Runs `dijiang args...`, asserting that it fails; returns stderr.
+fn dijiang_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dijiang")).args(args).output().expect("run dijiang");
+    assert!(!out.status.success(), "dijiang {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stories260K and a TinyStories text (`None` where ../shared is absent, a failure in CI).
+fn stories() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    Some((shared("models/stories260K/stories260K.bin")?, shared("corpora/tinystories-fragment.txt")?))
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -50,11 +62,7 @@ fn convert_writes_a_student_that_loads_back() {
 
 #[test]
 fn eval_reproduces_stories260k_perplexity() {
-    let (Some(model), Some(text)) =
-        (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))
-    else {
-        return;
-    };
+    let Some((model, text)) = stories() else { return };
     let out = json(&dijiang(&[
         "eval",
         "--model",
@@ -95,12 +103,8 @@ fn eval_reproduces_stories260k_perplexity() {
     let alone = json(&dijiang(&["eval", "--model", m, "--text", t, "--max-tokens", "33", "--json"]));
     let (head, alone) = (first["by_position"][0]["nll"].as_f64().unwrap(), alone["nll"].as_f64().unwrap());
     assert!((head - alone).abs() < 1e-4, "positions 0-31 of a 64-token window {head}, the 33 tokens alone {alone}");
-    let bad = Command::new(env!("CARGO_BIN_EXE_dijiang"))
-        .args([&args[..], &["--positions", "0"]].concat())
-        .output()
-        .expect("run dijiang");
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && stderr.contains("a bucket must hold at least one position"), "{stderr}");
+    let stderr = dijiang_fails(&[&args[..], &["--positions", "0"]].concat());
+    assert!(stderr.contains("a bucket must hold at least one position"), "{stderr}");
 }
 
 #[test]
@@ -134,21 +138,13 @@ fn generate_streams_stories() {
     };
     let (greedy, penalized) = (distinct("1"), distinct("1.3"));
     assert!(penalized > greedy + 5, "distinct ids: {greedy} greedy, {penalized} with the penalty");
-    let bad = Command::new(env!("CARGO_BIN_EXE_dijiang"))
-        .args(["generate", "--model", model.to_str().unwrap(), "--repeat-penalty", "0"])
-        .output()
-        .expect("run dijiang");
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success() && stderr.contains("--repeat-penalty must be a positive number"), "{stderr}");
+    let stderr = dijiang_fails(&["generate", "--model", model.to_str().unwrap(), "--repeat-penalty", "0"]);
+    assert!(stderr.contains("--repeat-penalty must be a positive number"), "{stderr}");
 }
 
 #[test]
 fn a_hybrids_window_widens_at_inference_to_its_teacher() {
-    let (Some(teacher), Some(text)) =
-        (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))
-    else {
-        return;
-    };
+    let Some((teacher, text)) = stories() else { return };
     // stories260K as a hybrid with a 4-key window, no gate and no output norm (the teacher's own
     // weights around its attention): a window holding every key of the text is exact softmax, so
     // the student then scores as its teacher; the window it was built with is far from it.
@@ -167,23 +163,16 @@ fn a_hybrids_window_widens_at_inference_to_its_teacher() {
     for (model, window, why) in
         [(m, "256", "softmax attention already reads every key"), (s, "0", "give a window of at least 1 key")]
     {
-        let out = Command::new(env!("CARGO_BIN_EXE_dijiang"))
-            .args(["eval", "--model", model, "--text", t, "--max-tokens", "64", "--attention-window", window])
-            .output()
-            .expect("run dijiang");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+        let stderr =
+            dijiang_fails(&["eval", "--model", model, "--text", t, "--max-tokens", "64", "--attention-window", window]);
+        assert!(stderr.contains(why), "{stderr}");
     }
     std::fs::remove_dir_all(&student).ok();
 }
 
 #[test]
 fn fidelity_reports_every_layer_and_draws_a_heatmap() {
-    let (Some(model), Some(text)) =
-        (shared("models/stories260K/stories260K.bin"), shared("corpora/tinystories-fragment.txt"))
-    else {
-        return;
-    };
+    let Some((model, text)) = stories() else { return };
     let dir = std::env::temp_dir().join(format!("dijiang-cli-fidelity-{}", std::process::id()));
     let student = dir.join("student");
     dijiang(&["convert", "--teacher", model.to_str().unwrap(), "--out", student.to_str().unwrap()]);
