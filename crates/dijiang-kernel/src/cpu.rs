@@ -104,6 +104,38 @@ mod tests {
         }
     }
 
+    /// Views whose rows are contiguous runs (Flex copies them row by row: vendor/burn-flex patch
+    /// 11) give the element walk's values: a causal mask broadcast over batch and heads fills the
+    /// same elements as the mask written out in full, and a broadcast and a narrowed view read
+    /// back as indexing the source gives them.
+    #[test]
+    fn broadcast_and_gapped_rows_copy_as_the_element_walk() {
+        use burn::tensor::{Bool, TensorData};
+        let device = Default::default();
+        let (b, h, t, s) = (2, 3, 5, 7);
+        let scores = Tensor::<Cpu, 4>::random([b, h, t, s], Distribution::Normal(0.0, 1.0), &device);
+        let causal = |i: usize, j: usize| j > i + 2;
+        let small: Vec<bool> = (0..t * s).map(|e| causal(e / s, e % s)).collect();
+        let full: Vec<bool> = (0..b * h).flat_map(|_| small.clone()).collect();
+        let mask = Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(small, [1, 1, t, s]), &device);
+        let mask_full = Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(full, [b, h, t, s]), &device);
+        let bits =
+            |x: Tensor<Cpu, 4>| x.into_data().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(scores.clone().mask_fill(mask, f32::NEG_INFINITY)),
+            bits(scores.clone().mask_fill(mask_full, f32::NEG_INFINITY))
+        );
+
+        let values: Vec<f32> = (0..t * s).map(|e| e as f32).collect();
+        let x = Tensor::<Cpu, 4>::from_data(TensorData::new(values.clone(), [1, 1, t, s]), &device);
+        let expanded = x.clone().expand([b, h, t, s]).into_data().to_vec::<f32>().unwrap();
+        let want: Vec<f32> = (0..b * h).flat_map(|_| values.clone()).collect();
+        assert_eq!(expanded, want);
+        let narrowed = x.narrow(3, 1, 4).into_data().to_vec::<f32>().unwrap();
+        let want: Vec<f32> = (0..t).flat_map(|i| values[i * s + 1..i * s + 5].to_vec()).collect();
+        assert_eq!(narrowed, want);
+    }
+
     /// `exp` and `sigmoid` (Flex computes f32 ones with a vectorised polynomial: vendor/burn-flex
     /// patch 10) are within 1 ulp (sigmoid 2.5) of the exact f64 values from -104 to 89, give
     /// `f32::exp`'s infinities, zeros and NaN, and give the same bits whatever the layout (unique,

@@ -376,6 +376,17 @@ impl FlexTensor {
                     }
                 }
             }
+        } else if shape.len() == 2 && all_positive && strides[1] == 1 {
+            // dijiang patch: 2D layouts whose rows are contiguous (a broadcast, row stride 0:
+            // a `[1, 1, t, t]` causal mask expanded over the heads; or rows with gaps) are copied
+            // row by row. Upstream sent them to the tiled walk below, which for a row stride
+            // of 0 (<= the column stride) copies element by element down the columns: a SmolLM2
+            // forward at 1,024 tokens spent ~14% of its time in that copy of each layer's mask,
+            // one core working (docs/profile.md). Same values, same order.
+            for row in 0..shape[0] {
+                let start = (offset + row as isize * strides[0]) as usize;
+                dst.extend_from_slice(&src[start..start + shape[1]]);
+            }
         } else if shape.len() == 2 && all_positive {
             // 2D positive-stride (transpose-like): tile both dims so
             // reads stay in cache. The loop-nesting chooser inside
@@ -793,6 +804,23 @@ mod tests {
         let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let t = FlexTensor::from_data(TensorData::new(data.clone(), dims.to_vec()));
         for view in [t.transpose(1, 2), t.transpose(1, 2).narrow(2, 1, 3), t.narrow(3, 2, 4).transpose(0, 1)] {
+            let expected: Vec<f32> =
+                crate::strided_index::StridedIter::new(view.layout()).map(|i| data[i]).collect();
+            let contig = view.to_contiguous();
+            assert!(contig.is_contiguous());
+            assert_eq!(contig.into_data().as_slice::<f32>().unwrap(), expected.as_slice());
+        }
+    }
+
+    /// dijiang patch: a broadcast (row stride 0, as a causal mask expanded over the heads) and a
+    /// view with gaps between contiguous rows are copied row by row, equal to the element walk.
+    #[test]
+    fn test_to_contiguous_broadcast_rows_match_naive() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let t = FlexTensor::from_data(TensorData::new(data.clone(), vec![1, 1, 4, 6]));
+        let broadcast = crate::ops::expand::expand(t.clone(), Shape::from(vec![2, 3, 4, 6]));
+        let gaps = t.narrow(3, 1, 4);
+        for view in [broadcast, gaps] {
             let expected: Vec<f32> =
                 crate::strided_index::StridedIter::new(view.layout()).map(|i| data[i]).collect();
             let contig = view.to_contiguous();
