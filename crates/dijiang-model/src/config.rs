@@ -184,6 +184,14 @@ pub struct DiJiangConfig {
     /// The normalisation of the attention output.
     #[serde(default)]
     pub output_norm: OutputNorm,
+    /// Pure DiJiang (`window = 0`): the keys the feature map reads and the values mixed per channel
+    /// with the previous position's, `k_t + mu_k (k_{t-1} - k_t)` (RWKV's token shift; `mu` learnable,
+    /// init 0, so the student starts as without it). A position-free linear head cannot attend to
+    /// "the token before" the way a RoPE softmax head does; a shifted key carries it, so one layer
+    /// can match a query to the key after an earlier occurrence of its token (as H3's shift and
+    /// the short convolutions of GLA / Mamba do). Left out of saved configs when off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub token_shift: bool,
 }
 
 /// Trainable feature-map variants. Each starts exactly as the frozen map it extends, so a converted
@@ -206,6 +214,10 @@ pub enum FeatureTraining {
 
 fn yes() -> bool {
     true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_chunk_len() -> usize {
@@ -232,6 +244,7 @@ impl Default for DiJiangConfig {
             linear_weight: LinearWeight::One,
             gate: GateKind::Reference,
             output_norm: OutputNorm::GroupNorm,
+            token_shift: false,
         }
     }
 }
@@ -593,13 +606,15 @@ impl ModelConfig {
             AttentionKernelConfig::Softmax => 0,
             AttentionKernelConfig::Dijiang(dj) => {
                 let m = dj.num_features(d);
-                // proj, feature weights, decay, gate, group norm, window weight, the variant's own
+                // proj, feature weights, decay, gate, group norm, window weight, the variant's own,
+                // the token shift's mixes of keys and values
                 sum(&[
                     mul(d, m),
                     if dj.has_feature_weights() { m } else { 0 },
                     self.num_heads,
                     dj.output_params(h, q, self.num_heads),
                     dj.variant_params(d),
+                    if dj.token_shift { mul(2, kv) } else { 0 },
                 ])
             }
         };
@@ -655,6 +670,13 @@ impl ModelConfig {
                     "attention.feature_input = unrotated has no effect: this model rotates no dimensions (rotary_pct \
                      {}), so its queries and keys are the same before and after RoPE; leave feature_input at rotated",
                     self.rotary_pct
+                ));
+            }
+            if dj.token_shift && dj.window > 0 {
+                return fail(format!(
+                    "attention.token_shift is for pure DiJiang (window = 0); attention.window = {} already gives \
+                     every query the previous keys exactly: leave token_shift out",
+                    dj.window
                 ));
             }
             if dj.linear_weight == LinearWeight::Calibrated && dj.window == 0 {

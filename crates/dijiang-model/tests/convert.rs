@@ -275,6 +275,7 @@ fn options_and_calibrated_decays_survive_the_saved_format() {
         ..configs[0].clone()
     });
     configs.push(DiJiangConfig { feature_input: dijiang_model::FeatureInput::Unrotated, ..Default::default() });
+    configs.push(DiJiangConfig { token_shift: true, normalize: true, ..Default::default() });
     for (i, dijiang) in configs.into_iter().enumerate() {
         let student = if dijiang_model::convert::is_calibrated(&dijiang) {
             convert_calibrated::<B>(&fixture("llama-gqa-tiny"), dijiang.clone(), &ids, &device).unwrap()

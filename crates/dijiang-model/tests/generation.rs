@@ -167,6 +167,58 @@ fn every_dijiang_option_decodes_as_the_full_forward_pass() {
     }
 }
 
+/// `model` with every layer's token shift set to fixed mixes in (-0.5, 1.5) (training moves them
+/// from 0), so that the shifted keys and values differ from the plain ones.
+fn with_shift_mixes<Bk: Backend>(mut model: Transformer<Bk>, device: &Bk::Device) -> Transformer<Bk> {
+    use burn::module::Param;
+    use dijiang_model::attention::AttentionKernel;
+    for (l, layer) in model.layers.iter_mut().enumerate() {
+        let AttentionKernel::DiJiang(kernel) = &mut layer.attn.kernel else { panic!("a DiJiang student") };
+        let shift = kernel.shift.as_mut().expect("token_shift builds the mixes");
+        let [h, d] = shift.keys.dims();
+        let mixes = |salt: usize| {
+            let values = (0..h * d).map(|i| (((i * 7 + l * 13 + salt) % 11) as f32) / 5.0 - 0.5).collect();
+            Param::from_tensor(Tensor::<Bk, 2>::from_data(TensorData::new(values, [h, d]), device))
+        };
+        (shift.keys, shift.values) = (mixes(0), mixes(3));
+    }
+    model
+}
+
+#[test]
+fn the_token_shift_starts_as_without_it_and_decodes_as_the_full_forward_pass() {
+    let device = Default::default();
+    let pure = DiJiangConfig {
+        normalize: true,
+        gate: GateKind::None,
+        output_norm: OutputNorm::None,
+        feature_input: FeatureInput::Unrotated,
+        chunk_len: 16,
+        ..Default::default()
+    };
+    let shifted = DiJiangConfig { token_shift: true, ..pure.clone() };
+    let ids: Vec<i64> = (0..40).map(|i| ((i * 31 + 7) % 300) as i64).collect();
+    let logits = |m: &Transformer<B>| m.forward(tokens::<B>(&ids, &device)).into_data().to_vec::<f32>().unwrap();
+    for (features, teacher) in [(FeatureInput::Unrotated, "llama-gqa-tiny"), (FeatureInput::Rotated, "gpt-neox-tiny")] {
+        let plain = student::<B>(teacher, DiJiangConfig { feature_input: features, ..pure.clone() }, &device);
+        let fresh = student::<B>(teacher, DiJiangConfig { feature_input: features, ..shifted.clone() }, &device);
+        // Mixes of 0: the same bits as the student without the shift.
+        let (a, b) = (logits(&plain), logits(&fresh));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{teacher}: a fresh shift changed logits");
+        let trained = with_shift_mixes(fresh, &device);
+        let moved = logits(&trained).iter().zip(&a).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(moved > 1e-3, "{teacher}: the mixes moved logits by only {moved:e}");
+        // The chunked form within a call, the recurrent step and the state's last key and value
+        // across calls: the full pass's logits.
+        check_mixed_decoding(&trained, &format!("{teacher} token shift, {features:?} features"), &device);
+        check_incremental(&trained, &format!("{teacher} token shift"), &device);
+    }
+    let hybrid = DiJiangConfig { window: 4, ..shifted };
+    let config = dijiang_model::ModelConfig::stories260k().with_attention(AttentionKernelConfig::Dijiang(hybrid));
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("token_shift") && err.contains("window"), "{err}");
+}
+
 #[test]
 fn hybrid_state_is_constant_in_context_length() {
     let device = Default::default();

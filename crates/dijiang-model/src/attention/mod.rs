@@ -6,7 +6,7 @@
 mod dijiang;
 mod softmax;
 
-pub use dijiang::{DiJiangKernel, NORMALIZER_EPS, reference_log_decay};
+pub use dijiang::{DiJiangKernel, NORMALIZER_EPS, Shift, ShiftState, reference_log_decay};
 pub use softmax::SoftmaxKernel;
 
 use burn::prelude::*;
@@ -35,6 +35,9 @@ pub enum LayerState<B: Backend> {
     /// DiJiang: the recurrent state `[b, h_q, m, d_v]` (`[S | z]`, `[b, h_q, m, d_v + 1]`,
     /// normalised), the same size at any context length.
     Recurrent(Tensor<B, 4>),
+    /// DiJiang with the token shift: the recurrent state and the last position's raw key and
+    /// value.
+    Shifted { linear: Tensor<B, 4>, last: ShiftState<B> },
     /// The sliding-window hybrid: the linear state and a ring buffer of the last `W` keys,
     /// features and values, the same size at any context length.
     Window(WindowState<B>),
@@ -46,6 +49,7 @@ impl<B: Backend> LayerState<B> {
         match self {
             LayerState::Kv { k, v } => vec![k.dims(), v.dims()],
             LayerState::Recurrent(s) => vec![s.dims()],
+            LayerState::Shifted { linear, last } => [vec![linear.dims()], last.shapes()].concat(),
             LayerState::Window(s) => s.shapes(),
         }
     }
@@ -63,6 +67,9 @@ impl<B: Backend> LayerState<B> {
                 LayerState::Kv { k: k.clone().select(0, rows.clone()), v: v.clone().select(0, rows) }
             }
             LayerState::Recurrent(s) => LayerState::Recurrent(s.clone().select(0, rows)),
+            LayerState::Shifted { linear, last } => {
+                LayerState::Shifted { linear: linear.clone().select(0, rows.clone()), last: last.select_rows(rows) }
+            }
             LayerState::Window(s) => LayerState::Window(WindowState {
                 linear: s.linear.clone().select(0, rows.clone()),
                 keys: s.keys.clone().select(0, rows.clone()),

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use dijiang_kernel::linear_attention::WindowState;
-use dijiang_model::attention::LayerState;
+use dijiang_model::attention::{LayerState, ShiftState};
 use dijiang_model::rope::Rope;
 use dijiang_model::{AttentionKernelConfig, DecodeState, DiJiangConfig, ModelConfig, Transformer};
 use dijiang_train::experiment::Experiment;
@@ -76,7 +76,11 @@ fn state_at<B: Backend>(model: &Transformer<B>, context: usize, device: &B::Devi
                 // normaliser's sums `z` as one more column in the normalised forms.
                 let (m, d) = (dj.num_features(c.head_dim), c.head_dim);
                 let linear = random([1, c.num_heads, m, d + usize::from(dj.normalize)]).abs();
-                if dj.window == 0 {
+                if dj.window == 0 && dj.token_shift {
+                    // The token shift's last raw key and value.
+                    let (key, value) = (random([1, c.num_kv_heads, 1, d]), random([1, c.num_kv_heads, 1, d]));
+                    LayerState::Shifted { linear, last: ShiftState { key, value } }
+                } else if dj.window == 0 {
                     LayerState::Recurrent(linear)
                 } else {
                     // The hybrid's ring buffer holds the last `window` keys, features and values.

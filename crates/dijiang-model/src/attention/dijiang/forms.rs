@@ -10,7 +10,9 @@ use dijiang_kernel::linear_attention::{
 };
 
 use super::DiJiangKernel;
+use super::shift::ShiftState;
 use crate::attention::{Heads, LayerState, merge_heads};
+use crate::config::FeatureInput;
 
 /// Epsilon of the normalised form's denominator: negligible against the smallest row sums of the
 /// reference map (whose features lie on the simplex, so scores are near `1/m`), large enough that
@@ -36,17 +38,19 @@ impl<B: Backend> DiJiangKernel<B> {
     }
 
     /// Pure DiJiang; the state is `S` `[b, h_q, m, d_v]`, or `[S | z]` `[b, h_q, m, d_v + 1]`
-    /// normalised.
+    /// normalised (with the token shift, beside the last raw key and value).
     fn linear(&self, heads: Heads<B>, state: Option<LayerState<B>>) -> (Tensor<B, 4>, LayerState<B>) {
         let [b, hq, t, _] = heads.q.dims();
         let [_, _, _, dv] = heads.v.dims();
         let m = self.proj.dims()[1];
+        let (past, last) = match state {
+            Some(LayerState::Recurrent(s)) => (Some(s), None),
+            Some(LayerState::Shifted { linear, last }) => (Some(linear), Some(last)),
+            _ => (None, None),
+        };
+        let (heads, shifted) = self.shifted(heads, last);
         let (q, k) = self.head_features(&heads);
         let v = heads.v;
-        let past = match state {
-            Some(LayerState::Recurrent(s)) => Some(s),
-            _ => None,
-        };
         let (log_decay, eps) = (self.log_decay(), NORMALIZER_EPS);
         let (o, state) = match past {
             Some(s) if t == 1 && self.normalize => normalized_recurrent_step(q, k, v, log_decay, s, eps),
@@ -61,7 +65,26 @@ impl<B: Backend> DiJiangKernel<B> {
                 }
             }
         };
-        (o, LayerState::Recurrent(state))
+        let state = match shifted {
+            Some(last) => LayerState::Shifted { linear: state, last },
+            None => LayerState::Recurrent(state),
+        };
+        (o, state)
+    }
+
+    /// `heads` with the key the feature map reads and the value token-shifted after `last`
+    /// (`token_shift`; unchanged without it), and the shift's state after them.
+    fn shifted(&self, heads: Heads<B>, last: Option<ShiftState<B>>) -> (Heads<B>, Option<ShiftState<B>>) {
+        let Some(shift) = &self.shift else { return (heads, None) };
+        let mut heads = heads;
+        let key = match self.feature_input {
+            FeatureInput::Rotated => &mut heads.k,
+            FeatureInput::Unrotated => &mut heads.k_unrotated,
+        };
+        let (k, v, next) = shift.apply(key.clone(), heads.v.clone(), last);
+        *key = k;
+        heads.v = v;
+        (heads, Some(next))
     }
 
     /// The sliding-window hybrid; the state is the linear state beside the window's ring buffer.
@@ -97,6 +120,7 @@ impl<B: Backend> DiJiangKernel<B> {
     /// # Shapes
     /// - heads of `t` positions ([`Heads`]) -> `[b, h_q, t, t]`
     pub fn rows(&self, heads: Heads<B>) -> Tensor<B, 4> {
+        let (heads, _) = self.shifted(heads, None);
         let [_, hq, t, _] = heads.q.dims();
         let groups = hq / heads.k.dims()[1];
         let (phi_q, phi_k) = self.head_features(&heads);

@@ -11,12 +11,15 @@
 //! - options (`DiJiangConfig`): the normalised form (`normalize`), the sliding-window hybrid
 //!   (`window`, [`forms`]), no or an identity-at-init gate and no GroupNorm ([`output`]), a bound
 //!   on the decay's horizon (`max_horizon`), features of the queries and keys before RoPE
-//!   (`feature_input`).
+//!   (`feature_input`), the previous position's keys and values mixed in (`token_shift`,
+//!   [`shift`]).
 
 mod forms;
 mod output;
+mod shift;
 
 pub use forms::NORMALIZER_EPS;
+pub use shift::{Shift, ShiftState};
 
 use burn::module::Param;
 use burn::nn::GroupNorm;
@@ -67,6 +70,9 @@ pub struct DiJiangKernel<B: Backend> {
     /// `window > 0`: `ln` of the linear part's weight beside the window, per query head `[h_q]`
     /// (init 0: weight 1). LoLCATs' learned balance between the two parts.
     pub log_linear_weight: Option<Param<Tensor<B, 1>>>,
+    /// `token_shift`: each key channel's and value channel's share of the previous position
+    /// (`[h_kv, d]` each, init 0), see [`shift`].
+    pub shift: Option<Shift<B>>,
     #[module(skip)]
     feature_map: FeatureMapKind,
     #[module(skip)]
@@ -121,6 +127,7 @@ impl<B: Backend> DiJiangKernel<B> {
         let log_linear_weight = (dj.window > 0).then(|| {
             Param::from_tensor(src.tensor(&format!("{name}.log_linear_weight"), [config.num_heads], Init::Zeros))
         });
+        let shift = dj.token_shift.then(|| Shift::build(src, name, config.num_kv_heads, d));
         Self {
             proj: Param::from_tensor(proj).set_require_grad(dj.is_trainable(&proj_name)),
             feature_weights,
@@ -131,6 +138,7 @@ impl<B: Backend> DiJiangKernel<B> {
             gate: output::build_gate(src, name, config.hidden_size, width, dj.gate),
             group_norm: output::build_group_norm(src, name, d, width, dj.output_norm),
             log_linear_weight,
+            shift,
             feature_map: dj.feature_map,
             feature_input: dj.feature_input,
             chunk_len: dj.chunk_len,
