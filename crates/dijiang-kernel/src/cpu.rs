@@ -136,6 +136,39 @@ mod tests {
         assert_eq!(narrowed, want);
     }
 
+    /// Causal attention (Flex fuses it: vendor/burn-flex change 12, each head on rayon's workers,
+    /// the query rows that see no key of a tile left out of its products) gives the bits of the
+    /// same attention with the causal mask written out (every row multiplied, then masked), on any
+    /// thread count: past Flex's untiled budget (600 x 600 scores), queries aligned with the last
+    /// keys after a cache (400 x 700), and untiled (37 x 37).
+    #[test]
+    fn causal_attention_skips_tiles_without_changing_a_bit() {
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        use burn::tensor::{Bool, TensorData};
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        for (t, tk) in [(600, 600), (400, 700), (37, 37)] {
+            let q = Tensor::<Cpu, 4>::random([2, 3, t, 16], normal, &device);
+            let k = Tensor::<Cpu, 4>::random([2, 3, tk, 16], normal, &device);
+            let v = Tensor::<Cpu, 4>::random([2, 3, tk, 16], normal, &device);
+            // Query i sits at position tk - t + i and sees the keys up to it.
+            let masked: Vec<bool> = (0..t * tk).map(|e| e % tk > e / tk + (tk - t)).collect();
+            let mask = Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(masked, [1, 1, t, tk]), &device);
+            let run = |threads: usize, causal: bool| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+                let mask = (!causal).then(|| mask.clone());
+                let out = pool.install(|| attention(q.clone(), k.clone(), v.clone(), mask, None, options));
+                out.into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            let want = run(1, false);
+            for threads in [1, 2, 3] {
+                assert!(run(threads, true) == want, "{t} x {tk}, {threads} threads");
+            }
+        }
+    }
+
     /// `exp` and `sigmoid` (Flex computes f32 ones with a vectorised polynomial: vendor/burn-flex
     /// patch 10) are within 1 ulp (sigmoid 2.5) of the exact f64 values from -104 to 89, give
     /// `f32::exp`'s infinities, zeros and NaN, and give the same bits whatever the layout (unique,

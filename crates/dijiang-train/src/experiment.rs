@@ -259,6 +259,10 @@ pub enum Trainable {
     Kernel,
     /// Everything but the frozen feature projections (the reference recipe).
     All,
+    /// Everything `All` trains but the token embedding and the output head (tied to the embedding
+    /// in SmolLM2): a distillation that keeps the teacher's vocabulary vectors, with no gradient
+    /// for the head's weights (the largest single product of a 49,152-token vocabulary).
+    Body,
     /// The LoRA adapters (`[lora]`) and the attention kernels' new parameters: the base weights
     /// stay frozen.
     Lora,

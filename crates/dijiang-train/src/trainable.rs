@@ -39,8 +39,15 @@ pub fn trains(trainable: Trainable, student: &DiJiangConfig, name: &str) -> bool
         && match trainable {
             Trainable::Kernel => is_kernel_param(name),
             Trainable::All => true,
+            Trainable::Body => !is_vocabulary_param(name),
             Trainable::Lora => Group::of(name) != Group::Base,
         }
+}
+
+/// Whether `name` is the token embedding's or the output head's weight (what `Trainable::Body`
+/// keeps frozen).
+fn is_vocabulary_param(name: &str) -> bool {
+    name.starts_with("embed.") || name.starts_with("lm_head.")
 }
 
 /// Whether `name` is one of the teacher's weights that no stage of `experiment` trains (it keeps
@@ -54,7 +61,7 @@ pub fn frozen_for_run(experiment: &Experiment, name: &str) -> bool {
 /// its teacher).
 pub fn trains_base_weights(trainable: Trainable) -> bool {
     match trainable {
-        Trainable::All => true,
+        Trainable::All | Trainable::Body => true,
         Trainable::Kernel | Trainable::Lora => false,
     }
 }
@@ -106,4 +113,39 @@ pub fn parameter_counts(experiment: &Experiment, teacher: &ModelConfig) -> (usiz
         })
         .collect();
     (total, per_stage)
+}
+
+#[cfg(test)]
+mod tests {
+    use dijiang_model::config::Architecture;
+    use dijiang_model::transformer::parameter_shapes;
+    use dijiang_model::{AttentionKernelConfig, DiJiangConfig, ModelConfig};
+
+    use super::*;
+
+    /// `body` trains what `all` trains but the vocabulary's weights: the tied embedding (LLaMA
+    /// tiny, as SmolLM2), or the embedding and the separate output head (GPT-NeoX).
+    #[test]
+    fn body_trains_all_but_the_embedding_and_the_output_head() {
+        let student = DiJiangConfig::default();
+        for (arch, vocabulary) in [
+            (Architecture::Llama, vec!["embed.weight"]),
+            (Architecture::GptNeox, vec!["embed.weight", "lm_head.weight"]),
+        ] {
+            let config = ModelConfig::tiny(arch).with_attention(AttentionKernelConfig::Dijiang(student.clone()));
+            let names: Vec<String> = parameter_shapes(&config).into_iter().map(|(name, _)| name).collect();
+            let frozen: Vec<&str> = names
+                .iter()
+                .filter(|name| trains(Trainable::All, &student, name) && !trains(Trainable::Body, &student, name))
+                .map(String::as_str)
+                .collect();
+            assert_eq!(frozen, vocabulary, "{arch:?}");
+            assert!(
+                names
+                    .iter()
+                    .all(|name| !trains(Trainable::Body, &student, name) || trains(Trainable::All, &student, name))
+            );
+            assert!(trains_base_weights(Trainable::Body));
+        }
+    }
 }

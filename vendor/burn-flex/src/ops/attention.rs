@@ -336,19 +336,22 @@ where
         val_dim,
     };
 
-    // Allocate scratch buffers once and reuse across all (batch, head) pairs
-    let mut scratch = ScratchBuffers {
-        row_max: vec![T::neg_infinity(); seq_q],
-        row_sum: vec![T::zero(); seq_q],
-        scores: vec![T::zero(); seq_q * TILE_KV],
-    };
-
-    for b in 0..batch {
-        for h in 0..heads {
+    // dijiang patch (change 12): each (batch, head) pair on its own task, scratch buffers per
+    // worker (upstream walked the pairs one after the other on the calling thread).
+    debug_assert_eq!(o_batch_stride, heads * o_head_stride);
+    for_each_head(
+        &mut output,
+        o_head_stride,
+        || ScratchBuffers {
+            row_max: vec![T::neg_infinity(); seq_q],
+            row_sum: vec![T::zero(); seq_q],
+            scores: vec![T::zero(); seq_q * TILE_KV],
+        },
+        |bh, out, scratch| {
+            let (b, h) = (bh / heads, bh % heads);
             let q_off = b * q_batch_stride + h * q_head_stride;
             let k_off = b * k_batch_stride + h * k_head_stride;
             let v_off = b * v_batch_stride + h * v_head_stride;
-            let o_off = b * o_batch_stride + h * o_head_stride;
             let mask_off = b * mask_batch_step + h * mask_head_step;
             let bias_off = b * bias_batch_step + h * bias_head_step;
 
@@ -356,14 +359,14 @@ where
                 &q_data[q_off..q_off + q_head_stride],
                 &k_data[k_off..k_off + k_head_stride],
                 &v_data[v_off..v_off + v_head_stride],
-                &mut output[o_off..o_off + o_head_stride],
+                out,
                 mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
                 bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
                 &params,
-                &mut scratch,
+                scratch,
             );
-        }
-    }
+        },
+    );
 
     let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
     FlexTensor::new(
@@ -377,7 +380,7 @@ where
 ///
 /// Wraps `gemm::gemm` for f32 and f64 so `flash_attention_head` stays generic.
 /// Convention: dst = alpha * dst + beta * (lhs @ rhs)
-trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign {
+trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign + Send + Sync {
     /// Block matrix multiply used for score and value matmuls.
     ///
     /// # Safety
@@ -438,6 +441,37 @@ macro_rules! impl_flash_gemm {
 
 impl_flash_gemm!(f32);
 impl_flash_gemm!(f64);
+
+/// dijiang patch (change 12): runs `work(pair, output_of_pair, state)` for every (batch, head)
+/// pair, whose outputs are the consecutive `head_len`-long chunks of `output`: on rayon's workers
+/// with one `init()` state per worker, or in order on this thread without the `rayon` feature.
+fn for_each_head<T, S>(
+    output: &mut [T],
+    head_len: usize,
+    init: impl Fn() -> S + Sync + Send,
+    work: impl Fn(usize, &mut [T], &mut S) + Sync + Send,
+) where
+    T: Send,
+{
+    if head_len == 0 {
+        return;
+    }
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        output
+            .par_chunks_mut(head_len)
+            .enumerate()
+            .for_each_init(init, |state, (pair, out)| work(pair, out, state));
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut state = init();
+        for (pair, out) in output.chunks_mut(head_len).enumerate() {
+            work(pair, out, &mut state);
+        }
+    }
+}
 
 /// Scratch buffers reused across (batch, head) pairs to avoid per-head allocation.
 struct ScratchBuffers<T> {
@@ -505,6 +539,17 @@ fn flash_attention_head<T: FlashGemm>(
         let kv_start = tile_idx * TILE_KV;
         let kv_end = (kv_start + TILE_KV).min(seq_kv);
         let tile_kv = kv_end - kv_start;
+        // dijiang patch (change 12): with a causal mask, the query rows before `first` see no key
+        // of this tile (query `qi` sees keys up to `qi + offset`); the two products and the
+        // softmax start at `first`. Upstream multiplied every row and masked the scores after.
+        let first = match causal_offset {
+            Some(offset) => (kv_start as isize - offset).clamp(0, seq_q as isize) as usize,
+            None => 0,
+        };
+        if first == seq_q {
+            break;
+        }
+        let rows = seq_q - first;
 
         // Step 1: Score matmul via gemm
         // scores[seq_q, tile_kv] = Q[seq_q, head_dim] @ K_tile[tile_kv, head_dim]^T
@@ -515,14 +560,14 @@ fn flash_attention_head<T: FlashGemm>(
         // scores row-major [seq_q, tile_kv]: rs=tile_kv, cs=1
         unsafe {
             T::block_gemm(BlockGemmArgs {
-                m: seq_q,
+                m: rows,
                 n: tile_kv,
                 k: head_dim,
-                dst: scores.as_mut_ptr(),
+                dst: scores.as_mut_ptr().add(first * tile_kv),
                 dst_cs: 1,
                 dst_rs: tile_kv as isize,
                 read_dst: false,
-                lhs: q.as_ptr(),
+                lhs: q.as_ptr().add(first * head_dim),
                 lhs_cs: 1,
                 lhs_rs: head_dim as isize,
                 rhs: k.as_ptr().add(kv_start * head_dim),
@@ -534,7 +579,7 @@ fn flash_attention_head<T: FlashGemm>(
         }
 
         // Step 2: Apply scale/softcap/mask/bias, online softmax, rescale output
-        for qi in 0..seq_q {
+        for qi in first..seq_q {
             let score_row = &mut scores[qi * tile_kv..(qi + 1) * tile_kv];
 
             let mut tile_max = neg_inf;
@@ -616,14 +661,14 @@ fn flash_attention_head<T: FlashGemm>(
         // dst = 1.0 * dst + 1.0 * P @ V  (accumulate)
         unsafe {
             T::block_gemm(BlockGemmArgs {
-                m: seq_q,
+                m: rows,
                 n: val_dim,
                 k: tile_kv,
-                dst: output.as_mut_ptr(),
+                dst: output.as_mut_ptr().add(first * val_dim),
                 dst_cs: 1,
                 dst_rs: val_dim as isize,
                 read_dst: true,
-                lhs: scores.as_ptr(),
+                lhs: scores.as_ptr().add(first * tile_kv),
                 lhs_cs: 1,
                 lhs_rs: tile_kv as isize,
                 rhs: v.as_ptr().add(kv_start * val_dim),
@@ -751,7 +796,6 @@ where
         .unwrap_or((0, 0));
 
     let mut output = vec![T::zero(); batch * heads * seq_q * val_dim];
-    let mut scores = vec![T::zero(); seq_q * seq_kv];
 
     let q_head_stride = seq_q * head_dim;
     let q_batch_stride = heads * q_head_stride;
@@ -773,12 +817,18 @@ where
         val_dim,
     };
 
-    for b in 0..batch {
-        for h in 0..heads {
+    // dijiang patch (change 12): each (batch, head) pair on its own task, a score matrix per
+    // worker (upstream walked the pairs one after the other on the calling thread).
+    debug_assert_eq!(o_batch_stride, heads * o_head_stride);
+    for_each_head(
+        &mut output,
+        o_head_stride,
+        || vec![T::zero(); seq_q * seq_kv],
+        |bh, out, scores| {
+            let (b, h) = (bh / heads, bh % heads);
             let q_off = b * q_batch_stride + h * q_head_stride;
             let k_off = b * k_batch_stride + h * k_head_stride;
             let v_off = b * v_batch_stride + h * v_head_stride;
-            let o_off = b * o_batch_stride + h * o_head_stride;
             let mask_off = b * mask_batch_step + h * mask_head_step;
             let bias_off = b * bias_batch_step + h * bias_head_step;
 
@@ -786,16 +836,16 @@ where
                 &q_data[q_off..q_off + q_head_stride],
                 &k_data[k_off..k_off + k_head_stride],
                 &v_data[v_off..v_off + v_head_stride],
-                &mut output[o_off..o_off + o_head_stride],
-                &mut scores,
+                out,
+                scores,
                 &params,
                 (
                     mask_data.map(|m| &m[mask_off..mask_off + mask_tile_len]),
                     bias_data.map(|b| &b[bias_off..bias_off + mask_tile_len]),
                 ),
             );
-        }
-    }
+        },
+    );
 
     let shape = burn_std::Shape::from(vec![batch, heads, seq_q, val_dim]);
     FlexTensor::new(
