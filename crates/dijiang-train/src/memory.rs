@@ -23,7 +23,6 @@ use dijiang_model::ModelConfig;
 use dijiang_model::transformer::parameter_shapes;
 
 use crate::experiment::{Experiment, Recompute, Stage};
-use crate::objective::Term;
 use crate::shard::{OptimizerLayout, Shards};
 
 use crate::experiment::StorageDtype;
@@ -297,6 +296,6 @@ fn logits_per_token(config: &ModelConfig, stage: &Stage, mode: StepMode) -> u64 
         return 0;
     }
     let v = config.vocab_size as u64;
-    let kl = if stage.loss.weight(Term::Kl) > 0.0 { 3 } else { 0 };
+    let kl = if stage.loss.needs_teacher_logits() { 3 } else { 0 };
     (4 + kl) * v
 }

@@ -17,7 +17,7 @@ use dijiang_model::{LayerTrace, Trace, Transformer};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::losses::{cross_entropy_train, kl_divergence_train, mse, row_kl};
+use crate::losses::{cross_entropy_train, kl_divergence_train, mse, reverse_kl_divergence_train, row_kl};
 use crate::transfer::{lift, shares_heads};
 
 /// One loss term.
@@ -27,6 +27,8 @@ pub enum Term {
     Lm,
     /// KL(teacher || student) of the next-token distributions at the objective's temperature.
     Kl,
+    /// KL(student || teacher), the mode-seeking direction, at the same temperature.
+    ReverseKl,
     /// MSE between the teacher's and the student's attention outputs (after `o`), per layer, on
     /// the teacher's layer input; mean over layers.
     Attention,
@@ -38,13 +40,14 @@ pub enum Term {
 
 impl Term {
     /// Every term, in the order a loss sums them.
-    pub const ALL: [Term; 4] = [Term::Lm, Term::Kl, Term::Attention, Term::AttentionRows];
+    pub const ALL: [Term; 5] = [Term::Lm, Term::Kl, Term::ReverseKl, Term::Attention, Term::AttentionRows];
 
     /// The term's key in experiment files and its metric tag (`train/NAME`).
     pub fn name(self) -> &'static str {
         match self {
             Term::Lm => "lm",
             Term::Kl => "kl",
+            Term::ReverseKl => "reverse_kl",
             Term::Attention => "attention",
             Term::AttentionRows => "attention_rows",
         }
@@ -58,20 +61,20 @@ impl Term {
     pub fn needs_teacher(self) -> bool {
         match self {
             Term::Lm => false,
-            Term::Kl | Term::Attention | Term::AttentionRows => true,
+            Term::Kl | Term::ReverseKl | Term::Attention | Term::AttentionRows => true,
         }
     }
 
     /// Whether the term reads the teacher's logits (a full teacher forward with its LM head).
     pub fn needs_teacher_logits(self) -> bool {
-        matches!(self, Term::Kl)
+        matches!(self, Term::Kl | Term::ReverseKl)
     }
 
     /// Whether the term is computed layer by layer on the teacher's layer inputs, without an
     /// end-to-end student forward.
     pub fn is_layer_local(self) -> bool {
         match self {
-            Term::Lm | Term::Kl => false,
+            Term::Lm | Term::Kl | Term::ReverseKl => false,
             Term::Attention | Term::AttentionRows => true,
         }
     }
@@ -83,6 +86,10 @@ impl Term {
             Term::Kl => {
                 let teacher = f.trace().logits.as_ref().expect("traced with logits: Kl needs them");
                 kl_divergence_train(teacher.clone(), f.student_logits().clone(), temperature)
+            }
+            Term::ReverseKl => {
+                let teacher = f.trace().logits.as_ref().expect("traced with logits: ReverseKl needs them");
+                reverse_kl_divergence_train(teacher.clone(), f.student_logits().clone(), temperature)
             }
             Term::Attention | Term::AttentionRows => {
                 let parts: Vec<Tensor<B, 1>> = (f.trace().layers.iter().enumerate())
@@ -110,7 +117,7 @@ impl Term {
                 let n = teacher.dims()[2];
                 row_kl(teacher, student.layer_rows_on(layer, trace, shared_heads, n))
             }
-            Term::Lm | Term::Kl => unreachable!("{self} is not layer-local"),
+            Term::Lm | Term::Kl | Term::ReverseKl => unreachable!("{self} is not layer-local"),
         }
     }
 }
