@@ -8,11 +8,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use dijiang_model::generate::{Sampler, Sampling, generate};
+use dijiang_model::Transformer;
+use dijiang_model::generate::{GenerationStats, Sampler, Sampling, generate};
 use dijiang_model::tokenizer::Tokenizer;
 use serde_json::json;
 
 use super::inference::ModelOptions;
+use crate::backend::Backend;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,41 +85,8 @@ pub fn run(args: Args) -> Result<()> {
             let bos = tokenizer.bos.context("an empty prompt needs a BOS token, and this tokenizer has none")?;
             prompt.push(bos);
         }
-        // A fresh sampler per prompt: each continuation is what `--prompt` alone would write.
-        let mut sampler = Sampler::new(Sampling {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-            repeat_penalty: args.repeat_penalty,
-            repeat_last_n: args.repeat_last_n,
-        });
-
-        // Stream: decode the prompt and everything generated so far, and print what is new. Pieces
-        // are not printed one by one: multi-byte characters can span tokens, and some tokenizers
-        // decode a token differently after BOS.
-        let mut printed = tokenizer.decode(&prompt);
-        let prompt_decoded = printed.clone();
-        let mut all_ids = prompt.clone();
-        let stdout = std::io::stdout();
+        let (generated, stats) = continue_prompt(&model, &tokenizer, &args, &prompt, stream);
         if stream {
-            print!("{printed}");
-        }
-        let (generated, stats) = generate(&model, &prompt, args.max_new_tokens, &mut sampler, tokenizer.eos, |id| {
-            if !stream {
-                return;
-            }
-            all_ids.push(id);
-            let text = tokenizer.decode(&all_ids);
-            if let Some(delta) = text.strip_prefix(printed.as_str()) {
-                let mut out = stdout.lock();
-                let _ = out.write_all(delta.as_bytes());
-                let _ = out.flush();
-                printed = text;
-            }
-        });
-        if stream {
-            println!();
             eprintln!(
                 "prompt {} tokens at {:.1} tok/s; generated {} tokens at {:.1} tok/s; peak {kind} {:.1} KiB",
                 stats.prompt_tokens,
@@ -128,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
             );
             continue;
         }
+        let prompt_decoded = tokenizer.decode(&prompt);
         let all: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
         let text = tokenizer.decode(&all);
         let continuation = text.strip_prefix(prompt_decoded.as_str()).unwrap_or(&text);
@@ -156,6 +126,51 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Continues `prompt` (token ids) with a fresh sampler, so that each prompt of a file is continued
+/// as `--prompt` alone would; when `stream`, prints the prompt and then the new text as it comes.
+fn continue_prompt(
+    model: &Transformer<Backend>,
+    tokenizer: &Tokenizer,
+    args: &Args,
+    prompt: &[u32],
+    stream: bool,
+) -> (Vec<u32>, GenerationStats) {
+    let mut sampler = Sampler::new(Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+    });
+    // Decode the prompt and everything generated so far, and print what is new. Pieces are not
+    // printed one by one: multi-byte characters can span tokens, and some tokenizers decode a
+    // token differently after BOS.
+    let mut printed = tokenizer.decode(prompt);
+    let mut all_ids = prompt.to_vec();
+    let stdout = std::io::stdout();
+    if stream {
+        print!("{printed}");
+    }
+    let result = generate(model, prompt, args.max_new_tokens, &mut sampler, tokenizer.eos, |id| {
+        if !stream {
+            return;
+        }
+        all_ids.push(id);
+        let text = tokenizer.decode(&all_ids);
+        if let Some(delta) = text.strip_prefix(printed.as_str()) {
+            let mut out = stdout.lock();
+            let _ = out.write_all(delta.as_bytes());
+            let _ = out.flush();
+            printed = text;
+        }
+    });
+    if stream {
+        println!();
+    }
+    result
 }
 
 /// A continuation whose distinct word 3-grams fall under this share repeats most of its phrases:
