@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::objective::Objective;
+use crate::objective::{Objective, Term};
+use crate::on_policy::OnPolicy;
 use crate::shard::OptimizerLayout;
 use crate::trainable::Group;
 
@@ -285,11 +286,15 @@ pub struct Stage {
     pub lr_scale: LrScale,
     /// The stage's loss: `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }` (see [`crate::objective::Term`]).
     pub loss: Objective,
+    /// On-policy distillation: the student writes the last tokens of each block before the step
+    /// (`on_policy = { tokens = 128, temperature = 1.0 }`, [`OnPolicy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_policy: Option<OnPolicy>,
 }
 
 impl Stage {
     /// Constraints serde cannot express (the message is prefixed with the stage's place).
-    fn validate(&self, recompute: Recompute) -> Result<(), String> {
+    fn validate(&self, recompute: Recompute, block_size: usize) -> Result<(), String> {
         if self.steps == 0 || self.lr <= 0.0 || self.min_lr < 0.0 || self.min_lr > self.lr {
             return Err("steps > 0 and 0 <= min_lr <= lr > 0 are needed".into());
         }
@@ -306,6 +311,19 @@ impl Stage {
         }
         if !self.lr_scale.is_valid() {
             return Err("lr_scale multipliers (kernel, lora, base) must be finite and > 0".into());
+        }
+        if self.on_policy.is_some() && (!self.loss.needs_teacher_logits() || self.loss.has_layer_local_terms()) {
+            return Err(format!(
+                "on_policy distils on the student's own text: its loss needs kl or reverse_kl and no layer terms, not {}",
+                self.loss.describe()
+            ));
+        }
+        if let Some(on_policy) = &self.on_policy {
+            on_policy.validate(block_size)?;
+        }
+        if self.on_policy.is_some() && self.loss.weight(Term::Lm) > 0.0 {
+            return Err("on_policy: the lm term would teach the student its own samples on the tokens it wrote;                         set lm = 0 (the KL to the teacher is the signal)"
+                .into());
         }
         Ok(())
     }
@@ -515,7 +533,7 @@ impl Experiment {
             ));
         }
         for (i, s) in self.stages.iter().enumerate() {
-            s.validate(self.memory.recompute).map_err(|m| format!("stages.{i} (`{}`): {m}", s.name))?;
+            s.validate(self.memory.recompute, d.block_size).map_err(|m| format!("stages.{i} (`{}`): {m}", s.name))?;
         }
         let dist = &self.distributed;
         let world = dist.world();

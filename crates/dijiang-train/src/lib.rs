@@ -31,6 +31,7 @@ pub mod memory;
 pub mod metrics;
 pub mod nodes;
 pub mod objective;
+pub mod on_policy;
 pub mod optim;
 pub mod params;
 pub mod plan;

@@ -194,6 +194,13 @@ impl Plan {
                         group(n),
                         stage.loss.describe()
                     );
+                    if let Some(p) = &stage.on_policy {
+                        let _ = writeln!(
+                            out,
+                            "            on-policy: the student writes the last {} tokens of each block (temperature {})",
+                            p.tokens, p.temperature
+                        );
+                    }
                 }
                 let _ = writeln!(out, "{}", memory_line(experiment, config));
             }

@@ -29,6 +29,7 @@ mod tests {
             trainable: Trainable::All,
             lr_scale: Default::default(),
             loss: Objective::new([(Term::Lm, 1.0)]),
+            on_policy: None,
         }
     }
 

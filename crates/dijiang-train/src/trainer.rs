@@ -23,6 +23,7 @@ use crate::checkpoint::TrainerState;
 use crate::distributed::{Rank, Reducer, Reduction, on_each_device};
 use crate::error::{Result, TrainError};
 use crate::experiment::{Experiment, StorageDtype};
+use crate::on_policy::Rollouts;
 use crate::optim::AdamW;
 use crate::params::{set_storage, set_trainable};
 use crate::recorder::{Models, Outcome, Recorder};
@@ -231,13 +232,12 @@ fn train_loop<B: AutodiffBackend>(
     let Replica { mut student, mut teacher, mut optimizer, mut state } = replica;
     let e = run.experiment;
     let mut batches = Batches::new(&run.train, &e.data, e.seed, rank, state.cursor);
+    let rollouts = Rollouts { seed: e.seed, rank: rank.global };
     let mut recorder = rank.is_writer().then(|| Recorder::open(run, &state)).transpose()?;
     if let Some(r) = recorder.as_mut().filter(|_| run.resumed_from.is_none()) {
         r.evaluate(0, &student, teacher.as_ref(), device)?;
     }
-    if teacher_held(e) == TeacherHeld::AtStart {
-        teacher = None;
-    }
+    teacher = teacher.filter(|_| teacher_held(e) != TeacherHeld::AtStart);
     let (mut failure, mut trainable_stage, mut interrupted) = (None, None, false);
     while state.step < e.total_steps() {
         let (index, stage_step) = e.stage_at(state.step);
@@ -256,7 +256,7 @@ fn train_loop<B: AutodiffBackend>(
         let inputs = StepInputs {
             objective: &stage.loss,
             teacher: teacher.as_ref(),
-            micro_batches: batches.next_step(device),
+            micro_batches: rollouts.prepare(stage, &student, batches.next_step(device), state.step),
             lr: learning_rate(stage, stage_step),
             lr_scale: stage.lr_scale,
             recompute: e.memory.recompute,

@@ -105,6 +105,31 @@ fn block_recomputation_refuses_a_loss_that_mixes_layer_terms_with_logits() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// `on_policy` needs a block prefix to continue and a KL to the teacher, and refuses the LM term
+/// (it would teach the student its own samples) and layer-local stages.
+#[test]
+fn on_policy_is_checked_against_the_block_and_the_loss() {
+    use dijiang_train::on_policy::OnPolicy;
+    let file = repo().join("experiments/default.toml");
+    let load = |extra: &[&str]| {
+        let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Experiment::load(&file, &overrides).map_err(|e| e.to_string())
+    };
+    let e = load(&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0"]).unwrap();
+    assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0 }));
+    assert_eq!(e.stages[0].on_policy, None);
+    for (extra, says) in [
+        (&["stages.1.on_policy.tokens=128"][..], "lm term"),
+        (&["stages.1.on_policy.tokens=1024", "stages.1.loss.lm=0"], "must be in 1..1024"),
+        (&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0", "stages.1.on_policy.temperature=-1"], ">= 0"),
+        (&["stages.0.on_policy.tokens=128"], "no layer terms"),
+        (&["stages.1.on_policy.token=128", "stages.1.loss.lm=0"], "token"),
+    ] {
+        let err = load(extra).unwrap_err();
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}
+
 /// The 7B experiments fit an 80 GB card (~74.5 GiB usable) by the memory model: `dijiang-7b` on one
 /// device, `dijiang-7b-reference` on each of 8 (docs/memory.md, "What fits where").
 #[test]

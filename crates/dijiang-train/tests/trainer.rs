@@ -286,6 +286,34 @@ fn block_recomputation_trains_as_the_plain_step_and_resumes_exactly() {
     assert_same(&metrics(&dir.join("blocks-resumed")), &got);
 }
 
+/// An on-policy distillation stage trains on the student's own continuations (its KL differs
+/// from the same stage on the data alone) and resumes to the uninterrupted run bit for bit (the
+/// rollouts are seeded by the run's seed and the step).
+#[test]
+fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
+    use dijiang_train::objective::Objective;
+    use dijiang_train::on_policy::OnPolicy;
+
+    let (dir, experiment, _) = reference(Architecture::Llama);
+    let mut on_data = experiment.clone();
+    on_data.stages[1].loss = Objective::new([(Term::Kl, 1.0)]).with_temperature(2.0);
+    let mut on_policy = on_data.clone();
+    on_policy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 1.0 });
+    on_policy.validate().unwrap();
+    run(dir, &on_data, "kl-data", false, 1);
+    run(dir, &on_policy, "kl-policy", false, 1);
+    let (data, policy) = (metrics(&dir.join("kl-data")), metrics(&dir.join("kl-policy")));
+    let kl = |m: &Metrics, step: usize| m[&(step, "train/kl".to_string())];
+    assert_eq!(data[&(3, "train/loss".into())].to_bits(), policy[&(3, "train/loss".into())].to_bits(), "stage 1 alike");
+    for step in 4..=STEPS {
+        assert!(kl(&policy, step).is_finite() && kl(&policy, step) != kl(&data, step), "step {step}: other text");
+    }
+    let stopped = run(dir, &on_policy, "kl-policy-resumed", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    run(dir, &on_policy, "kl-policy-resumed", false, 1);
+    assert_same(&metrics(&dir.join("kl-policy-resumed")), &policy);
+}
+
 #[test]
 fn the_plan_counts_what_the_trainer_trains() {
     for arch in [Architecture::Llama, Architecture::GptNeox] {

@@ -1,0 +1,197 @@
+//! On-policy distillation: the student writes the end of each block itself before the step, so
+//! the distillation's KL is also taken on text the student produced (GKD, arXiv 2306.13649;
+//! MiniLLM, arXiv 2306.08543). Distillation on data prefixes alone never shows the student its
+//! own mistakes; a greedy loop is one of them (docs/conversion-start.md, the pure student's loops).
+//!
+//! A stage with `on_policy = { tokens = G, temperature = T }` keeps each block's first
+//! `block - G` tokens and replaces the last `G` inputs by the student's continuation of them,
+//! sampled at temperature `T` (0: greedy) from a generator seeded by the run's seed, the step and
+//! the block's place, so a resumed run writes the same tokens. The teacher then reads the same
+//! block, and the KL compares the two at every position. The stage may not have an `lm` term:
+//! on the written positions it would teach the student its own samples.
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use dijiang_data::dataset::LmBatch;
+use dijiang_model::Transformer;
+use dijiang_model::generate::{Sampler, Sampling, generate};
+use serde::{Deserialize, Serialize};
+
+use crate::experiment::Stage;
+
+/// A stage's on-policy setting (`on_policy = { tokens = 128, temperature = 1.0 }`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnPolicy {
+    /// How many of each block's last inputs the student writes.
+    pub tokens: usize,
+    /// Its sampling temperature (0: greedy; GKD samples at 1).
+    #[serde(default = "one")]
+    pub temperature: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl OnPolicy {
+    /// Constraints serde cannot express, against the data's block length.
+    pub fn validate(&self, block_size: usize) -> Result<(), String> {
+        if self.tokens == 0 || self.tokens >= block_size {
+            return Err(format!(
+                "on_policy.tokens ({}) must be in 1..{block_size} (data.block_size): the student continues the \
+                 block's first block_size - tokens tokens",
+                self.tokens
+            ));
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("on_policy.temperature ({}) must be finite and >= 0 (0: greedy)", self.temperature));
+        }
+        Ok(())
+    }
+
+    /// `batch` with the last `tokens` inputs of each row replaced by `student`'s continuation of
+    /// the row's first inputs (and the targets by the continuation shifted by one). `seed`
+    /// identifies the step and the micro-batch; row `r` samples from `seed + r`.
+    pub fn rollout<B: AutodiffBackend>(
+        &self,
+        student: &Transformer<B>,
+        batch: LmBatch<B::InnerBackend>,
+        seed: u64,
+    ) -> LmBatch<B::InnerBackend> {
+        let model = student.valid();
+        let [rows, block] = batch.inputs.dims();
+        let device = batch.inputs.device();
+        let ids = |t: Tensor<B::InnerBackend, 2, Int>| -> Vec<i64> {
+            t.into_data().convert::<i64>().to_vec::<i64>().expect("integer token ids")
+        };
+        let (mut inputs, mut targets) = (ids(batch.inputs), ids(batch.targets));
+        let kept = block - self.tokens;
+        for r in 0..rows {
+            let row = r * block..(r + 1) * block;
+            let prompt: Vec<u32> = inputs[row.start..row.start + kept].iter().map(|&t| t as u32).collect();
+            let sampling =
+                Sampling { temperature: self.temperature, seed: seed.wrapping_add(r as u64), ..Default::default() };
+            // One more token than the inputs take: the last written input's target.
+            let (written, _) = generate(&model, &prompt, self.tokens + 1, &mut Sampler::new(sampling), None, |_| {});
+            let written: Vec<i64> = written.iter().map(|&t| t as i64).collect();
+            inputs[row.start + kept..row.end].copy_from_slice(&written[..self.tokens]);
+            targets[row.start + kept - 1..row.end].copy_from_slice(&written);
+        }
+        let tensor = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [rows, block]), &device);
+        LmBatch { inputs: tensor(inputs), targets: tensor(targets) }
+    }
+}
+
+/// One worker's rollouts in a run: the run's seed and the worker's global rank.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollouts {
+    pub seed: u64,
+    pub rank: usize,
+}
+
+impl Rollouts {
+    /// A step's micro-batches, rolled out by `student` where `stage` is on-policy.
+    pub fn prepare<B: AutodiffBackend>(
+        &self,
+        stage: &Stage,
+        student: &Transformer<B>,
+        micro_batches: Vec<LmBatch<B::InnerBackend>>,
+        step: usize,
+    ) -> Vec<LmBatch<B::InnerBackend>> {
+        let Some(on_policy) = &stage.on_policy else { return micro_batches };
+        let seed = |micro| rollout_seed(self.seed, step, micro, self.rank);
+        micro_batches
+            .into_iter()
+            .enumerate()
+            .map(|(micro, batch)| on_policy.rollout(student, batch, seed(micro)))
+            .collect()
+    }
+}
+
+/// The sampling seed of micro-batch `micro` of `step` on worker `rank` of a run seeded `seed`:
+/// distinct across steps, micro-batches and workers (each row adds its index).
+pub fn rollout_seed(seed: u64, step: usize, micro: usize, rank: usize) -> u64 {
+    let mix = |x: u64, y: u64| (x ^ y).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31);
+    mix(mix(mix(seed, step as u64), micro as u64), rank as u64) & !0xFFFF
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+    use dijiang_model::config::{Architecture, ModelConfig};
+    use dijiang_model::cpu::Cpu;
+
+    use super::*;
+
+    type B = Autodiff<Cpu>;
+
+    fn batch(rows: usize, block: usize, vocab: usize) -> LmBatch<Cpu> {
+        let ids: Vec<i64> = (0..rows * (block + 1)).map(|i| ((i * 37 + 5) % vocab) as i64).collect();
+        let tokens = Tensor::<Cpu, 1, Int>::from_data(ids.as_slice(), &Default::default()).reshape([rows, block + 1]);
+        LmBatch { inputs: tokens.clone().slice([0..rows, 0..block]), targets: tokens.slice([0..rows, 1..block + 1]) }
+    }
+
+    fn ids(t: Tensor<Cpu, 2, Int>) -> Vec<Vec<i64>> {
+        let [rows, block] = t.dims();
+        let flat = t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        (0..rows).map(|r| flat[r * block..(r + 1) * block].to_vec()).collect()
+    }
+
+    #[test]
+    fn a_greedy_rollout_is_the_students_greedy_continuation_of_each_prefix() {
+        let config = ModelConfig::tiny(Architecture::Llama);
+        let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
+        let (block, tokens) = (12, 5);
+        let data = batch(2, block, config.vocab_size);
+        let on_policy = OnPolicy { tokens, temperature: 0.0 };
+        let rolled = on_policy.rollout(&student, data.clone(), 9);
+        let (before, after, targets) = (ids(data.inputs), ids(rolled.inputs), ids(rolled.targets));
+        let mut changed = false;
+        for r in 0..2 {
+            let kept = block - tokens;
+            assert_eq!(after[r][..kept], before[r][..kept], "row {r}: the prefix is kept");
+            let prompt: Vec<u32> = before[r][..kept].iter().map(|&t| t as u32).collect();
+            let mut greedy = Sampler::new(Sampling::default());
+            let (want, _) = generate(&student.valid(), &prompt, tokens + 1, &mut greedy, None, |_| {});
+            let want: Vec<i64> = want.into_iter().map(i64::from).collect();
+            assert_eq!(after[r][kept..], want[..tokens], "row {r}: the student's continuation");
+            // Targets are the inputs shifted by one, the last one the continuation's next token.
+            assert_eq!(targets[r][..block - 1], after[r][1..], "row {r}");
+            assert_eq!(targets[r][block - 1], want[tokens], "row {r}");
+            changed |= after[r] != before[r];
+        }
+        assert!(changed, "the random student's continuation is not the data");
+    }
+
+    #[test]
+    fn sampled_rollouts_repeat_for_a_seed_and_differ_across_steps() {
+        let config = ModelConfig::tiny(Architecture::Llama);
+        let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
+        let on_policy = OnPolicy { tokens: 8, temperature: 1.0 };
+        let roll = |step| {
+            let seed = rollout_seed(5, step, 0, 0);
+            ids(on_policy.rollout(&student, batch(1, 12, config.vocab_size), seed).inputs)
+        };
+        assert_eq!(roll(3), roll(3));
+        assert_ne!(roll(3), roll(4));
+        let seeds =
+            [rollout_seed(5, 3, 0, 0), rollout_seed(5, 3, 1, 0), rollout_seed(5, 3, 0, 1), rollout_seed(6, 3, 0, 0)];
+        assert!(seeds.iter().enumerate().all(|(i, a)| seeds[i + 1..].iter().all(|b| a.abs_diff(*b) > 0xFFFF)));
+    }
+
+    #[test]
+    fn tokens_must_leave_a_prefix_and_the_temperature_be_a_number() {
+        assert!(OnPolicy { tokens: 4, temperature: 1.0 }.validate(8).is_ok());
+        for (p, says) in [
+            (OnPolicy { tokens: 0, temperature: 1.0 }, "must be in 1..8"),
+            (OnPolicy { tokens: 8, temperature: 1.0 }, "must be in 1..8"),
+            (OnPolicy { tokens: 4, temperature: -1.0 }, ">= 0"),
+            (OnPolicy { tokens: 4, temperature: f64::NAN }, ">= 0"),
+        ] {
+            let err = p.validate(8).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+    }
+}
