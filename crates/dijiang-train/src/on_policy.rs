@@ -6,7 +6,9 @@
 //! A stage with `on_policy = { tokens = G, temperature = T }` keeps each block's first
 //! `block - G` tokens and replaces the last `G` inputs by the student's continuation of them,
 //! sampled at temperature `T` (0: greedy) from a generator seeded by the run's seed, the step and
-//! the block's place, so a resumed run writes the same tokens. The teacher then reads the same
+//! the block's place, so a resumed run writes the same tokens. With `every = k` it does so on
+//! every k-th step of the stage only (GKD's fraction of on-policy data, at a k-th of the price:
+//! the continuation is decoded token by token). The teacher then reads the same
 //! block, and the KL compares the two at every position. The stage may not have an `lm` term:
 //! on the written positions it would teach the student its own samples.
 
@@ -29,10 +31,17 @@ pub struct OnPolicy {
     /// Its sampling temperature (0: greedy; GKD samples at 1).
     #[serde(default = "one")]
     pub temperature: f64,
+    /// The stage's steps `0, k, 2k, ...` are rolled out, the others train on the data (1: all).
+    #[serde(default = "every_step")]
+    pub every: usize,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn every_step() -> usize {
+    1
 }
 
 impl OnPolicy {
@@ -47,6 +56,9 @@ impl OnPolicy {
         }
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(format!("on_policy.temperature ({}) must be finite and >= 0 (0: greedy)", self.temperature));
+        }
+        if self.every == 0 {
+            return Err("on_policy.every must be >= 1 (1: every step of the stage)".into());
         }
         Ok(())
     }
@@ -92,15 +104,18 @@ pub struct Rollouts {
 }
 
 impl Rollouts {
-    /// A step's micro-batches, rolled out by `student` where `stage` is on-policy.
+    /// A step's micro-batches (`step` of the run, `stage_step` of `stage`), rolled out by
+    /// `student` where the stage is on-policy at this step.
     pub fn prepare<B: AutodiffBackend>(
         &self,
         stage: &Stage,
         student: &Transformer<B>,
         micro_batches: Vec<LmBatch<B::InnerBackend>>,
-        step: usize,
+        (step, stage_step): (usize, usize),
     ) -> Vec<LmBatch<B::InnerBackend>> {
-        let Some(on_policy) = &stage.on_policy else { return micro_batches };
+        let Some(on_policy) = stage.on_policy.filter(|p| stage_step.is_multiple_of(p.every)) else {
+            return micro_batches;
+        };
         let seed = |micro| rollout_seed(self.seed, step, micro, self.rank);
         micro_batches
             .into_iter()
@@ -145,7 +160,7 @@ mod tests {
         let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
         let (block, tokens) = (12, 5);
         let data = batch(2, block, config.vocab_size);
-        let on_policy = OnPolicy { tokens, temperature: 0.0 };
+        let on_policy = OnPolicy { tokens, temperature: 0.0, every: 1 };
         let rolled = on_policy.rollout(&student, data.clone(), 9);
         let (before, after, targets) = (ids(data.inputs), ids(rolled.inputs), ids(rolled.targets));
         let mut changed = false;
@@ -169,7 +184,7 @@ mod tests {
     fn sampled_rollouts_repeat_for_a_seed_and_differ_across_steps() {
         let config = ModelConfig::tiny(Architecture::Llama);
         let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
-        let on_policy = OnPolicy { tokens: 8, temperature: 1.0 };
+        let on_policy = OnPolicy { tokens: 8, temperature: 1.0, every: 1 };
         let roll = |step| {
             let seed = rollout_seed(5, step, 0, 0);
             ids(on_policy.rollout(&student, batch(1, 12, config.vocab_size), seed).inputs)
@@ -183,15 +198,47 @@ mod tests {
 
     #[test]
     fn tokens_must_leave_a_prefix_and_the_temperature_be_a_number() {
-        assert!(OnPolicy { tokens: 4, temperature: 1.0 }.validate(8).is_ok());
+        assert!(OnPolicy { tokens: 4, temperature: 1.0, every: 1 }.validate(8).is_ok());
         for (p, says) in [
-            (OnPolicy { tokens: 0, temperature: 1.0 }, "must be in 1..8"),
-            (OnPolicy { tokens: 8, temperature: 1.0 }, "must be in 1..8"),
-            (OnPolicy { tokens: 4, temperature: -1.0 }, ">= 0"),
-            (OnPolicy { tokens: 4, temperature: f64::NAN }, ">= 0"),
+            (OnPolicy { tokens: 0, temperature: 1.0, every: 1 }, "must be in 1..8"),
+            (OnPolicy { tokens: 8, temperature: 1.0, every: 1 }, "must be in 1..8"),
+            (OnPolicy { tokens: 4, temperature: -1.0, every: 1 }, ">= 0"),
+            (OnPolicy { tokens: 4, temperature: f64::NAN, every: 1 }, ">= 0"),
+            (OnPolicy { tokens: 4, temperature: 1.0, every: 0 }, "every must be >= 1"),
         ] {
             let err = p.validate(8).unwrap_err();
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    #[test]
+    fn every_kth_step_of_the_stage_is_rolled_out_the_others_train_on_the_data() {
+        use crate::objective::{Objective, Term};
+        let config = ModelConfig::tiny(Architecture::Llama);
+        let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
+        let data = batch(1, 12, config.vocab_size);
+        let on_policy = Some(OnPolicy { tokens: 6, temperature: 0.0, every: 3 });
+        let stage = Stage {
+            name: "distill".into(),
+            steps: 9,
+            lr: 1e-3,
+            min_lr: 0.0,
+            warmup_steps: 0,
+            trainable: crate::experiment::Trainable::All,
+            lr_scale: Default::default(),
+            loss: Objective::new([(Term::Kl, 1.0)]),
+            on_policy,
+        };
+        let rollouts = Rollouts { seed: 5, rank: 0 };
+        let written: Vec<bool> = (0..7)
+            .map(|stage_step| {
+                let out = rollouts.prepare(&stage, &student, vec![data.clone()], (10 + stage_step, stage_step));
+                ids(out[0].inputs.clone()) != ids(data.inputs.clone())
+            })
+            .collect();
+        assert_eq!(written, [true, false, false, true, false, false, true]);
+        let off = Stage { on_policy: None, ..stage };
+        let out = rollouts.prepare(&off, &student, vec![data.clone()], (10, 0));
+        assert_eq!(ids(out[0].inputs.clone()), ids(data.inputs));
     }
 }

@@ -197,8 +197,9 @@ impl Plan {
                     if let Some(p) = &stage.on_policy {
                         let _ = writeln!(
                             out,
-                            "            on-policy: the student writes the last {} tokens of each block (temperature {})",
-                            p.tokens, p.temperature
+                            "            on-policy: the student writes the last {} tokens of each block (temperature {}), \
+                             every {} step(s)",
+                            p.tokens, p.temperature, p.every
                         );
                     }
                 }

@@ -256,7 +256,7 @@ fn train_loop<B: AutodiffBackend>(
         let inputs = StepInputs {
             objective: &stage.loss,
             teacher: teacher.as_ref(),
-            micro_batches: rollouts.prepare(stage, &student, batches.next_step(device), state.step),
+            micro_batches: rollouts.prepare(stage, &student, batches.next_step(device), (state.step, stage_step)),
             lr: learning_rate(stage, stage_step),
             lr_scale: stage.lr_scale,
             recompute: e.memory.recompute,

@@ -116,13 +116,14 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
         Experiment::load(&file, &overrides).map_err(|e| e.to_string())
     };
     let e = load(&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0"]).unwrap();
-    assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0 }));
+    assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0, every: 1 }));
     assert_eq!(e.stages[0].on_policy, None);
     for (extra, says) in [
         (&["stages.1.on_policy.tokens=128"][..], "lm term"),
         (&["stages.1.on_policy.tokens=1024", "stages.1.loss.lm=0"], "must be in 1..1024"),
         (&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0", "stages.1.on_policy.temperature=-1"], ">= 0"),
         (&["stages.0.on_policy.tokens=128"], "no layer terms"),
+        (&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0", "stages.1.on_policy.every=0"], "every must be >= 1"),
         (&["stages.1.on_policy.token=128", "stages.1.loss.lm=0"], "token"),
     ] {
         let err = load(extra).unwrap_err();

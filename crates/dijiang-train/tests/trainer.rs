@@ -298,7 +298,7 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
     let mut on_data = experiment.clone();
     on_data.stages[1].loss = Objective::new([(Term::Kl, 1.0)]).with_temperature(2.0);
     let mut on_policy = on_data.clone();
-    on_policy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 1.0 });
+    on_policy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 1.0, every: 1 });
     on_policy.validate().unwrap();
     run(dir, &on_data, "kl-data", false, 1);
     run(dir, &on_policy, "kl-policy", false, 1);
