@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::objective::{Objective, Term};
+use crate::objective::Objective;
 use crate::on_policy::OnPolicy;
 use crate::shard::OptimizerLayout;
 use crate::trainable::Group;
@@ -320,10 +320,6 @@ impl Stage {
         }
         if let Some(on_policy) = &self.on_policy {
             on_policy.validate(block_size)?;
-        }
-        if self.on_policy.is_some() && self.loss.weight(Term::Lm) > 0.0 {
-            return Err("on_policy: the lm term would teach the student its own samples on the tokens it wrote;                         set lm = 0 (the KL to the teacher is the signal)"
-                .into());
         }
         Ok(())
     }

@@ -12,7 +12,11 @@ use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
 
-/// Mean next-token cross-entropy.
+/// The target of a position no loss is taken at (PyTorch's `ignore_index`): an on-policy
+/// rollout's written positions, whose next tokens are the student's own samples, not data.
+pub const IGNORED: i64 = -100;
+
+/// Mean next-token cross-entropy over the positions whose target is not [`IGNORED`].
 ///
 /// # Shapes
 /// - logits: `[b, t, vocab]`, targets: `[b, t]` -> `[1]`
@@ -20,16 +24,26 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int
     cross_entropy_parts(logits, targets).0
 }
 
-/// [`cross_entropy`]'s value and the log-probabilities it read.
-fn cross_entropy_parts<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> (Tensor<B, 1>, Tensor<B, 3>) {
+/// [`cross_entropy`]'s value, the log-probabilities it read, the targets with the ignored ones
+/// pointing at word 0, the mask of the positions it counts (`[b, t, 1]`, 1 or 0) and their number.
+fn cross_entropy_parts<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 3>, Tensor<B, 3, Int>, Tensor<B, 3>, usize) {
     let [b, t, _] = logits.dims();
+    let targets = targets.reshape([b, t, 1]);
+    let counted = targets.clone().not_equal_elem(IGNORED);
+    let mask = counted.clone().float();
+    let positions = counted.int().sum().into_scalar().elem::<i64>() as usize;
+    let targets = targets.clamp_min(0);
     let log_probs = log_softmax(logits, 2);
-    let picked = log_probs.clone().gather(2, targets.reshape([b, t, 1]));
-    (picked.mean().neg(), log_probs)
+    let picked = log_probs.clone().gather(2, targets.clone()) * mask.clone();
+    let value = picked.sum().div_scalar(positions.max(1) as f64).neg();
+    (value, log_probs, targets, mask, positions)
 }
 
 /// [`cross_entropy`] for training: the same value; its gradient with respect to the logits is
-/// `(softmax - one_hot(target)) / positions`.
+/// `(softmax - one_hot(target)) / positions` at the counted positions, 0 at the ignored ones.
 ///
 /// # Shapes
 /// - logits: `[b, t, vocab]`, targets: `[b, t]` -> `[1]`
@@ -38,10 +52,10 @@ pub fn cross_entropy_train<B: AutodiffBackend>(
     targets: Tensor<B::InnerBackend, 2, Int>,
 ) -> Tensor<B, 1> {
     let [b, t, _] = logits.dims();
-    let (value, log_probs) = cross_entropy_parts(logits.clone().inner(), targets.clone());
-    let scale = 1.0 / (b * t) as f64;
+    let (value, log_probs, targets, mask, positions) = cross_entropy_parts(logits.clone().inner(), targets);
+    let scale = 1.0 / positions.max(1) as f64;
     let picked = Tensor::full([b, t, 1], -scale, &log_probs.device());
-    let grad = log_probs.exp().mul_scalar(scale).scatter(2, targets.reshape([b, t, 1]), picked, IndexingUpdateOp::Add);
+    let grad = log_probs.exp().mul_scalar(scale).scatter(2, targets, picked, IndexingUpdateOp::Add) * mask;
     with_gradient(logits, value, grad)
 }
 
@@ -192,7 +206,8 @@ mod tests {
     #[test]
     fn training_twins_match_autodiff_through_the_references() {
         let shape = [2, 5, 37];
-        let targets = Tensor::<B, 2, Int>::from_data([[0, 36, 5, 5, 17], [1, 2, 3, 30, 36]], &Default::default());
+        // One ignored position: the twin's gradient there is 0, as autodiff's through the mask.
+        let targets = Tensor::<B, 2, Int>::from_data([[0, 36, 5, 5, 17], [1, 2, IGNORED, 30, 36]], &Default::default());
         let student = || Tensor::<A, 3>::from_inner(logits(1, shape)).require_grad();
         let teacher = logits(2, shape);
         type Loss = Box<dyn Fn(Tensor<A, 3>) -> Tensor<A, 1>>;
@@ -241,6 +256,21 @@ mod tests {
             }
             assert!(largest > 1e-3, "{name}: a gradient worth comparing ({largest})");
         }
+    }
+
+    /// Ignored targets drop their positions: the mean is over the others alone, as if they were
+    /// not there; all ignored gives 0, not a division by zero.
+    #[test]
+    fn cross_entropy_counts_only_the_targets_not_ignored() {
+        let device = Default::default();
+        let all = logits(3, [1, 4, 11]);
+        let targets = Tensor::<B, 2, Int>::from_data([[4, IGNORED, 10, IGNORED]], &device);
+        let got = cross_entropy(all.clone(), targets).into_scalar();
+        let kept = Tensor::cat(vec![all.clone().slice([0..1, 0..1]), all.clone().slice([0..1, 2..3])], 1);
+        let want = cross_entropy(kept, Tensor::<B, 2, Int>::from_data([[4, 10]], &device)).into_scalar();
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "{got} vs {want}");
+        let none = cross_entropy(all, Tensor::<B, 2, Int>::full([1, 4], IGNORED, &device)).into_scalar();
+        assert_eq!(none, 0.0);
     }
 
     /// Both directions of the KL against sums written out in f64, at temperature 2: the reverse

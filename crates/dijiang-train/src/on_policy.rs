@@ -9,8 +9,9 @@
 //! the block's place, so a resumed run writes the same tokens. With `every = k` it does so on
 //! every k-th step of the stage only (GKD's fraction of on-policy data, at a k-th of the price:
 //! the continuation is decoded token by token). The teacher then reads the same
-//! block, and the KL compares the two at every position. The stage may not have an `lm` term:
-//! on the written positions it would teach the student its own samples.
+//! block, and the KL compares the two at every position. The written positions' targets are
+//! [`IGNORED`]: an `lm` term counts only the data's positions (on the written ones it would teach
+//! the student its own samples).
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -21,6 +22,7 @@ use dijiang_model::generate::{Sampler, Sampling, generate};
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::Stage;
+use crate::losses::IGNORED;
 
 /// A stage's on-policy setting (`on_policy = { tokens = 128, temperature = 1.0 }`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -64,8 +66,9 @@ impl OnPolicy {
     }
 
     /// `batch` with the last `tokens` inputs of each row replaced by `student`'s continuation of
-    /// the row's first inputs (and the targets by the continuation shifted by one). `seed`
-    /// identifies the step and the micro-batch; row `r` samples from `seed + r`.
+    /// the row's first inputs, and the targets at those positions [`IGNORED`] (the target before
+    /// them, the prefix's next token in the data, stays). `seed` identifies the step and the
+    /// micro-batch; row `r` samples from `seed + r`.
     pub fn rollout<B: AutodiffBackend>(
         &self,
         student: &Transformer<B>,
@@ -85,11 +88,10 @@ impl OnPolicy {
             let prompt: Vec<u32> = inputs[row.start..row.start + kept].iter().map(|&t| t as u32).collect();
             let sampling =
                 Sampling { temperature: self.temperature, seed: seed.wrapping_add(r as u64), ..Default::default() };
-            // One more token than the inputs take: the last written input's target.
-            let (written, _) = generate(&model, &prompt, self.tokens + 1, &mut Sampler::new(sampling), None, |_| {});
+            let (written, _) = generate(&model, &prompt, self.tokens, &mut Sampler::new(sampling), None, |_| {});
             let written: Vec<i64> = written.iter().map(|&t| t as i64).collect();
-            inputs[row.start + kept..row.end].copy_from_slice(&written[..self.tokens]);
-            targets[row.start + kept - 1..row.end].copy_from_slice(&written);
+            inputs[row.start + kept..row.end].copy_from_slice(&written);
+            targets[row.start + kept..row.end].fill(IGNORED);
         }
         let tensor = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [rows, block]), &device);
         LmBatch { inputs: tensor(inputs), targets: tensor(targets) }
@@ -163,18 +165,19 @@ mod tests {
         let on_policy = OnPolicy { tokens, temperature: 0.0, every: 1 };
         let rolled = on_policy.rollout(&student, data.clone(), 9);
         let (before, after, targets) = (ids(data.inputs), ids(rolled.inputs), ids(rolled.targets));
+        let before_targets = ids(data.targets);
         let mut changed = false;
         for r in 0..2 {
             let kept = block - tokens;
             assert_eq!(after[r][..kept], before[r][..kept], "row {r}: the prefix is kept");
             let prompt: Vec<u32> = before[r][..kept].iter().map(|&t| t as u32).collect();
             let mut greedy = Sampler::new(Sampling::default());
-            let (want, _) = generate(&student.valid(), &prompt, tokens + 1, &mut greedy, None, |_| {});
+            let (want, _) = generate(&student.valid(), &prompt, tokens, &mut greedy, None, |_| {});
             let want: Vec<i64> = want.into_iter().map(i64::from).collect();
-            assert_eq!(after[r][kept..], want[..tokens], "row {r}: the student's continuation");
-            // Targets are the inputs shifted by one, the last one the continuation's next token.
-            assert_eq!(targets[r][..block - 1], after[r][1..], "row {r}");
-            assert_eq!(targets[r][block - 1], want[tokens], "row {r}");
+            assert_eq!(after[r][kept..], want[..], "row {r}: the student's continuation");
+            // The prefix's targets are the data's; the written positions' are ignored.
+            assert_eq!(targets[r][..kept], before_targets[r][..kept], "row {r}");
+            assert!(targets[r][kept..].iter().all(|&t| t == IGNORED), "row {r}: {:?}", targets[r]);
             changed |= after[r] != before[r];
         }
         assert!(changed, "the random student's continuation is not the data");

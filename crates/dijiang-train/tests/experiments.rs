@@ -105,8 +105,8 @@ fn block_recomputation_refuses_a_loss_that_mixes_layer_terms_with_logits() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// `on_policy` needs a block prefix to continue and a KL to the teacher, and refuses the LM term
-/// (it would teach the student its own samples) and layer-local stages.
+/// `on_policy` needs a block prefix to continue and a KL to the teacher, and refuses layer-local
+/// stages (an LM term beside the KL counts the data's positions only).
 #[test]
 fn on_policy_is_checked_against_the_block_and_the_loss() {
     use dijiang_train::on_policy::OnPolicy;
@@ -115,11 +115,11 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
         let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         Experiment::load(&file, &overrides).map_err(|e| e.to_string())
     };
-    let e = load(&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0"]).unwrap();
+    let e = load(&["stages.1.on_policy.tokens=128"]).unwrap();
     assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0, every: 1 }));
     assert_eq!(e.stages[0].on_policy, None);
     for (extra, says) in [
-        (&["stages.1.on_policy.tokens=128"][..], "lm term"),
+        (&["stages.1.on_policy.tokens=128", "stages.1.loss.kl=0"][..], "needs kl or reverse_kl"),
         (&["stages.1.on_policy.tokens=1024", "stages.1.loss.lm=0"], "must be in 1..1024"),
         (&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0", "stages.1.on_policy.temperature=-1"], ">= 0"),
         (&["stages.0.on_policy.tokens=128"], "no layer terms"),

@@ -287,8 +287,9 @@ fn block_recomputation_trains_as_the_plain_step_and_resumes_exactly() {
 }
 
 /// An on-policy distillation stage trains on the student's own continuations (its KL differs
-/// from the same stage on the data alone) and resumes to the uninterrupted run bit for bit (the
-/// rollouts are seeded by the run's seed and the step).
+/// from the same stage on the data alone; its LM term counts the data's positions only) and
+/// resumes to the uninterrupted run bit for bit (the rollouts are seeded by the run's seed and
+/// the step).
 #[test]
 fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
     use dijiang_train::objective::Objective;
@@ -296,7 +297,7 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
 
     let (dir, experiment, _) = reference(Architecture::Llama);
     let mut on_data = experiment.clone();
-    on_data.stages[1].loss = Objective::new([(Term::Kl, 1.0)]).with_temperature(2.0);
+    on_data.stages[1].loss = Objective::new([(Term::Kl, 1.0), (Term::Lm, 0.1)]).with_temperature(2.0);
     let mut on_policy = on_data.clone();
     on_policy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 1.0, every: 1 });
     on_policy.validate().unwrap();
@@ -307,6 +308,8 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
     assert_eq!(data[&(3, "train/loss".into())].to_bits(), policy[&(3, "train/loss".into())].to_bits(), "stage 1 alike");
     for step in 4..=STEPS {
         assert!(kl(&policy, step).is_finite() && kl(&policy, step) != kl(&data, step), "step {step}: other text");
+        let lm = policy[&(step, "train/lm".to_string())];
+        assert!(lm.is_finite() && lm > 0.0, "step {step}: the LM term on the prefix ({lm})");
     }
     let stopped = run(dir, &on_policy, "kl-policy-resumed", true, 1);
     assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
