@@ -21,15 +21,23 @@ pub const IGNORED: i64 = -100;
 /// # Shapes
 /// - logits: `[b, t, vocab]`, targets: `[b, t]` -> `[1]`
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-    cross_entropy_parts(logits, targets).0
+    cross_entropy_parts(logits, targets).value
 }
 
-/// [`cross_entropy`]'s value, the log-probabilities it read, the targets with the ignored ones
-/// pointing at word 0, the mask of the positions it counts (`[b, t, 1]`, 1 or 0) and their number.
-fn cross_entropy_parts<B: Backend>(
-    logits: Tensor<B, 3>,
-    targets: Tensor<B, 2, Int>,
-) -> (Tensor<B, 1>, Tensor<B, 3>, Tensor<B, 3, Int>, Tensor<B, 3>, usize) {
+/// What [`cross_entropy`] reads and computes, kept for its training twin's gradient.
+struct CrossEntropyParts<B: Backend> {
+    value: Tensor<B, 1>,
+    /// `[b, t, vocab]`
+    log_probs: Tensor<B, 3>,
+    /// `[b, t, 1]`: the targets, the ignored ones pointing at word 0.
+    targets: Tensor<B, 3, Int>,
+    /// `[b, t, 1]`: 1 at the counted positions, 0 at the ignored ones.
+    mask: Tensor<B, 3>,
+    /// How many positions are counted.
+    positions: usize,
+}
+
+fn cross_entropy_parts<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> CrossEntropyParts<B> {
     let [b, t, _] = logits.dims();
     let targets = targets.reshape([b, t, 1]);
     let counted = targets.clone().not_equal_elem(IGNORED);
@@ -39,7 +47,7 @@ fn cross_entropy_parts<B: Backend>(
     let log_probs = log_softmax(logits, 2);
     let picked = log_probs.clone().gather(2, targets.clone()) * mask.clone();
     let value = picked.sum().div_scalar(positions.max(1) as f64).neg();
-    (value, log_probs, targets, mask, positions)
+    CrossEntropyParts { value, log_probs, targets, mask, positions }
 }
 
 /// [`cross_entropy`] for training: the same value; its gradient with respect to the logits is
@@ -52,11 +60,11 @@ pub fn cross_entropy_train<B: AutodiffBackend>(
     targets: Tensor<B::InnerBackend, 2, Int>,
 ) -> Tensor<B, 1> {
     let [b, t, _] = logits.dims();
-    let (value, log_probs, targets, mask, positions) = cross_entropy_parts(logits.clone().inner(), targets);
-    let scale = 1.0 / positions.max(1) as f64;
-    let picked = Tensor::full([b, t, 1], -scale, &log_probs.device());
-    let grad = log_probs.exp().mul_scalar(scale).scatter(2, targets, picked, IndexingUpdateOp::Add) * mask;
-    with_gradient(logits, value, grad)
+    let parts = cross_entropy_parts(logits.clone().inner(), targets);
+    let scale = 1.0 / parts.positions.max(1) as f64;
+    let picked = Tensor::full([b, t, 1], -scale, &parts.log_probs.device());
+    let grad = parts.log_probs.exp().mul_scalar(scale).scatter(2, parts.targets, picked, IndexingUpdateOp::Add);
+    with_gradient(logits, parts.value, grad * parts.mask)
 }
 
 /// KL(teacher || student) of the next-token distributions at `temperature`, summed over the
