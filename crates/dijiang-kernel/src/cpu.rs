@@ -140,7 +140,8 @@ mod tests {
     /// the query rows that see no key of a tile left out of its products) gives the bits of the
     /// same attention with the causal mask written out (every row multiplied, then masked), on any
     /// thread count: past Flex's untiled budget (600 x 600 scores), queries aligned with the last
-    /// keys after a cache (400 x 700), and untiled (37 x 37).
+    /// keys after a cache (400 x 700), and untiled (37 x 37; change 13's blocks of causal rows:
+    /// 300 x 300, 200 x 500, and 70 x 40 whose first 30 queries see no key).
     #[test]
     fn causal_attention_skips_tiles_without_changing_a_bit() {
         use burn::tensor::module::attention;
@@ -148,12 +149,15 @@ mod tests {
         use burn::tensor::{Bool, TensorData};
         let device = Default::default();
         let normal = Distribution::Normal(0.0, 1.0);
-        for (t, tk) in [(600, 600), (400, 700), (37, 37)] {
+        // Flex's tiled form (the first two) and its naive form (the score matrix under 256 Ki
+        // elements), one block of causal rows and several (vendor/burn-flex change 13).
+        for (t, tk) in [(600, 600), (400, 700), (37, 37), (300, 300), (200, 500), (70, 40)] {
             let q = Tensor::<Cpu, 4>::random([2, 3, t, 16], normal, &device);
             let k = Tensor::<Cpu, 4>::random([2, 3, tk, 16], normal, &device);
             let v = Tensor::<Cpu, 4>::random([2, 3, tk, 16], normal, &device);
-            // Query i sits at position tk - t + i and sees the keys up to it.
-            let masked: Vec<bool> = (0..t * tk).map(|e| e % tk > e / tk + (tk - t)).collect();
+            // Query i sits at position tk - t + i and sees the keys up to it (none before 0).
+            let offset = tk as isize - t as isize;
+            let masked: Vec<bool> = (0..t * tk).map(|e| (e % tk) as isize > (e / tk) as isize + offset).collect();
             let mask = Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(masked, [1, 1, t, tk]), &device);
             let run = |threads: usize, causal: bool| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

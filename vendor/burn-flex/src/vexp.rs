@@ -92,6 +92,12 @@ pub(crate) fn exp_in_place(s: &mut [f32]) {
     map(s, exp_lane)
 }
 
+/// dijiang patch (change 13): `e^(x - shift)` of every element, in place (a softmax row's
+/// exponentials after its maximum; the subtraction rounds as written before the lane function).
+pub(crate) fn exp_shifted_in_place(s: &mut [f32], shift: f32) {
+    map(s, move |x| exp_lane(x - shift))
+}
+
 /// `sigmoid(x)` of every element, in place.
 pub(crate) fn sigmoid_in_place(s: &mut [f32]) {
     map(s, sigmoid_lane)

@@ -386,6 +386,11 @@ trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign + Send + Sync {
     /// # Safety
     /// All pointers must be valid for the given dimensions and strides.
     unsafe fn block_gemm(args: BlockGemmArgs<Self>);
+
+    /// dijiang patch (change 13): `e^(s - shift)` of every element of a score row, in place:
+    /// src/vexp.rs's vectorised lane function for f32 (upstream called the C library's scalar
+    /// `expf` once per score), `Float::exp` for f64.
+    fn exp_shifted_in_place(s: &mut [Self], shift: Self);
 }
 
 /// Arguments for a block matrix multiply: dst = alpha * dst + beta * (lhs @ rhs).
@@ -408,8 +413,12 @@ struct BlockGemmArgs<T> {
 }
 
 macro_rules! impl_flash_gemm {
-    ($ty:ty) => {
+    ($ty:ty, $exp:expr) => {
         impl FlashGemm for $ty {
+            fn exp_shifted_in_place(s: &mut [Self], shift: Self) {
+                ($exp)(s, shift)
+            }
+
             unsafe fn block_gemm(a: BlockGemmArgs<Self>) {
                 unsafe {
                     gemm::gemm(
@@ -439,8 +448,8 @@ macro_rules! impl_flash_gemm {
     };
 }
 
-impl_flash_gemm!(f32);
-impl_flash_gemm!(f64);
+impl_flash_gemm!(f32, crate::vexp::exp_shifted_in_place);
+impl_flash_gemm!(f64, |s: &mut [f64], shift: f64| s.iter_mut().for_each(|x| *x = (*x - shift).exp()));
 
 /// dijiang patch (change 12): runs `work(pair, output_of_pair, state)` for every (batch, head)
 /// pair, whose outputs are the consecutive `head_len`-long chunks of `output`: on rayon's workers
@@ -628,10 +637,10 @@ fn flash_attention_head<T: FlashGemm>(
                 tile_max
             };
 
+            // dijiang patch (change 13): the exponentials vectorised, summed in the same order.
+            T::exp_shifted_in_place(score_row, new_max);
             let mut tile_sum = T::zero();
-            for score in score_row.iter_mut() {
-                let e = (*score - new_max).exp();
-                *score = e;
+            for &e in score_row.iter() {
                 tile_sum += e;
             }
 
@@ -855,11 +864,23 @@ where
     )
 }
 
+/// dijiang patch (change 13): rows of the naive form taken together (the products' row blocks).
+const ROW_BLOCK: usize = 64;
+
 /// Process a single (batch, head) pair with naive (non-tiled) attention.
 ///
-/// 1. scores[seq_q, seq_kv] = Q @ K^T              (one gemm)
+/// 1. scores[seq_q, seq_kv] = Q @ K^T              (one gemm per block of rows)
 /// 2. Apply scale/softcap/mask/causal/bias + softmax (per-row)
-/// 3. output[seq_q, val_dim] = scores @ V            (one gemm)
+/// 3. output[seq_q, val_dim] = scores @ V            (one gemm per block of rows)
+///
+/// dijiang patch (change 13): the rows go in blocks of `ROW_BLOCK`; with a causal mask each
+/// block's two products run over the keys its last row sees, and each row's scale, softmax and
+/// exponentials over the keys it sees (the rest of the row is zero, what `exp(-inf)` gave); the
+/// exponentials are vectorised (`FlashGemm::exp_shifted_in_place`). Upstream multiplied every row
+/// by every key in one product, masked after, and called the scalar `exp` on every score. The
+/// blocks are the same with or without the causal mask (gemm's rounding depends on the number of
+/// rows it is given), so the causal form gives the bits of the mask written out: the keys it
+/// leaves out only added zero terms at the end of each sum.
 fn naive_attention_head<T: FlashGemm>(
     q: &[T],
     k: &[T],
@@ -869,109 +890,124 @@ fn naive_attention_head<T: FlashGemm>(
     p: &AttentionParams<T>,
     mask_bias: (Option<&[u8]>, Option<&[T]>),
 ) {
-    let (mask, bias) = mask_bias;
-    let neg_inf = T::neg_infinity();
     let AttentionParams {
-        scale,
-        softcap,
         causal_offset,
         seq_q,
         seq_kv,
         head_dim,
         val_dim,
+        ..
     } = *p;
-
-    // scores = Q @ K^T
-    unsafe {
-        T::block_gemm(BlockGemmArgs {
-            m: seq_q,
-            n: seq_kv,
-            k: head_dim,
-            dst: scores.as_mut_ptr(),
-            dst_cs: 1,
-            dst_rs: seq_kv as isize,
-            read_dst: false,
-            lhs: q.as_ptr(),
-            lhs_cs: 1,
-            lhs_rs: head_dim as isize,
-            rhs: k.as_ptr(),
-            rhs_cs: head_dim as isize,
-            rhs_rs: 1,
-            alpha: T::zero(),
-            beta: T::one(),
-        });
-    }
-
-    for qi in 0..seq_q {
-        let row = &mut scores[qi * seq_kv..(qi + 1) * seq_kv];
-
-        let mut row_max = neg_inf;
-        for (ki, s) in row.iter_mut().enumerate() {
-            let mut val = *s * scale;
-
-            if let Some(cap) = softcap {
-                val = cap * (val / cap).tanh();
-            }
-
-            if let Some(m) = mask
-                && m[qi * seq_kv + ki] != 0
-            {
-                val = neg_inf;
-            }
-
-            if let Some(offset) = causal_offset
-                && (ki as isize) > (qi as isize) + offset
-            {
-                val = neg_inf;
-            }
-
-            if let Some(b) = bias {
-                val += b[qi * seq_kv + ki];
-            }
-
-            *s = val;
-            if val > row_max {
-                row_max = val;
-            }
-        }
-
-        if row_max == neg_inf {
-            row.fill(T::zero());
+    // The keys query `qi` sees: all of them, or those up to `qi + offset` under a causal mask.
+    let seen = |qi: usize| match causal_offset {
+        Some(offset) => (qi as isize + offset + 1).clamp(0, seq_kv as isize) as usize,
+        None => seq_kv,
+    };
+    for start in (0..seq_q).step_by(ROW_BLOCK) {
+        let end = (start + ROW_BLOCK).min(seq_q);
+        let keys = seen(end - 1);
+        if keys == 0 {
+            // No key seen by any row of the block: its output rows stay zero.
             continue;
         }
+        // scores[start..end, ..keys] = Q[start..end] @ K[..keys]^T
+        unsafe {
+            T::block_gemm(BlockGemmArgs {
+                m: end - start,
+                n: keys,
+                k: head_dim,
+                dst: scores.as_mut_ptr().add(start * seq_kv),
+                dst_cs: 1,
+                dst_rs: seq_kv as isize,
+                read_dst: false,
+                lhs: q.as_ptr().add(start * head_dim),
+                lhs_cs: 1,
+                lhs_rs: head_dim as isize,
+                rhs: k.as_ptr(),
+                rhs_cs: head_dim as isize,
+                rhs_rs: 1,
+                alpha: T::zero(),
+                beta: T::one(),
+            });
+        }
+        for qi in start..end {
+            let row = &mut scores[qi * seq_kv..(qi + 1) * seq_kv];
+            softmax_row(row, qi, seen(qi), p, mask_bias);
+        }
+        // output[start..end] = softmax(scores)[start..end, ..keys] @ V[..keys]
+        unsafe {
+            T::block_gemm(BlockGemmArgs {
+                m: end - start,
+                n: val_dim,
+                k: keys,
+                dst: output.as_mut_ptr().add(start * val_dim),
+                dst_cs: 1,
+                dst_rs: val_dim as isize,
+                read_dst: false,
+                lhs: scores.as_ptr().add(start * seq_kv),
+                lhs_cs: 1,
+                lhs_rs: seq_kv as isize,
+                rhs: v.as_ptr(),
+                rhs_cs: 1,
+                rhs_rs: val_dim as isize,
+                alpha: T::zero(),
+                beta: T::one(),
+            });
+        }
+    }
+}
 
-        let mut sum = T::zero();
-        for s in row.iter_mut() {
-            let e = (*s - row_max).exp();
-            *s = e;
-            sum += e;
+/// dijiang patch (change 13): one row of [`naive_attention_head`]'s scores in place: scale,
+/// softcap, mask and bias on its first `seen` keys, the softmax over them, zeros after.
+fn softmax_row<T: FlashGemm>(
+    row: &mut [T],
+    qi: usize,
+    seen: usize,
+    p: &AttentionParams<T>,
+    mask_bias: (Option<&[u8]>, Option<&[T]>),
+) {
+    let (mask, bias) = mask_bias;
+    let neg_inf = T::neg_infinity();
+    let (scale, softcap, seq_kv) = (p.scale, p.softcap, p.seq_kv);
+    let (live, dead) = row.split_at_mut(seen);
+    dead.fill(T::zero());
+    let mut row_max = neg_inf;
+    for (ki, s) in live.iter_mut().enumerate() {
+        let mut val = *s * scale;
+
+        if let Some(cap) = softcap {
+            val = cap * (val / cap).tanh();
         }
 
-        let inv_sum = T::one() / sum;
-        for s in row.iter_mut() {
-            *s = *s * inv_sum;
+        if let Some(m) = mask
+            && m[qi * seq_kv + ki] != 0
+        {
+            val = neg_inf;
+        }
+
+        if let Some(b) = bias {
+            val += b[qi * seq_kv + ki];
+        }
+
+        *s = val;
+        if val > row_max {
+            row_max = val;
         }
     }
 
-    // output = softmax(scores) @ V
-    unsafe {
-        T::block_gemm(BlockGemmArgs {
-            m: seq_q,
-            n: val_dim,
-            k: seq_kv,
-            dst: output.as_mut_ptr(),
-            dst_cs: 1,
-            dst_rs: val_dim as isize,
-            read_dst: false,
-            lhs: scores.as_ptr(),
-            lhs_cs: 1,
-            lhs_rs: seq_kv as isize,
-            rhs: v.as_ptr(),
-            rhs_cs: 1,
-            rhs_rs: val_dim as isize,
-            alpha: T::zero(),
-            beta: T::one(),
-        });
+    if row_max == neg_inf {
+        live.fill(T::zero());
+        return;
+    }
+
+    T::exp_shifted_in_place(live, row_max);
+    let mut sum = T::zero();
+    for &e in live.iter() {
+        sum += e;
+    }
+    let inv_sum = T::one() / sum;
+    for s in live.iter_mut() {
+        *s = *s * inv_sum;
     }
 }
 
