@@ -18,6 +18,20 @@ mod tests {
 
     use super::Cpu;
 
+    /// An element-wise tensor op and its scalar twin.
+    type OpPair<const D: usize> =
+        (&'static str, fn(Tensor<Cpu, D>, Tensor<Cpu, D>) -> Tensor<Cpu, D>, fn(f32, f32) -> f32);
+
+    /// Add, sub, mul and div, each as a tensor op and as the scalar op it must equal bit for bit.
+    fn four_ops<const D: usize>() -> [OpPair<D>; 4] {
+        [
+            ("add", |x, y| x + y, |x, y| x + y),
+            ("sub", |x, y| x - y, |x, y| x - y),
+            ("mul", |x, y| x * y, |x, y| x * y),
+            ("div", |x, y| x / y, |x, y| x / y),
+        ]
+    }
+
     /// A one-row product (each decoded token's) gives the same bits on one thread and on several
     /// (Flex's is split over threads by columns: vendor/burn-flex), for a row-major weight and a
     /// transposed one (a tied embedding as the output head), and matches a naive f64 product; so
@@ -78,14 +92,7 @@ mod tests {
         let a = Tensor::<Cpu, 1>::random([n], Distribution::Normal(0.0, 1.0), &device);
         let b = Tensor::<Cpu, 1>::random([n], Distribution::Uniform(0.5, 2.0), &device);
         let (av, bv) = (a.to_data().to_vec::<f32>().unwrap(), b.to_data().to_vec::<f32>().unwrap());
-        type Op = fn(Tensor<Cpu, 1>, Tensor<Cpu, 1>) -> Tensor<Cpu, 1>;
-        type Scalar = fn(f32, f32) -> f32;
-        let ops: [(&str, Op, Scalar); 4] = [
-            ("add", |x, y| x + y, |x, y| x + y),
-            ("sub", |x, y| x - y, |x, y| x - y),
-            ("mul", |x, y| x * y, |x, y| x * y),
-            ("div", |x, y| x / y, |x, y| x / y),
-        ];
+        let ops = four_ops::<1>();
         for (name, op, scalar) in ops {
             let want: Vec<u32> = av.iter().zip(&bv).map(|(&x, &y)| scalar(x, y).to_bits()).collect();
             for threads in [1, 2, 3] {
@@ -101,6 +108,55 @@ mod tests {
                 assert_eq!(bits(unique), want, "{name}, unique, {threads} threads");
             }
             assert_eq!(a.to_data().to_vec::<f32>().unwrap(), av, "{name} changed its shared operand");
+        }
+    }
+
+    /// Element-wise ops against a right operand that is rows at arbitrary strides (Flex takes them
+    /// row by row over threads: vendor/burn-flex change 14), such as a per-head decay matrix
+    /// broadcast over batch and chunks, a per-row scalar broadcast over batch, or a permuted
+    /// operand (and, for add and mul, the same with the operands the other way round), equal the
+    /// scalar op on the operand written out, bit for bit, on any thread count, shared or unique.
+    #[test]
+    fn strided_row_operands_equal_the_scalar_op_on_any_thread_count() {
+        use burn::tensor::TensorData;
+        let device = Default::default();
+        let (b, h, n, c) = (4, 9, 4, 64);
+        let big = [b, h, n, c, c]; // 589,824 elements: over Flex's parallel threshold
+        let x = Tensor::<Cpu, 5>::random(big, Distribution::Normal(0.0, 1.0), &device);
+        let small = Tensor::<Cpu, 5>::random([2, 3, 2, 8, 9], Distribution::Normal(0.0, 1.0), &device);
+        let positive = |shape: [usize; 5]| Tensor::<Cpu, 5>::random(shape, Distribution::Uniform(0.5, 2.0), &device);
+        let operands: Vec<(&str, Tensor<Cpu, 5>, Tensor<Cpu, 5>)> = vec![
+            ("rows strided over heads", x.clone(), positive([1, h, 1, c, c])),
+            ("one scalar per row", x.clone(), positive([1, h, 1, c, 1])),
+            ("one scalar per matrix", x.clone(), positive([b, h, 1, 1, 1])),
+            ("permuted", x.clone(), positive([b, n, h, c, c]).swap_dims(1, 2)),
+            ("small, rows and scalars", small.clone(), positive([1, 3, 1, 8, 1])),
+            ("small, inner rows", small, positive([2, 1, 2, 1, 9])),
+        ];
+        let ops = four_ops::<5>();
+        let bits =
+            |t: Tensor<Cpu, 5>| t.into_data().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (case, lhs, rhs) in operands {
+            let shape = lhs.dims();
+            let (lv, rv) = (
+                lhs.to_data().to_vec::<f32>().unwrap(),
+                rhs.clone().expand(shape).into_data().to_vec::<f32>().unwrap(),
+            );
+            for (name, op, scalar) in ops {
+                let want: Vec<u32> = lv.iter().zip(&rv).map(|(&x, &y)| scalar(x, y).to_bits()).collect();
+                let swapped: Vec<u32> = lv.iter().zip(&rv).map(|(&x, &y)| scalar(y, x).to_bits()).collect();
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let shared = pool.install(|| op(lhs.clone(), rhs.clone()));
+                    assert_eq!(bits(shared), want, "{case}: {name}, shared, {threads} threads");
+                    let unique = Tensor::<Cpu, 5>::from_data(TensorData::new(lv.clone(), shape), &device);
+                    let unique = pool.install(|| op(unique, rhs.clone()));
+                    assert_eq!(bits(unique), want, "{case}: {name}, unique, {threads} threads");
+                    let other_way = pool.install(|| op(rhs.clone(), lhs.clone()));
+                    assert_eq!(bits(other_way), swapped, "{case}: {name}, operands swapped, {threads} threads");
+                }
+            }
+            assert_eq!(lhs.to_data().to_vec::<f32>().unwrap(), lv, "{case} changed its shared operand");
         }
     }
 

@@ -131,7 +131,142 @@ where
         return apply_broadcast_pattern_f32(lhs, rhs, simd_op, pattern);
     }
 
+    // dijiang patch (change 14): any other right operand made of rows (contiguous runs, or one
+    // scalar repeated) at arbitrary strides, such as a per-head decay matrix `[1, h, 1, c, c]`
+    // against `[b, h, n, c, c]`: row by row over rayon's threads, each row by the SIMD kernels
+    // above. Upstream walked these element by element with `StridedIter` on the calling thread.
+    // Add and mul are commutative bit for bit, so a strided left operand against a contiguous
+    // right one is taken the other way round.
+    if let Some(simd_op) = simd_hint {
+        if let Some(rows) = StridedRows::detect(lhs.layout(), rhs) {
+            return apply_strided_rows_f32(lhs, rhs, simd_op, &rows);
+        }
+        if matches!(simd_op, BinaryOp::Add | BinaryOp::Mul)
+            && let Some(rows) = StridedRows::detect(rhs.layout(), &lhs)
+        {
+            return apply_strided_rows_f32(rhs.clone(), &lhs, simd_op, &rows);
+        }
+    }
+
     binary_op_typed(lhs, rhs, op)
+}
+
+/// dijiang patch (change 14): a right operand that, over its trailing dims, is one contiguous row
+/// or one scalar, placed by arbitrary non-negative strides over the dims before them (the outer
+/// dims); the left operand is contiguous from offset 0 and of the same shape.
+#[cfg(feature = "simd")]
+struct StridedRows {
+    /// Elements per row: the product of the trailing dims.
+    row_len: usize,
+    /// A row of the right operand is `row_len` contiguous elements (`true`) or one scalar.
+    contiguous: bool,
+    /// The outer dims' sizes and the right operand's strides along them, outermost first.
+    outer_shape: Vec<usize>,
+    outer_strides: Vec<usize>,
+    start: usize,
+}
+
+#[cfg(feature = "simd")]
+impl StridedRows {
+    /// Rows shorter than this cost more in per-row bookkeeping than the SIMD kernel saves.
+    const MIN_ROW: usize = 8;
+
+    fn detect(lhs: &Layout, rhs: &FlexTensor) -> Option<Self> {
+        if lhs.contiguous_offsets()?.0 != 0 {
+            return None;
+        }
+        let shape = lhs.shape();
+        let strides = rhs.layout().strides();
+        let ndims = lhs.num_dims();
+        if ndims == 0 || strides.len() != ndims || strides.iter().any(|&s| s < 0) {
+            return None;
+        }
+        // The innermost dim that moves decides the kind of row; size-1 dims never move.
+        let last = (0..ndims).rev().find(|&d| shape[d] > 1)?;
+        let contiguous = match strides[last] {
+            1 => true,
+            0 => false,
+            _ => return None,
+        };
+        let mut first_inner = ndims;
+        let mut row_len = 1usize;
+        while first_inner > 0 {
+            let d = first_inner - 1;
+            let fits = shape[d] == 1
+                || if contiguous { strides[d] as usize == row_len } else { strides[d] == 0 };
+            if !fits {
+                break;
+            }
+            row_len *= shape[d];
+            first_inner = d;
+        }
+        if row_len < Self::MIN_ROW {
+            return None;
+        }
+        let outer_shape: Vec<usize> = (0..first_inner).map(|d| shape[d]).collect();
+        let outer_strides: Vec<usize> = (0..first_inner).map(|d| strides[d] as usize).collect();
+        let start = rhs.layout().start_offset();
+        // Bounds: the last row read ends inside the right operand's storage.
+        let last_row: usize = outer_shape.iter().zip(&outer_strides).map(|(&n, &s)| (n - 1) * s).sum();
+        let end = start + last_row + if contiguous { row_len } else { 1 };
+        if outer_shape.contains(&0) || end > rhs.storage::<f32>().len() {
+            return None;
+        }
+        Some(Self { row_len, contiguous, outer_shape, outer_strides, start })
+    }
+
+    /// `dst` (whole rows from row `first_row` on) `op=` the right operand's rows.
+    fn run(&self, dst: &mut [f32], first_row: usize, rhs: &[f32], op: BinaryOp) {
+        let dims = self.outer_shape.len();
+        let mut index = alloc::vec![0usize; dims];
+        let mut rest = first_row;
+        let mut offset = self.start;
+        for d in (0..dims).rev() {
+            index[d] = rest % self.outer_shape[d];
+            rest /= self.outer_shape[d];
+            offset += index[d] * self.outer_strides[d];
+        }
+        for row in dst.chunks_exact_mut(self.row_len) {
+            if self.contiguous {
+                same_shape_inplace_f32(op, row, &rhs[offset..offset + self.row_len]);
+            } else {
+                let scalar = core::slice::from_ref(&rhs[offset]);
+                match op {
+                    BinaryOp::Add => per_row_scalar_apply(row, scalar, self.row_len, |a, b| a + b),
+                    BinaryOp::Sub => per_row_scalar_apply(row, scalar, self.row_len, |a, b| a - b),
+                    BinaryOp::Mul => per_row_scalar_apply(row, scalar, self.row_len, |a, b| a * b),
+                    BinaryOp::Div => per_row_scalar_apply(row, scalar, self.row_len, |a, b| a / b),
+                }
+            }
+            // The next row: an odometer over the outer dims.
+            for d in (0..dims).rev() {
+                index[d] += 1;
+                offset += self.outer_strides[d];
+                if index[d] < self.outer_shape[d] {
+                    break;
+                }
+                offset -= self.outer_shape[d] * self.outer_strides[d];
+                index[d] = 0;
+            }
+        }
+    }
+}
+
+/// dijiang patch (change 14): `lhs op rhs` by [`StridedRows`], in place when `lhs` is unique.
+#[cfg(feature = "simd")]
+fn apply_strided_rows_f32(mut lhs: FlexTensor, rhs: &FlexTensor, op: BinaryOp, rows: &StridedRows) -> FlexTensor {
+    let numel = lhs.layout().num_elements();
+    let rhs_storage = rhs.storage::<f32>();
+    let run = |first_row: usize, dst: &mut [f32]| rows.run(dst, first_row, rhs_storage, op);
+    if lhs.is_unique() {
+        let dst = &mut lhs.storage_mut::<f32>()[..numel];
+        crate::par::for_row_chunks(dst, rows.row_len, run);
+        lhs
+    } else {
+        let src = &lhs.storage::<f32>()[..numel];
+        let out = crate::par::copy_then_rows(src, rows.row_len, run);
+        make_tensor(out, lhs.layout().shape().clone(), DType::F32)
+    }
 }
 
 /// `a = a op b` element by element, by the SIMD kernel of `op`.
