@@ -133,6 +133,11 @@ impl Windows {
     pub fn block(&self) -> usize {
         self.block
     }
+
+    /// The same tokens in windows of `block` (the stream is shared, not copied).
+    pub fn with_block(&self, block: usize) -> Self {
+        Self::new(self.stream.clone(), block)
+    }
 }
 
 impl Dataset<Vec<u32>> for Windows {

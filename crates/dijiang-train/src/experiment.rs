@@ -3,6 +3,7 @@
 //! `just train experiment=NAME key=value ...`) are applied before parsing, so they are checked the
 //! same way.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfig};
@@ -218,6 +219,20 @@ pub struct DataConfig {
     pub batch_size: usize,
     #[serde(default = "one")]
     pub grad_accumulation: usize,
+    /// A length curriculum: other block lengths from a step on, in the same stage, learning-rate
+    /// schedule and optimizer moments (`block_schedule = [{ from_step = 400, block_size = 2048 }]`:
+    /// 2,048-token blocks from optimizer step 400, counted from 0 over all stages). The trainer's
+    /// evaluation stays on `block_size` blocks, so its numbers compare across the change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_schedule: Vec<BlockChange>,
+}
+
+/// One entry of [`DataConfig::block_schedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockChange {
+    pub from_step: usize,
+    pub block_size: usize,
 }
 
 fn one() -> usize {
@@ -225,9 +240,48 @@ fn one() -> usize {
 }
 
 impl DataConfig {
-    /// Tokens of one optimizer step (all micro-batches, all devices).
-    pub fn tokens_per_step(&self) -> u64 {
-        (self.batch_size * self.block_size) as u64
+    /// The block length of optimizer step `step` (0-based, over all stages).
+    pub fn block_size_at(&self, step: usize) -> usize {
+        let change = self.block_schedule.iter().rev().find(|c| c.from_step <= step);
+        change.map_or(self.block_size, |c| c.block_size)
+    }
+
+    /// Tokens of optimizer step `step` (all micro-batches, all devices).
+    pub fn tokens_at(&self, step: usize) -> u64 {
+        (self.batch_size * self.block_size_at(step)) as u64
+    }
+
+    /// Tokens of all of `steps`.
+    pub fn tokens_over(&self, steps: Range<usize>) -> u64 {
+        steps.map(|s| self.tokens_at(s)).sum()
+    }
+
+    /// The shortest and the longest block of `steps` (not empty).
+    pub fn block_range(&self, steps: Range<usize>) -> (usize, usize) {
+        let mut sizes = std::iter::once(self.block_size_at(steps.start))
+            .chain(self.block_schedule.iter().filter(|c| steps.contains(&c.from_step)).map(|c| c.block_size));
+        let first = sizes.next().expect("the first step's block");
+        sizes.fold((first, first), |(lo, hi), b| (lo.min(b), hi.max(b)))
+    }
+
+    /// Every block length the run trains on.
+    pub fn block_sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.block_size).chain(self.block_schedule.iter().map(|c| c.block_size))
+    }
+
+    fn validate_schedule(&self, total_steps: usize) -> Result<(), String> {
+        let mut after = 0;
+        for (i, c) in self.block_schedule.iter().enumerate() {
+            if c.block_size == 0 || c.from_step <= after || c.from_step >= total_steps {
+                return Err(format!(
+                    "data.block_schedule.{i} ({{ from_step = {}, block_size = {} }}): from_step must rise, within 1..{} \
+                     (the run's steps), and block_size must be positive",
+                    c.from_step, c.block_size, total_steps
+                ));
+            }
+            after = c.from_step;
+        }
+        Ok(())
     }
 }
 
@@ -528,8 +582,10 @@ impl Experiment {
                 self.memory.frozen_dtype
             ));
         }
+        d.validate_schedule(self.total_steps())?;
         for (i, s) in self.stages.iter().enumerate() {
-            s.validate(self.memory.recompute, d.block_size).map_err(|m| format!("stages.{i} (`{}`): {m}", s.name))?;
+            let (shortest, _) = d.block_range(self.stage_steps(i));
+            s.validate(self.memory.recompute, shortest).map_err(|m| format!("stages.{i} (`{}`): {m}", s.name))?;
         }
         let dist = &self.distributed;
         let world = dist.world();
@@ -583,6 +639,12 @@ impl Experiment {
     /// Total optimizer steps over all stages.
     pub fn total_steps(&self) -> usize {
         self.stages.iter().map(|s| s.steps).sum()
+    }
+
+    /// The optimizer steps (0-based, over all stages) of stage `index`.
+    pub fn stage_steps(&self, index: usize) -> Range<usize> {
+        let start: usize = self.stages[..index].iter().map(|s| s.steps).sum();
+        start..start + self.stages[index].steps
     }
 
     /// The stage that optimizer step `step` (0-based, over all stages) belongs to, and the step

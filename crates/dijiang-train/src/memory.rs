@@ -152,7 +152,9 @@ pub fn stage_estimate(experiment: &Experiment, teacher: &ModelConfig, index: usi
     let d = &experiment.data;
     // Data parallelism replicates everything but the activations, which are split.
     let micro = (d.batch_size / d.grad_accumulation / experiment.distributed.world()).max(1);
-    let tokens = (micro * d.block_size) as u64;
+    // The stage's longest block (`data.block_schedule`) sets its peak.
+    let (_, block) = d.block_range(experiment.stage_steps(index));
+    let tokens = (micro * block) as u64;
     let accumulates = d.grad_accumulation > 1;
     // ZeRO-1 divides the moments (the owners' largest share), not the running sum.
     let sharded_over = match experiment.distributed.optimizer {
@@ -169,7 +171,7 @@ pub fn stage_estimate(experiment: &Experiment, teacher: &ModelConfig, index: usi
     // The teacher dropped after step 0 was there before any moment or activation existed.
     let held = teacher_held(experiment);
     let teacher_weights = if held == TeacherHeld::Copy { teacher.num_params() as u64 } else { 0 };
-    let (kept, one_at_a_time) = activations_per_token(&student, experiment, stage, mode);
+    let (kept, one_at_a_time) = activations_per_token(&student, experiment, stage, mode, block);
     let logits = 4 * tokens * logits_per_token(&student, stage, mode);
     let (kept, one_at_a_time) = (4 * tokens * kept, 4 * tokens * one_at_a_time);
     // Frozen weights stored in half precision, and their f32 copies cast at use that backward
@@ -237,10 +239,15 @@ fn frozen_half(experiment: &Experiment, shapes: &[(String, Vec<usize>)]) -> Froz
 
 /// f32 values per token of a stage's backward phase: what stays for the whole backward, and what
 /// is alive one layer or block at a time.
-fn activations_per_token(config: &ModelConfig, experiment: &Experiment, stage: &Stage, mode: StepMode) -> (u64, u64) {
+fn activations_per_token(
+    config: &ModelConfig,
+    experiment: &Experiment,
+    stage: &Stage,
+    mode: StepMode,
+    t: usize,
+) -> (u64, u64) {
     let layers = config.num_layers as u64;
     let h = config.hidden_size as u64;
-    let t = experiment.data.block_size;
     let block = block_per_token(config, experiment, trains_base_weights(stage.trainable));
     match mode {
         StepMode::Graph => {

@@ -51,7 +51,7 @@ impl OnPolicy {
     pub fn validate(&self, block_size: usize) -> Result<(), String> {
         if self.tokens == 0 || self.tokens >= block_size {
             return Err(format!(
-                "on_policy.tokens ({}) must be in 1..{block_size} (data.block_size): the student continues the \
+                "on_policy.tokens ({}) must be in 1..{block_size} (the stage's shortest block): the student continues the \
                  block's first block_size - tokens tokens",
                 self.tokens
             ));

@@ -133,8 +133,9 @@ impl Plan {
         if let Some(tokenizer) = tokenizer {
             manifest.check_tokenizer(&tokenizer.fingerprint(), dir)?;
         }
-        let (vocab, block, batch) =
-            (manifest.tokenizer.vocab_size, experiment.data.block_size, experiment.data.batch_size);
+        // The longest block of the run (`data.block_schedule`) must fit the training split.
+        let longest = experiment.data.block_sizes().max().expect("the base block");
+        let (vocab, block, batch) = (manifest.tokenizer.vocab_size, longest, experiment.data.batch_size);
         if let Some(config) = self.teacher.as_ref().filter(|c| vocab > c.vocab_size) {
             let embeddings = config.vocab_size;
             let message =
@@ -150,9 +151,10 @@ impl Plan {
                 at()
             )));
         }
-        if validation.saturating_sub(1) / block == 0 {
+        let evaluated = experiment.data.block_size;
+        if validation.saturating_sub(1) / evaluated == 0 {
             return Err(TrainError::Input(format!(
-                "{}: the validation split has {validation} tokens, less than one block of {block}: prepare with \
+                "{}: the validation split has {validation} tokens, less than one block of {evaluated}: prepare with \
                  a larger validation fraction or use a smaller data.block_size",
                 at()
             )));
@@ -164,9 +166,6 @@ impl Plan {
     /// The plan as printed by `--dry-run` and at the start of a run.
     pub fn describe(&self, experiment: &Experiment) -> String {
         let mut out = String::new();
-        let d = &experiment.data;
-        let tokens_per_step = d.batch_size * d.block_size;
-        let steps = experiment.total_steps();
         let _ = writeln!(out, "experiment  {}", experiment.description);
         match &self.teacher {
             Some(config) => {
@@ -209,6 +208,22 @@ impl Plan {
                 let _ = writeln!(out, "teacher     {} (not there yet)", experiment.teacher.path.display());
             }
         }
+        self.describe_data(experiment, &mut out);
+        for m in &self.missing {
+            let _ = writeln!(out, "missing     {}: `{}` makes it", m.what, m.command);
+        }
+        for e in &self.errors {
+            let _ = writeln!(out, "missing     {e}");
+        }
+        out
+    }
+
+    /// The plan's tokens and data lines.
+    fn describe_data(&self, experiment: &Experiment, out: &mut String) {
+        let d = &experiment.data;
+        let tokens_per_step = d.batch_size * d.block_size;
+        let steps = experiment.total_steps();
+        let tokens = d.tokens_over(0..steps) as usize;
         let _ = writeln!(
             out,
             "tokens      {} per step ({} x {} in {} micro-batches), {} steps, {} in all",
@@ -217,8 +232,12 @@ impl Plan {
             d.block_size,
             d.grad_accumulation,
             steps,
-            group(tokens_per_step * steps)
+            group(tokens)
         );
+        for c in &d.block_schedule {
+            let _ =
+                writeln!(out, "            from step {}: {} x {} per step", c.from_step, d.batch_size, c.block_size);
+        }
         match self.data {
             Some((train, validation)) => {
                 let _ = writeln!(
@@ -226,7 +245,7 @@ impl Plan {
                     "data        {}: {} training tokens ({:.2} epochs), {} validation",
                     d.path.display(),
                     group(train),
-                    (tokens_per_step * steps) as f64 / train as f64,
+                    tokens as f64 / train as f64,
                     group(validation)
                 );
             }
@@ -234,13 +253,6 @@ impl Plan {
                 let _ = writeln!(out, "data        {} (not prepared yet)", d.path.display());
             }
         }
-        for m in &self.missing {
-            let _ = writeln!(out, "missing     {}: `{}` makes it", m.what, m.command);
-        }
-        for e in &self.errors {
-            let _ = writeln!(out, "missing     {e}");
-        }
-        out
     }
 }
 

@@ -159,7 +159,14 @@ impl<'a> Recorder<'a> {
 
     fn log_step(&mut self, state: &TrainerState, stage: &Stage, record: &StepRecord, seconds: f64) -> Result<()> {
         let e = self.run.experiment;
-        let tokens_per_s = e.data.tokens_per_step() as f64 / seconds;
+        // `state` is past the step just taken.
+        let taken = state.step - 1;
+        let tokens_per_s = e.data.tokens_at(taken) as f64 / seconds;
+        let block = e.data.block_size_at(taken);
+        if taken > 0 && block != e.data.block_size_at(taken - 1) {
+            self.bar
+                .suspend(|| tracing::info!("step {taken}: blocks of {block} tokens from here (data.block_schedule)"));
+        }
         let mut values = record.tagged();
         values.push(("train/tokens_per_s".into(), tokens_per_s));
         values.push(("train/tokens_seen".into(), state.tokens_seen as f64));

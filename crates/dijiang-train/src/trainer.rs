@@ -231,7 +231,7 @@ fn train_loop<B: AutodiffBackend>(
 ) -> Result<Outcome> {
     let Replica { mut student, mut teacher, mut optimizer, mut state } = replica;
     let e = run.experiment;
-    let mut batches = Batches::new(&run.train, &e.data, e.seed, rank, state.cursor);
+    let mut batches = Batches::new(&run.train, &e.data, e.seed, rank, state.step, state.cursor);
     let rollouts = Rollouts { seed: e.seed, rank: rank.global };
     let mut recorder = rank.is_writer().then(|| Recorder::open(run, &state)).transpose()?;
     if let Some(r) = recorder.as_mut().filter(|_| run.resumed_from.is_none()) {
@@ -253,10 +253,11 @@ fn train_loop<B: AutodiffBackend>(
             optimizer = AdamW::new(e.optimizer.clone());
         }
         let started = Instant::now();
+        let data = batches.next_step(state.step, device);
         let inputs = StepInputs {
             objective: &stage.loss,
             teacher: teacher.as_ref(),
-            micro_batches: rollouts.prepare(stage, &student, batches.next_step(device), (state.step, stage_step)),
+            micro_batches: rollouts.prepare(stage, &student, data, (state.step, stage_step)),
             lr: learning_rate(stage, stage_step),
             lr_scale: stage.lr_scale,
             recompute: e.memory.recompute,
@@ -269,7 +270,7 @@ fn train_loop<B: AutodiffBackend>(
             break;
         }
         let seconds = started.elapsed().as_secs_f64();
-        state.advance(record.applied, e.data.tokens_per_step(), seconds, batches.cursor());
+        state.advance(record.applied, e.data.tokens_at(state.step), seconds, batches.cursor());
         // Every worker takes part in gathering a sharded optimizer state for the checkpoint.
         let saved = match due(e, state.step, record.signals.stop).checkpoint {
             true => reducer.optimizer_state(&optimizer)?,

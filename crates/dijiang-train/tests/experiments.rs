@@ -131,6 +131,52 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
     }
 }
 
+/// A length curriculum (`data.block_schedule`): each step's block, the tokens, the stage's peak
+/// memory at its longest block, and entries out of order or past the run refused.
+#[test]
+fn a_block_schedule_sets_each_steps_block_and_is_checked() {
+    use dijiang_train::memory::stage_estimate;
+
+    let file = repo().join("experiments/default.toml");
+    let load = |extra: &[&str]| {
+        let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Experiment::load(&file, &overrides).map_err(|e| e.to_string())
+    };
+    // default.toml: 80 + 160 steps of 1 x 1,024 tokens.
+    let e = load(&["data.block_schedule=[{ from_step = 200, block_size = 2048 }]"]).unwrap();
+    let d = &e.data;
+    assert_eq!(
+        (d.block_size_at(0), d.block_size_at(199), d.block_size_at(200), d.block_size_at(239)),
+        (1024, 1024, 2048, 2048)
+    );
+    assert_eq!(d.tokens_over(0..240), 200 * 1024 + 40 * 2048);
+    assert_eq!((d.block_range(e.stage_steps(0)), d.block_range(e.stage_steps(1))), ((1024, 1024), (1024, 2048)));
+    let teacher = dijiang_model::ModelConfig::preset("smollm2-135m").unwrap();
+    let plain = load(&[]).unwrap();
+    let (long, short) = (stage_estimate(&e, &teacher, 1), stage_estimate(&plain, &teacher, 1));
+    assert!(long.activations > short.activations && long.logits == 2 * short.logits, "{long} against {short}");
+    assert_eq!(stage_estimate(&e, &teacher, 0), stage_estimate(&plain, &teacher, 0), "stage 1 keeps its blocks");
+    for bad in [
+        "data.block_schedule=[{ from_step = 240, block_size = 2048 }]",
+        "data.block_schedule=[{ from_step = 0, block_size = 2048 }]",
+        "data.block_schedule=[{ from_step = 200, block_size = 0 }]",
+        "data.block_schedule=[{ from_step = 200, block_size = 2048 }, { from_step = 100, block_size = 512 }]",
+    ] {
+        let err = load(&[bad]).unwrap_err();
+        assert!(err.contains("data.block_schedule") && err.contains("from_step must rise"), "{bad}: {err}");
+    }
+    let err = load(&["data.block_schedule=[{ from_step = 200, blocks = 2048 }]"]).unwrap_err();
+    assert!(err.contains("blocks"), "{err}");
+    // An on-policy stage is checked against its shortest block.
+    let err = load(&[
+        "data.block_schedule=[{ from_step = 200, block_size = 256 }]",
+        "stages.1.on_policy.tokens=512",
+        "stages.1.loss.lm=0",
+    ])
+    .unwrap_err();
+    assert!(err.contains("must be in 1..256"), "{err}");
+}
+
 /// The 7B experiments fit an 80 GB card (~74.5 GiB usable) by the memory model: `dijiang-7b` on one
 /// device, `dijiang-7b-reference` on each of 8 (docs/memory.md, "What fits where").
 #[test]

@@ -317,6 +317,43 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
     assert_same(&metrics(&dir.join("kl-policy-resumed")), &policy);
 }
 
+/// A length curriculum (`data.block_schedule`): the steps before the change are the plain run's
+/// bit for bit, the later ones read blocks twice as long, and a run resumed from a checkpoint
+/// taken after the change (and one stopped before it) ends as the uninterrupted run.
+#[test]
+fn a_block_schedule_lengthens_the_blocks_mid_stage_and_resumes_exactly() {
+    use dijiang_train::experiment::BlockChange;
+
+    let (dir, experiment, plain) = reference(Architecture::Llama);
+    let mut longer = experiment.clone();
+    longer.data.block_schedule = vec![BlockChange { from_step: 4, block_size: 2 * BLOCK }];
+    longer.validate().unwrap();
+    run(dir, &longer, "longer", false, 1);
+    let m = metrics(&dir.join("longer"));
+    let at = |m: &Metrics, step: usize, tag: &str| m[&(step, tag.to_string())];
+    for step in 1..=4 {
+        assert_eq!(at(&m, step, "train/loss").to_bits(), at(plain, step, "train/loss").to_bits(), "step {step}");
+    }
+    let tokens = |step: usize| at(&m, step, "train/tokens_seen") - at(&m, step - 1, "train/tokens_seen");
+    assert_eq!((tokens(4), tokens(5), tokens(6)), (4.0 * BLOCK as f64, 8.0 * BLOCK as f64, 8.0 * BLOCK as f64));
+    assert_ne!(at(&m, 5, "train/loss").to_bits(), at(plain, 5, "train/loss").to_bits(), "other blocks from step 5");
+    assert!(at(&m, 6, "eval/perplexity").is_finite());
+
+    // Resumed from step 4's checkpoint (its blocks chosen afresh for step 4 on): the same run.
+    let resumed_dir = dir.join("longer-resumed");
+    let _ = std::fs::remove_dir_all(&resumed_dir);
+    run(dir, &longer, "longer-resumed", false, 1);
+    std::fs::remove_dir_all(resumed_dir.join("checkpoints/step-00000006")).unwrap();
+    let resumed = run(dir, &longer, "longer-resumed", false, 1);
+    assert_eq!(resumed.resumed_from, Some(4));
+    assert_same(&metrics(&resumed_dir), &m);
+    // Stopped after step 1, before the change, then resumed through it.
+    let stopped = run(dir, &longer, "longer-stopped", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    run(dir, &longer, "longer-stopped", false, 1);
+    assert_same(&metrics(&dir.join("longer-stopped")), &m);
+}
+
 #[test]
 fn the_plan_counts_what_the_trainer_trains() {
     for arch in [Architecture::Llama, Architecture::GptNeox] {
