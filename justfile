@@ -3,6 +3,10 @@
 # every core, bit-reproducible; `backend=ndarray`: the previous CPU default, one core).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$@", each as given: an override with spaces or braces
+# (`'data.block_schedule=[{ from_step = 400, block_size = 2048 }]'`) stays one argument, where
+# `{{args}}` would be split into words by the shell.
+set positional-arguments
 
 backend := "flex"
 # The tokenizer `just data` prepares corpora with, and the Pile's path for `just data pile`.
@@ -23,13 +27,13 @@ default:
 
 # Train an experiment: `just train experiment=NAME [key=value ...]` (experiments/NAME.toml).
 train *args:
-    cargo run --release --no-default-features --features {{backend}} -- train {{args}}
+    cargo run --release --no-default-features --features {{backend}} -- train "$@"
 
 # Speed and memory benchmarks (`dijiang bench`): `just bench` runs attention, decode and train,
 # then writes runs/bench/summary.md and the plots; `just bench decode --contexts 1024` runs one.
 # Run `just bench-pytorch` first (or `just bench report` after it) for the ratios to PyTorch.
 bench *args="all":
-    cargo run --release --no-default-features --features {{backend}} -- bench {{args}}
+    cargo run --release --no-default-features --features {{backend}} -- bench "$@"
 
 # Every CPU measurement side by side in one run: the PyTorch baseline, then `just bench` (which on
 # the default Flex build also measures NdArray), then the report with both backends and PyTorch.
@@ -67,7 +71,7 @@ variants *args:
     fidelity runs/variants/untrained runs/variants/untrained.json
     runs=()
     for variant in frozen scales projection mlp; do
-        "$dijiang" train experiment=variants run=variants/$variant resume=false student.feature_training=$variant {{args}}
+        "$dijiang" train experiment=variants run=variants/$variant resume=false student.feature_training=$variant "$@"
         # Stage 1's student: the checkpoint at the end of the first stage.
         steps=$(awk '/^\[\[stages\]\]/ { s = 1 } s && $1 == "steps" { print $3; exit }' runs/variants/$variant/experiment.toml)
         fidelity "runs/variants/$variant/checkpoints/step-$(printf %08d "$steps")/model" runs/variants/$variant/fidelity.json
@@ -120,7 +124,7 @@ evaldata:
 # The data from `just evaldata`, else ../shared/evaldata.
 # Zero-shot accuracy as lm-eval computes it: `just evaluate --model M --tasks piqa,arc_easy`.
 evaluate *args:
-    cargo run --release --no-default-features --features {{backend}} -- evaluate {{args}}
+    cargo run --release --no-default-features --features {{backend}} -- evaluate "$@"
 
 # A Python virtualenv with TensorBoard (for `just tensorboard` and the event-file test).
 python-tools:
