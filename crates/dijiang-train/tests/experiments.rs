@@ -105,16 +105,18 @@ fn block_recomputation_refuses_a_loss_that_mixes_layer_terms_with_logits() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// experiments/default.toml with `extra` overrides, its error as text.
+fn load_default(extra: &[&str]) -> Result<Experiment, String> {
+    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Experiment::load(&repo().join("experiments/default.toml"), &overrides).map_err(|e| e.to_string())
+}
+
 /// `on_policy` needs a block prefix to continue and a KL to the teacher, and refuses layer-local
 /// stages (an LM term beside the KL counts the data's positions only).
 #[test]
 fn on_policy_is_checked_against_the_block_and_the_loss() {
     use dijiang_train::on_policy::OnPolicy;
-    let file = repo().join("experiments/default.toml");
-    let load = |extra: &[&str]| {
-        let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Experiment::load(&file, &overrides).map_err(|e| e.to_string())
-    };
+    let load = load_default;
     let e = load(&["stages.1.on_policy.tokens=128"]).unwrap();
     assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0, every: 1 }));
     assert_eq!(e.stages[0].on_policy, None);
@@ -136,12 +138,7 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
 #[test]
 fn a_block_schedule_sets_each_steps_block_and_is_checked() {
     use dijiang_train::memory::stage_estimate;
-
-    let file = repo().join("experiments/default.toml");
-    let load = |extra: &[&str]| {
-        let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Experiment::load(&file, &overrides).map_err(|e| e.to_string())
-    };
+    let load = load_default;
     // default.toml: 80 + 160 steps of 1 x 1,024 tokens.
     let e = load(&["data.block_schedule=[{ from_step = 200, block_size = 2048 }]"]).unwrap();
     let d = &e.data;
