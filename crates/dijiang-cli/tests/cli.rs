@@ -171,6 +171,34 @@ fn a_hybrids_window_widens_at_inference_to_its_teacher() {
 }
 
 #[test]
+fn a_dijiang_models_decay_horizon_changes_at_inference() {
+    let Some((teacher, text)) = stories() else { return };
+    // stories260K converted to pure DiJiang with its decay bounded at 512 tokens: the same bound
+    // given at inference changes nothing, a 2-token one binds every head and changes the loss,
+    // and the report names the change.
+    let student = std::env::temp_dir().join(format!("dijiang-cli-horizon-{}", std::process::id()));
+    let (m, t, s) = (teacher.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap());
+    dijiang(&["convert", "--teacher", m, "--out", s, "--max-horizon", "512"]);
+    let eval = |extra: &[&str]| {
+        let args = ["eval", "--model", s, "--text", t, "--max-tokens", "128", "--json"];
+        json(&dijiang(&[&args[..], extra].concat()))
+    };
+    let (stored, same, short) = (eval(&[]), eval(&["--max-horizon", "512"]), eval(&["--max-horizon", "2"]));
+    let nll = |report: &serde_json::Value| report["nll"].as_f64().unwrap();
+    assert_eq!(nll(&stored), nll(&same), "the stored bound given again");
+    assert!((nll(&short) - nll(&stored)).abs() > 1e-3, "a 2-token horizon {} against {}", nll(&short), nll(&stored));
+    assert_eq!(same["model_change"], "decay horizon 512");
+    assert!(stored.get("model_change").is_none());
+    // A softmax model has no decay; a horizon under two tokens is refused.
+    for (model, horizon, why) in [(m, "512", "softmax attention has no decay"), (s, "1", "at least 2 tokens")] {
+        let stderr =
+            dijiang_fails(&["eval", "--model", model, "--text", t, "--max-tokens", "64", "--max-horizon", horizon]);
+        assert!(stderr.contains(why), "{stderr}");
+    }
+    std::fs::remove_dir_all(&student).ok();
+}
+
+#[test]
 fn fidelity_reports_every_layer_and_draws_a_heatmap() {
     let Some((model, text)) = stories() else { return };
     let dir = std::env::temp_dir().join(format!("dijiang-cli-fidelity-{}", std::process::id()));

@@ -585,6 +585,26 @@ impl ModelConfig {
         }
     }
 
+    /// The same DiJiang model with its decay bound set to `max_horizon` tokens (`gamma <= 1 -
+    /// 1/max_horizon`), for inference. The bound is read where the kernel reads its decay, so it
+    /// changes no weight: a model trained with one bound can run with another, and the one it was
+    /// trained with is not always the best (docs/conversion-start.md measures both students).
+    pub fn with_max_horizon(self, max_horizon: usize) -> Result<Self, ModelError> {
+        match &self.attention {
+            AttentionKernelConfig::Dijiang(dj) => {
+                let attention =
+                    AttentionKernelConfig::Dijiang(DiJiangConfig { max_horizon: Some(max_horizon), ..dj.clone() });
+                let changed = self.with_attention(attention);
+                changed.validate()?;
+                Ok(changed)
+            }
+            AttentionKernelConfig::Softmax => Err(ModelError::Config(
+                "only a DiJiang model's decay horizon can be changed: this model's softmax attention has no decay"
+                    .into(),
+            )),
+        }
+    }
+
     /// Dimensions RoPE rotates in each head (even).
     pub fn rotary_dims(&self) -> usize {
         // GPT-NeoX: int(head_size * rotary_pct).
@@ -857,6 +877,22 @@ mod tests {
             let err = model.with_window(16).unwrap_err().to_string();
             assert!(err.contains("only a sliding-window hybrid"), "{err}");
         }
+    }
+
+    #[test]
+    fn only_a_dijiang_models_decay_horizon_changes() {
+        let pure = ModelConfig {
+            attention: AttentionKernelConfig::Dijiang(DiJiangConfig { max_horizon: Some(512), ..Default::default() }),
+            ..ModelConfig::tiny(Architecture::Llama)
+        };
+        let longer = pure.clone().with_max_horizon(1024).unwrap();
+        let AttentionKernelConfig::Dijiang(dj) = &longer.attention else { panic!("still DiJiang") };
+        assert_eq!(dj.max_horizon, Some(1024));
+        assert_eq!(longer.num_params(), pure.num_params(), "the bound adds no parameter");
+        let err = pure.with_max_horizon(1).unwrap_err().to_string();
+        assert!(err.contains("at least 2 tokens"), "{err}");
+        let err = ModelConfig::tiny(Architecture::Llama).with_max_horizon(512).unwrap_err().to_string();
+        assert!(err.contains("softmax attention has no decay"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the inference commands (`eval`, `evaluate`, `generate`) may change in a model as they load
-//! it: a sliding-window hybrid's exact window.
+//! it: a sliding-window hybrid's exact window and a DiJiang model's decay horizon. Neither is a
+//! weight, so both can differ from what the model was trained with.
 
 use std::path::Path;
 
@@ -16,6 +17,11 @@ pub struct ModelOptions {
     /// state still constant in the context length (docs/conversion-start.md).
     #[arg(long)]
     pub attention_window: Option<usize>,
+    /// A DiJiang model's decay bound at inference, in tokens (`gamma <= 1 - 1/N`; default: the one
+    /// it was trained with). Longer keeps more of a long context in the linear state; whether
+    /// that helps depends on the model (docs/conversion-start.md).
+    #[arg(long, value_name = "N")]
+    pub max_horizon: Option<usize>,
 }
 
 impl ModelOptions {
@@ -26,16 +32,29 @@ impl ModelOptions {
         name: &str,
         device: &burn::tensor::Device<Backend>,
     ) -> Result<Transformer<Backend>> {
-        let window = self.attention_window;
-        let loaded = load_adjusted::<Backend>(path, device, |config| match window {
-            Some(w) => config.with_window(w),
-            None => Ok(config),
+        let (window, horizon) = (self.attention_window, self.max_horizon);
+        let loaded = load_adjusted::<Backend>(path, device, |config| {
+            let config = match window {
+                Some(w) => config.with_window(w)?,
+                None => config,
+            };
+            match horizon {
+                Some(h) => config.with_max_horizon(h),
+                None => Ok(config),
+            }
         });
         Ok(loaded.with_context(|| format!("loading {name}"))?.model)
     }
 
     /// How the loaded model differs from the stored one, for reports and records (`None`: it does not).
     pub fn change(&self) -> Option<String> {
-        self.attention_window.map(|w| format!("attention window {w}"))
+        let changes: Vec<String> = [
+            self.attention_window.map(|w| format!("attention window {w}")),
+            self.max_horizon.map(|h| format!("decay horizon {h}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!changes.is_empty()).then(|| changes.join(", "))
     }
 }
