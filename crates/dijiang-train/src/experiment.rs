@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use dijiang_model::{AttentionKernelConfig, DiJiangConfig, LoraConfig, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::objective::Objective;
+use crate::objective::{Objective, Term};
 use crate::on_policy::OnPolicy;
 use crate::shard::OptimizerLayout;
 use crate::trainable::Group;
@@ -371,6 +371,18 @@ impl Stage {
                 "on_policy distils on the student's own text: its loss needs kl or reverse_kl and no layer terms, not {}",
                 self.loss.describe()
             ));
+        }
+        if self.on_policy.is_none() && self.loss.written_kl() != 1.0 {
+            return Err(
+                "loss.written_kl weighs the KL at the student's written positions: the stage needs on_policy".into()
+            );
+        }
+        if self.on_policy.is_none() && self.loss.weight(Term::Unlikelihood) > 0.0 {
+            return Err(
+                "loss.unlikelihood pushes down the repeats in the student's own continuations: the stage needs \
+                 on_policy (e.g. on_policy = { tokens = 128, temperature = 0 })"
+                    .into(),
+            );
         }
         if let Some(on_policy) = &self.on_policy {
             on_policy.validate(block_size)?;

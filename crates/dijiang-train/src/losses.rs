@@ -88,12 +88,8 @@ fn kl_divergence_parts<B: Backend>(
     student: Tensor<B, 3>,
     temperature: f64,
 ) -> (Tensor<B, 1>, Tensor<B, 3>, Tensor<B, 3>) {
-    let teacher = teacher.div_scalar(temperature);
-    let log_p = log_softmax(teacher.clone(), 2);
-    let p = softmax(teacher, 2);
-    let log_q = log_softmax(student.div_scalar(temperature), 2);
-    let value = (p.clone() * (log_p - log_q.clone())).sum_dim(2).mean().mul_scalar(temperature * temperature);
-    (value, p, log_q)
+    let (per_position, p, log_q) = per_position_kl(teacher, student, temperature);
+    (per_position.mean().mul_scalar(temperature * temperature), p, log_q)
 }
 
 /// [`kl_divergence`] for training (the teacher is a constant): the same value; its gradient with
@@ -109,6 +105,56 @@ pub fn kl_divergence_train<B: AutodiffBackend>(
     let [b, t, _] = student.dims();
     let (value, p, log_q) = kl_divergence_parts(teacher, student.clone().inner(), temperature);
     let grad = (log_q.exp() - p).mul_scalar(temperature / (b * t) as f64);
+    with_gradient(student, value, grad)
+}
+
+/// [`kl_divergence`] with a weight per position (`weights`: `[b, t, 1]`, >= 0): the weighted mean
+/// of the per-position KLs, `sum_t w_t KL_t / sum_t w_t` (times `temperature^2`); all weights 1
+/// is [`kl_divergence`], all 0 gives 0. An on-policy stage weighs the student's written positions
+/// by the loss's `written_kl` ([`crate::objective::Objective`]).
+///
+/// # Shapes
+/// - teacher, student: `[b, t, vocab]`, weights: `[b, t, 1]` -> `[1]`
+pub fn weighted_kl_divergence<B: Backend>(
+    teacher: Tensor<B, 3>,
+    student: Tensor<B, 3>,
+    temperature: f64,
+    weights: Tensor<B, 3>,
+) -> Tensor<B, 1> {
+    let (per_position, _, _) = per_position_kl(teacher, student, temperature);
+    let total = weights.clone().sum().into_scalar().elem::<f64>();
+    (per_position * weights).sum().mul_scalar(temperature * temperature / total.max(f64::MIN_POSITIVE))
+}
+
+/// The per-position KL(teacher || student) at `temperature` (`[b, t, 1]`, not yet scaled by
+/// `temperature^2`), the teacher's probabilities and the student's log-probabilities.
+fn per_position_kl<B: Backend>(
+    teacher: Tensor<B, 3>,
+    student: Tensor<B, 3>,
+    temperature: f64,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    let teacher = teacher.div_scalar(temperature);
+    let log_p = log_softmax(teacher.clone(), 2);
+    let p = softmax(teacher, 2);
+    let log_q = log_softmax(student.div_scalar(temperature), 2);
+    ((p.clone() * (log_p - log_q.clone())).sum_dim(2), p, log_q)
+}
+
+/// [`weighted_kl_divergence`] for training (the teacher is a constant): the same value; its
+/// gradient with respect to the student's logits is `temperature * w_t (q - p) / sum_t w_t`.
+///
+/// # Shapes
+/// - teacher, student: `[b, t, vocab]`, weights: `[b, t, 1]` -> `[1]`
+pub fn weighted_kl_divergence_train<B: AutodiffBackend>(
+    teacher: Tensor<B::InnerBackend, 3>,
+    student: Tensor<B, 3>,
+    temperature: f64,
+    weights: Tensor<B::InnerBackend, 3>,
+) -> Tensor<B, 1> {
+    let (per_position, p, log_q) = per_position_kl(teacher, student.clone().inner(), temperature);
+    let total = weights.clone().sum().into_scalar().elem::<f64>().max(f64::MIN_POSITIVE);
+    let value = (per_position * weights.clone()).sum().mul_scalar(temperature * temperature / total);
+    let grad = (log_q.exp() - p) * weights.mul_scalar(temperature / total);
     with_gradient(student, value, grad)
 }
 
@@ -176,6 +222,70 @@ fn with_gradient<B: AutodiffBackend, const D: usize>(
     s.clone() - s.detach() + Tensor::from_inner(value)
 }
 
+/// Sequence-level unlikelihood (Welleck et al., "Neural Text Generation with Unlikelihood
+/// Training", arXiv 1908.04319): `-ln(1 - p(token))` at each position whose `unlikely` entry is a
+/// token (not [`IGNORED`]), summed and divided by `positions` (the positions the penalties were
+/// looked for at: a rollout's written ones), so a continuation that repeats twice as much costs
+/// twice as much. `1 - p` is floored at [`UNLIKELY_FLOOR`]: a token the student is sure of costs
+/// at most `ln(1e5)`, not infinity.
+///
+/// # Shapes
+/// - logits: `[b, t, vocab]`, unlikely: `[b, t]` -> `[1]`
+pub fn unlikelihood<B: Backend>(logits: Tensor<B, 3>, unlikely: Tensor<B, 2, Int>, positions: usize) -> Tensor<B, 1> {
+    let parts = unlikelihood_parts(logits, unlikely);
+    let penalties = parts.one_minus.log().neg() * parts.mask;
+    penalties.sum().div_scalar(positions.max(1) as f64)
+}
+
+/// The floor of `1 - p` in [`unlikelihood`].
+pub const UNLIKELY_FLOOR: f64 = 1e-5;
+
+/// What [`unlikelihood`] reads, kept for its training twin's gradient.
+struct UnlikelihoodParts<B: Backend> {
+    /// `[b, t, vocab]`
+    probs: Tensor<B, 3>,
+    /// `[b, t, 1]`: the penalised tokens, the ignored ones pointing at word 0.
+    tokens: Tensor<B, 3, Int>,
+    /// `[b, t, 1]`: the penalised token's probability.
+    picked: Tensor<B, 3>,
+    /// `[b, t, 1]`: `1 - picked`, floored.
+    one_minus: Tensor<B, 3>,
+    /// `[b, t, 1]`: 1 where a token is penalised, 0 elsewhere.
+    mask: Tensor<B, 3>,
+}
+
+fn unlikelihood_parts<B: Backend>(logits: Tensor<B, 3>, unlikely: Tensor<B, 2, Int>) -> UnlikelihoodParts<B> {
+    let [b, t, _] = logits.dims();
+    let unlikely = unlikely.reshape([b, t, 1]);
+    let mask = unlikely.clone().not_equal_elem(IGNORED).float();
+    let tokens = unlikely.clamp_min(0);
+    let probs = log_softmax(logits, 2).exp();
+    let picked = probs.clone().gather(2, tokens.clone());
+    let one_minus = picked.clone().neg().add_scalar(1.0).clamp_min(UNLIKELY_FLOOR);
+    UnlikelihoodParts { probs, tokens, picked, one_minus, mask }
+}
+
+/// [`unlikelihood`] for training: the same value; its gradient with respect to the logits is
+/// `p_y / (1 - p_y) * (one_hot(y) - softmax) / positions` at the penalised positions (the
+/// derivative of `-ln(1 - p_y)`), 0 elsewhere. Where the floor holds (`p_y > 1 - 1e-5`) it keeps
+/// that form with the floored `1 - p_y`, still bounded (its entries sum to at most `2 p_y`), where
+/// autodiff through the clamp would give 0: the surest repeats are the ones to push down.
+///
+/// # Shapes
+/// - logits: `[b, t, vocab]`, unlikely: `[b, t]` -> `[1]`
+pub fn unlikelihood_train<B: AutodiffBackend>(
+    logits: Tensor<B, 3>,
+    unlikely: Tensor<B::InnerBackend, 2, Int>,
+    positions: usize,
+) -> Tensor<B, 1> {
+    let parts = unlikelihood_parts(logits.clone().inner(), unlikely);
+    let scale = 1.0 / positions.max(1) as f64;
+    let value = (parts.one_minus.clone().log().neg() * parts.mask.clone()).sum().mul_scalar(scale);
+    let coef = (parts.picked / parts.one_minus * parts.mask).mul_scalar(scale);
+    let grad = (parts.probs * coef.clone()).neg().scatter(2, parts.tokens, coef, IndexingUpdateOp::Add);
+    with_gradient(logits, value, grad)
+}
+
 /// Mean squared error over all elements (summed in an order that threads do not change).
 pub fn mse<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 1> {
     dijiang_model::reduce::mean((a - b).square())
@@ -210,23 +320,28 @@ mod tests {
         Tensor::from_data(TensorData::new(values, shape), &Default::default())
     }
 
-    /// The training twins give their references' values and autodiff's gradients.
-    #[test]
-    fn training_twins_match_autodiff_through_the_references() {
-        let shape = [2, 5, 37];
-        // One ignored position: the twin's gradient there is 0, as autodiff's through the mask.
-        let targets = Tensor::<B, 2, Int>::from_data([[0, 36, 5, 5, 17], [1, 2, IGNORED, 30, 36]], &Default::default());
-        let student = || Tensor::<A, 3>::from_inner(logits(1, shape)).require_grad();
-        let teacher = logits(2, shape);
-        type Loss = Box<dyn Fn(Tensor<A, 3>) -> Tensor<A, 1>>;
-        let pairs: [(&str, Loss, Loss); 3] = [
+    type Loss = Box<dyn Fn(Tensor<A, 3>) -> Tensor<A, 1>>;
+
+    /// Each vocabulary term's plain reference (autodiff goes through it) and its training twin, on
+    /// the given targets (also the unlikelihood's tokens) and teacher logits.
+    fn twins(targets: Tensor<B, 2, Int>, teacher: Tensor<B, 3>) -> Vec<(&'static str, Loss, Loss)> {
+        let weights = || {
+            Tensor::<B, 3>::from_data(
+                [[[1.0], [0.0], [0.25], [1.0], [1.0]], [[0.0], [1.0], [1.0], [0.5], [0.0]]],
+                &Default::default(),
+            )
+        };
+        vec![
             (
                 "cross-entropy",
                 Box::new({
                     let targets = targets.clone();
                     move |s| cross_entropy(s, Tensor::from_inner(targets.clone()))
                 }),
-                Box::new(move |s| cross_entropy_train(s, targets.clone())),
+                Box::new({
+                    let targets = targets.clone();
+                    move |s| cross_entropy_train(s, targets.clone())
+                }),
             ),
             (
                 "kl at temperature 2",
@@ -245,9 +360,49 @@ mod tests {
                     let teacher = teacher.clone();
                     move |s| reverse_kl_divergence(Tensor::from_inner(teacher.clone()), s, 2.0)
                 }),
-                Box::new(move |s| reverse_kl_divergence_train(teacher.clone(), s, 2.0)),
+                Box::new({
+                    let teacher = teacher.clone();
+                    move |s| reverse_kl_divergence_train(teacher.clone(), s, 2.0)
+                }),
             ),
-        ];
+            (
+                "kl at temperature 2, positions weighted",
+                Box::new({
+                    let teacher = teacher.clone();
+                    move |s| {
+                        weighted_kl_divergence(
+                            Tensor::from_inner(teacher.clone()),
+                            s,
+                            2.0,
+                            Tensor::from_inner(weights()),
+                        )
+                    }
+                }),
+                Box::new({
+                    let teacher = teacher.clone();
+                    move |s| weighted_kl_divergence_train(teacher.clone(), s, 2.0, weights())
+                }),
+            ),
+            (
+                "unlikelihood over 7 positions",
+                Box::new({
+                    let targets = targets.clone();
+                    move |s| unlikelihood(s, Tensor::from_inner(targets.clone()), 7)
+                }),
+                Box::new(move |s| unlikelihood_train(s, targets.clone(), 7)),
+            ),
+        ]
+    }
+
+    /// The training twins give their references' values and autodiff's gradients.
+    #[test]
+    fn training_twins_match_autodiff_through_the_references() {
+        let shape = [2, 5, 37];
+        // One ignored position: the twin's gradient there is 0, as autodiff's through the mask.
+        let targets = Tensor::<B, 2, Int>::from_data([[0, 36, 5, 5, 17], [1, 2, IGNORED, 30, 36]], &Default::default());
+        let student = || Tensor::<A, 3>::from_inner(logits(1, shape)).require_grad();
+        let teacher = logits(2, shape);
+        let pairs = twins(targets, teacher);
         for (name, reference, twin) in pairs {
             let (x, y) = (student(), student());
             let (want, got) = (reference(x.clone()), twin(y.clone()));
@@ -278,6 +433,42 @@ mod tests {
         let want = cross_entropy(kept, Tensor::<B, 2, Int>::from_data([[4, 10]], &device)).into_scalar();
         assert!((got - want).abs() <= 1e-6 * want.abs(), "{got} vs {want}");
         let none = cross_entropy(all, Tensor::<B, 2, Int>::full([1, 4], IGNORED, &device)).into_scalar();
+        assert_eq!(none, 0.0);
+    }
+
+    /// Weights of 1 give the plain KL; weights of 0 drop their positions, as if sliced out.
+    #[test]
+    fn weighted_kl_is_the_kl_over_the_weighted_positions() {
+        let device = Default::default();
+        let (teacher, student) = (logits(4, [1, 4, 9]), logits(5, [1, 4, 9]));
+        let ones = Tensor::<B, 3>::ones([1, 4, 1], &device);
+        let plain = kl_divergence(teacher.clone(), student.clone(), 2.0).into_scalar();
+        let weighted = weighted_kl_divergence(teacher.clone(), student.clone(), 2.0, ones).into_scalar();
+        assert!((plain - weighted).abs() <= 1e-6 * plain.abs(), "{weighted} vs {plain}");
+        let data = Tensor::<B, 3>::from_data([[[1.0], [1.0], [0.0], [0.0]]], &device);
+        let got = weighted_kl_divergence(teacher.clone(), student.clone(), 2.0, data).into_scalar();
+        let sliced = |x: Tensor<B, 3>| x.slice([0..1, 0..2]);
+        let want = kl_divergence(sliced(teacher), sliced(student), 2.0).into_scalar();
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "{got} vs {want}");
+    }
+
+    /// Unlikelihood written out: `-ln(1 - p)` of the penalised tokens over the given count, its
+    /// floor for a token the student is sure of, and nothing to push down giving 0.
+    #[test]
+    fn unlikelihood_matches_its_definition() {
+        let device = Default::default();
+        let z = [[0.0f32, 1.0, 2.0], [30.0, 0.0, 0.0]];
+        let logits = Tensor::<B, 3>::from_data([z], &device);
+        let p = |row: [f32; 3], j: usize| {
+            let e = row.map(|x| (x as f64).exp());
+            e[j] / e.iter().sum::<f64>()
+        };
+        let got = unlikelihood(logits.clone(), Tensor::from_data([[2, IGNORED]], &device), 4).into_scalar() as f64;
+        let want = -(1.0 - p(z[0], 2)).ln() / 4.0;
+        assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+        let sure = unlikelihood(logits.clone(), Tensor::from_data([[IGNORED, 0]], &device), 1).into_scalar() as f64;
+        assert!((sure + UNLIKELY_FLOOR.ln()).abs() < 1e-3, "floored: {sure}");
+        let none = unlikelihood(logits, Tensor::from_data([[IGNORED, IGNORED]], &device), 0).into_scalar();
         assert_eq!(none, 0.0);
     }
 

@@ -17,7 +17,11 @@ use dijiang_model::{LayerTrace, Trace, Transformer};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::losses::{cross_entropy_train, kl_divergence_train, mse, reverse_kl_divergence_train, row_kl};
+use crate::losses::{
+    IGNORED, cross_entropy_train, kl_divergence_train, mse, reverse_kl_divergence_train, row_kl, unlikelihood_train,
+    weighted_kl_divergence_train,
+};
+use crate::on_policy::repeated_tokens;
 use crate::transfer::{lift, shares_heads};
 
 /// One loss term.
@@ -36,11 +40,18 @@ pub enum Term {
     /// sums), per layer, on the teacher's layer input; mean over rows, heads and layers (Hedgehog's
     /// attention distillation). It trains the feature map and decay, not the gate or GroupNorm.
     AttentionRows,
+    /// Sequence-level unlikelihood on an on-policy rollout: `-ln(1 - p)` of every token the student
+    /// wrote that belongs to a 4-gram it already wrote earlier in the same continuation (Welleck et
+    /// al., arXiv 1908.04319), averaged over the written positions. The KL to the teacher on such
+    /// text teaches the loop on (the teacher continues a repeated phrase too, once it is in
+    /// context); this term pushes the repeated words down instead.
+    Unlikelihood,
 }
 
 impl Term {
     /// Every term, in the order a loss sums them.
-    pub const ALL: [Term; 5] = [Term::Lm, Term::Kl, Term::ReverseKl, Term::Attention, Term::AttentionRows];
+    pub const ALL: [Term; 6] =
+        [Term::Lm, Term::Kl, Term::ReverseKl, Term::Attention, Term::AttentionRows, Term::Unlikelihood];
 
     /// The term's key in experiment files and its metric tag (`train/NAME`).
     pub fn name(self) -> &'static str {
@@ -50,6 +61,7 @@ impl Term {
             Term::ReverseKl => "reverse_kl",
             Term::Attention => "attention",
             Term::AttentionRows => "attention_rows",
+            Term::Unlikelihood => "unlikelihood",
         }
     }
 
@@ -60,7 +72,7 @@ impl Term {
     /// Whether the term reads the frozen teacher at all.
     pub fn needs_teacher(self) -> bool {
         match self {
-            Term::Lm => false,
+            Term::Lm | Term::Unlikelihood => false,
             Term::Kl | Term::ReverseKl | Term::Attention | Term::AttentionRows => true,
         }
     }
@@ -74,22 +86,34 @@ impl Term {
     /// end-to-end student forward.
     pub fn is_layer_local(self) -> bool {
         match self {
-            Term::Lm | Term::Kl | Term::ReverseKl => false,
+            Term::Lm | Term::Kl | Term::ReverseKl | Term::Unlikelihood => false,
             Term::Attention | Term::AttentionRows => true,
         }
     }
 
     /// The term's value on one micro-batch (differentiable through the student).
-    fn loss<B: AutodiffBackend>(self, f: &Forward<'_, B>, temperature: f64) -> Tensor<B, 1> {
+    fn loss<B: AutodiffBackend>(self, f: &Forward<'_, B>, objective: &Objective) -> Tensor<B, 1> {
+        let temperature = objective.temperature;
         match self {
             Term::Lm => cross_entropy_train(f.student_logits().clone(), f.batch.targets.clone()),
             Term::Kl => {
-                let teacher = f.trace().logits.as_ref().expect("traced with logits: Kl needs them");
-                kl_divergence_train(teacher.clone(), f.student_logits().clone(), temperature)
+                let teacher = f.trace().logits.as_ref().expect("traced with logits: Kl needs them").clone();
+                if objective.written_kl == 1.0 {
+                    return kl_divergence_train(teacher, f.student_logits().clone(), temperature);
+                }
+                // The data's positions weigh 1, the student's written ones `written_kl`.
+                let [b, t] = f.batch.targets.dims();
+                let data = f.batch.targets.clone().not_equal_elem(IGNORED).float().reshape([b, t, 1]);
+                let weights = data.clone() + data.neg().add_scalar(1.0).mul_scalar(objective.written_kl);
+                weighted_kl_divergence_train(teacher, f.student_logits().clone(), temperature, weights)
             }
             Term::ReverseKl => {
                 let teacher = f.trace().logits.as_ref().expect("traced with logits: ReverseKl needs them");
                 reverse_kl_divergence_train(teacher.clone(), f.student_logits().clone(), temperature)
+            }
+            Term::Unlikelihood => {
+                let (unlikely, positions) = repeated_tokens(f.batch);
+                unlikelihood_train(f.student_logits().clone(), unlikely, positions)
             }
             Term::Attention | Term::AttentionRows => {
                 let parts: Vec<Tensor<B, 1>> = (f.trace().layers.iter().enumerate())
@@ -117,7 +141,7 @@ impl Term {
                 let n = teacher.dims()[2];
                 row_kl(teacher, student.layer_rows_on(layer, trace, shared_heads, n))
             }
-            Term::Lm | Term::Kl | Term::ReverseKl => unreachable!("{self} is not layer-local"),
+            Term::Lm | Term::Kl | Term::ReverseKl | Term::Unlikelihood => unreachable!("{self} is not layer-local"),
         }
     }
 }
@@ -228,12 +252,17 @@ pub struct Objective {
     /// prefix's rows are exact (causal queries see only earlier keys), they cover the distances
     /// up to `n`, and the output term still sees the whole block.
     rows_len: Option<usize>,
+    /// The weight of the `kl` term at an on-policy rollout's written positions against 1 at the
+    /// data's (`written_kl = 0`: the KL on the data's prefix only). On the student's own looping
+    /// text the teacher continues the loop too, so its KL there teaches the loop (measured:
+    /// docs/conversion-start.md, thirty-fifth session). 1 by default: every position alike.
+    written_kl: f64,
 }
 
 impl Objective {
     /// An objective of the given term weights, temperature 1.
     pub fn new(weights: impl IntoIterator<Item = (Term, f64)>) -> Self {
-        Self { weights: weights.into_iter().collect(), temperature: 1.0, rows_len: None }
+        Self { weights: weights.into_iter().collect(), temperature: 1.0, rows_len: None, written_kl: 1.0 }
     }
 
     /// The row KL on the first `n` positions of each block only (see the field).
@@ -243,6 +272,15 @@ impl Objective {
 
     pub fn with_temperature(self, temperature: f64) -> Self {
         Self { temperature, ..self }
+    }
+
+    /// The `kl` term's weight at on-policy written positions (see the field).
+    pub fn with_written_kl(self, written_kl: f64) -> Self {
+        Self { written_kl, ..self }
+    }
+
+    pub fn written_kl(&self) -> f64 {
+        self.written_kl
     }
 
     pub fn temperature(&self) -> f64 {
@@ -308,6 +346,15 @@ impl Objective {
         if !valid_weights || self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err("loss weights must be >= 0 with at least one > 0, temperature > 0".into());
         }
+        if !(self.written_kl >= 0.0 && self.written_kl <= 1.0) {
+            return Err(format!(
+                "{WRITTEN_KL} = {}: a weight in 0..=1 (1: the written positions count as the data's)",
+                self.written_kl
+            ));
+        }
+        if self.written_kl != 1.0 && self.weight(Term::Kl) == 0.0 {
+            return Err(format!("{WRITTEN_KL} weighs the kl term's written positions, but the loss has no kl term"));
+        }
         if self.rows_len.is_some() && !self.needs_teacher_rows() {
             return Err(format!("{ROWS_LEN} is set but no term reads the rows: add attention_rows or drop {ROWS_LEN}"));
         }
@@ -320,7 +367,12 @@ impl Objective {
         let temperature =
             if self.needs_teacher_logits() { format!(" (temperature {})", self.temperature) } else { String::new() };
         let rows = self.rows_len.map(|n| format!(" (rows of the first {n} positions)")).unwrap_or_default();
-        format!("{}{temperature}{rows}", terms.join(" + "))
+        let written = if self.written_kl != 1.0 {
+            format!(" (kl {} on written positions)", self.written_kl)
+        } else {
+            String::new()
+        };
+        format!("{}{temperature}{rows}{written}", terms.join(" + "))
     }
 
     /// The weighted loss of one micro-batch, what a training step differentiates, and its terms as
@@ -343,7 +395,7 @@ impl Objective {
             logits: OnceCell::new(),
             shared_heads: OnceCell::new(),
         };
-        self.weighted(|term| term.loss(&forward, self.temperature))
+        self.weighted(|term| term.loss(&forward, self))
     }
 
     /// The weighted loss of one micro-batch from the student's logits (computed by the caller, as
@@ -369,7 +421,7 @@ impl Objective {
             logits: OnceCell::from(student_logits),
             shared_heads: OnceCell::new(),
         };
-        self.weighted(|term| term.loss(&forward, self.temperature))
+        self.weighted(|term| term.loss(&forward, self))
     }
 
     /// The weighted sum of the terms' values `value(term)`, and the values as numbers.
@@ -397,6 +449,7 @@ fn scalar<B: Backend>(x: &Tensor<B, 1>) -> f64 {
 
 const TEMPERATURE: &str = "temperature";
 const ROWS_LEN: &str = "rows_len";
+const WRITTEN_KL: &str = "written_kl";
 
 impl Serialize for Objective {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -404,6 +457,9 @@ impl Serialize for Objective {
         map.insert(TEMPERATURE, self.temperature);
         if let Some(n) = self.rows_len {
             map.insert(ROWS_LEN, n as f64);
+        }
+        if self.written_kl != 1.0 {
+            map.insert(WRITTEN_KL, self.written_kl);
         }
         map.serialize(serializer)
     }
@@ -418,6 +474,10 @@ impl<'de> Deserialize<'de> for Objective {
                 objective.temperature = value;
                 continue;
             }
+            if key == WRITTEN_KL {
+                objective.written_kl = value;
+                continue;
+            }
             if key == ROWS_LEN {
                 if value < 1.0 || value.fract() != 0.0 {
                     return Err(D::Error::custom(format!("{ROWS_LEN} = {value}: a number of positions, >= 1")));
@@ -428,7 +488,7 @@ impl<'de> Deserialize<'de> for Objective {
             let term = Term::from_name(&key).ok_or_else(|| {
                 let known: Vec<&str> = Term::ALL.iter().map(|t| t.name()).collect();
                 D::Error::custom(format!(
-                    "unknown loss term `{key}` (terms: {}; and {TEMPERATURE}, {ROWS_LEN})",
+                    "unknown loss term `{key}` (terms: {}; and {TEMPERATURE}, {ROWS_LEN}, {WRITTEN_KL})",
                     known.join(", ")
                 ))
             })?;
@@ -483,6 +543,11 @@ mod tests {
             let err = parse(&format!("loss = {{ attention_rows = 1.0, rows_len = {bad} }}")).unwrap_err();
             assert!(err.contains("rows_len") && err.contains(">= 1"), "{err}");
         }
+        let written = parse("loss = { kl = 1.0, unlikelihood = 1.0, written_kl = 0.0 }").unwrap();
+        assert_eq!(written.written_kl(), 0.0);
+        assert_eq!(written.describe(), "kl 1 + unlikelihood 1 (temperature 1) (kl 0 on written positions)");
+        let back: Objective = toml::Value::try_from(&written).unwrap().try_into().unwrap();
+        assert_eq!(back, written);
         let unread = parse("loss = { attention = 1.0, rows_len = 64 }").unwrap().validate().unwrap_err();
         assert!(unread.contains("no term reads the rows"), "{unread}");
     }

@@ -98,6 +98,53 @@ impl OnPolicy {
     }
 }
 
+/// The n-gram length of the repeats [`repeated_tokens`] marks: Welleck et al.'s sequence-level
+/// unlikelihood (arXiv 1908.04319) marks repeated 4-grams.
+pub const REPEAT_NGRAM: usize = 4;
+
+/// What a sequence-level unlikelihood term ([`crate::losses::unlikelihood`]) pushes down in a
+/// rolled-out batch, and over how many positions it is averaged: at each written position `t`
+/// (target [`IGNORED`]) whose next input, the token the student wrote after it, belongs to a
+/// [`REPEAT_NGRAM`]-gram of the continuation that already began earlier in the continuation,
+/// that token; [`IGNORED`] everywhere else. The count is the written positions with a next input.
+/// The data's prefix is not searched: repeating a name of the prompt is no loop, repeating its
+/// own words is. A batch without written positions (a step on the data) gives nothing to push
+/// down and a count of 0.
+pub fn repeated_tokens<B: Backend>(batch: &LmBatch<B>) -> (Tensor<B, 2, Int>, usize) {
+    let [rows, block] = batch.inputs.dims();
+    let device = batch.inputs.device();
+    let ids = |t: Tensor<B, 2, Int>| t.into_data().convert::<i64>().to_vec::<i64>().expect("integer token ids");
+    let (inputs, targets) = (ids(batch.inputs.clone()), ids(batch.targets.clone()));
+    let mut unlikely = vec![IGNORED; rows * block];
+    let mut positions = 0;
+    for r in 0..rows {
+        let row = r * block..(r + 1) * block;
+        positions += row_repeats(&inputs[row.clone()], &targets[row.clone()], &mut unlikely[row]);
+    }
+    (Tensor::from_data(TensorData::new(unlikely, [rows, block]), &device), positions)
+}
+
+/// [`repeated_tokens`] on one row: fills `unlikely`, returns the row's count.
+fn row_repeats(inputs: &[i64], targets: &[i64], unlikely: &mut [i64]) -> usize {
+    let Some(start) = targets.iter().position(|&t| t == IGNORED) else { return 0 };
+    let written = &inputs[start..];
+    let mut repeated = vec![false; written.len()];
+    let mut seen = std::collections::HashSet::new();
+    for (s, gram) in written.windows(REPEAT_NGRAM).enumerate() {
+        if !seen.insert(gram) {
+            repeated[s..s + REPEAT_NGRAM].fill(true);
+        }
+    }
+    // Written token `start + j` is predicted at position `start + j - 1`; the first written
+    // token's position holds the data's target, so it is not one of the term's positions.
+    for j in 1..written.len() {
+        if repeated[j] {
+            unlikely[start + j - 1] = written[j];
+        }
+    }
+    inputs.len() - 1 - start
+}
+
 /// One worker's rollouts in a run: the run's seed and the worker's global rank.
 #[derive(Debug, Clone, Copy)]
 pub struct Rollouts {
@@ -197,6 +244,32 @@ mod tests {
         let seeds =
             [rollout_seed(5, 3, 0, 0), rollout_seed(5, 3, 1, 0), rollout_seed(5, 3, 0, 1), rollout_seed(6, 3, 0, 0)];
         assert!(seeds.iter().enumerate().all(|(i, a)| seeds[i + 1..].iter().all(|b| a.abs_diff(*b) > 0xFFFF)));
+    }
+
+    /// Every token of a 4-gram the continuation already wrote is pushed down at the position
+    /// that predicts it; repeats of the data's prefix and of shorter n-grams are not.
+    #[test]
+    fn repeated_tokens_are_the_continuations_repeated_four_grams() {
+        const I: i64 = IGNORED;
+        // Prefix 1 2 3 4 5 (its targets the data's), then the written 1 2 3 4 | 9 8 7 6 9 8 7 6 9 8 5.
+        let inputs = [1, 2, 3, 4, 5, 1, 2, 3, 4, 9, 8, 7, 6, 9, 8, 7, 6, 9, 8, 5];
+        let mut targets = [I; 20];
+        targets[..5].copy_from_slice(&[2, 3, 4, 5, 1]);
+        let device = Default::default();
+        let rolled = LmBatch::<Cpu> {
+            inputs: Tensor::from_data(TensorData::new(inputs.to_vec(), [1, 20]), &device),
+            targets: Tensor::from_data(TensorData::new(targets.to_vec(), [1, 20]), &device),
+        };
+        let (unlikely, positions) = repeated_tokens(&rolled);
+        // Written tokens 5..20: the second 9 8 7 6 (inputs 13..17) repeats the first, and so does
+        // 8 7 6 9 (14..18) and 7 6 9 8 (15..19); the final 5 does not. Token k at position k - 1.
+        let mut want = [I; 20];
+        want[12..18].copy_from_slice(&inputs[13..19]);
+        assert_eq!(ids(unlikely), [want.to_vec()]);
+        assert_eq!(positions, 14, "the written positions 5..19, each with a next input");
+        let data = batch(2, 12, 50);
+        let (nothing, none) = repeated_tokens(&data);
+        assert!(ids(nothing).iter().flatten().all(|&t| t == IGNORED) && none == 0, "a step on the data");
     }
 
     #[test]

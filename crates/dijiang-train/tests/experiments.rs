@@ -127,6 +127,18 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
         (&["stages.0.on_policy.tokens=128"], "no layer terms"),
         (&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0", "stages.1.on_policy.every=0"], "every must be >= 1"),
         (&["stages.1.on_policy.token=128", "stages.1.loss.lm=0"], "token"),
+        (&["stages.1.loss.unlikelihood=1"], "the stage needs on_policy"),
+        (&["stages.1.loss.written_kl=0"], "loss.written_kl weighs the KL at the student's written positions"),
+        (&["stages.1.on_policy.tokens=128", "stages.1.loss.written_kl=2"], "a weight in 0..=1"),
+        (
+            &[
+                "stages.1.on_policy.tokens=128",
+                "stages.1.loss.kl=0",
+                "stages.1.loss.reverse_kl=1",
+                "stages.1.loss.written_kl=0",
+            ],
+            "no kl term",
+        ),
     ] {
         let err = load(extra).unwrap_err();
         assert!(err.contains(says), "{extra:?}: {err}");

@@ -317,6 +317,42 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
     assert_same(&metrics(&dir.join("kl-policy-resumed")), &policy);
 }
 
+/// Unlikelihood on greedy rollouts: the tiny random student's greedy continuations repeat
+/// themselves, so the term has tokens to push down (it is 0 only on text without repeats), and it
+/// changes the training against the same on-policy stage without it; `written_kl = 0` takes the
+/// KL on the data's prefix alone.
+#[test]
+fn an_unlikelihood_term_pushes_down_the_students_own_repeats() {
+    use dijiang_train::objective::Objective;
+    use dijiang_train::on_policy::OnPolicy;
+
+    let (dir, experiment, _) = reference(Architecture::Llama);
+    let mut greedy = experiment.clone();
+    greedy.stages[1].loss = Objective::new([(Term::Kl, 1.0)]);
+    greedy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 0.0, every: 1 });
+    let mut unlikely = greedy.clone();
+    unlikely.stages[1].loss = Objective::new([(Term::Kl, 1.0), (Term::Unlikelihood, 1.0)]);
+    unlikely.validate().unwrap();
+    run(dir, &greedy, "greedy", false, 1);
+    run(dir, &unlikely, "greedy-unlikelihood", false, 1);
+    let (plain, pushed) = (metrics(&dir.join("greedy")), metrics(&dir.join("greedy-unlikelihood")));
+    let at = |m: &Metrics, step: usize, tag: &str| m[&(step, tag.to_string())];
+    assert_eq!(at(&plain, 4, "train/kl").to_bits(), at(&pushed, 4, "train/kl").to_bits(), "the same first rollout");
+    let values: Vec<f64> = (4..=STEPS).map(|step| at(&pushed, step, "train/unlikelihood")).collect();
+    assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0), "{values:?}");
+    assert!(values[0] > 0.0, "the random student's greedy text repeats: {values:?}");
+    assert_ne!(at(&plain, STEPS, "train/kl").to_bits(), at(&pushed, STEPS, "train/kl").to_bits(), "trained apart");
+    // The KL on the data's prefix only (`written_kl = 0`): another KL from the first rollout on.
+    let mut prefix = unlikely.clone();
+    prefix.stages[1].loss = unlikely.stages[1].loss.clone().with_written_kl(0.0);
+    prefix.validate().unwrap();
+    run(dir, &prefix, "greedy-unlikelihood-prefix", false, 1);
+    let on_prefix = metrics(&dir.join("greedy-unlikelihood-prefix"));
+    let kl = at(&on_prefix, 4, "train/kl");
+    assert!(kl.is_finite() && kl != at(&pushed, 4, "train/kl"), "the prefix's KL: {kl}");
+    assert_eq!(at(&on_prefix, 4, "train/unlikelihood").to_bits(), values[0].to_bits(), "the same rollout");
+}
+
 /// A length curriculum (`data.block_schedule`): the steps before the change are the plain run's
 /// bit for bit, the later ones read blocks twice as long, and a run resumed from a checkpoint
 /// taken after the change (and one stopped before it) ends as the uninterrupted run.
