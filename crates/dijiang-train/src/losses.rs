@@ -322,6 +322,12 @@ mod tests {
 
     type Loss = Box<dyn Fn(Tensor<A, 3>) -> Tensor<A, 1>>;
 
+    /// A loss of the student's logits that also reads its own copy of `x` (targets or teacher).
+    fn with<T: Clone + 'static>(x: &T, loss: impl Fn(T, Tensor<A, 3>) -> Tensor<A, 1> + 'static) -> Loss {
+        let x = x.clone();
+        Box::new(move |s| loss(x.clone(), s))
+    }
+
     /// Each vocabulary term's plain reference (autodiff goes through it) and its training twin, on
     /// the given targets (also the unlikelihood's tokens) and teacher logits.
     fn twins(targets: Tensor<B, 2, Int>, teacher: Tensor<B, 3>) -> Vec<(&'static str, Loss, Loss)> {
@@ -334,62 +340,30 @@ mod tests {
         vec![
             (
                 "cross-entropy",
-                Box::new({
-                    let targets = targets.clone();
-                    move |s| cross_entropy(s, Tensor::from_inner(targets.clone()))
-                }),
-                Box::new({
-                    let targets = targets.clone();
-                    move |s| cross_entropy_train(s, targets.clone())
-                }),
+                with(&targets, |t, s| cross_entropy(s, Tensor::from_inner(t))),
+                with(&targets, |t, s| cross_entropy_train(s, t)),
             ),
             (
                 "kl at temperature 2",
-                Box::new({
-                    let teacher = teacher.clone();
-                    move |s| kl_divergence(Tensor::from_inner(teacher.clone()), s, 2.0)
-                }),
-                Box::new({
-                    let teacher = teacher.clone();
-                    move |s| kl_divergence_train(teacher.clone(), s, 2.0)
-                }),
+                with(&teacher, |t, s| kl_divergence(Tensor::from_inner(t), s, 2.0)),
+                with(&teacher, |t, s| kl_divergence_train(t, s, 2.0)),
             ),
             (
                 "reverse kl at temperature 2",
-                Box::new({
-                    let teacher = teacher.clone();
-                    move |s| reverse_kl_divergence(Tensor::from_inner(teacher.clone()), s, 2.0)
-                }),
-                Box::new({
-                    let teacher = teacher.clone();
-                    move |s| reverse_kl_divergence_train(teacher.clone(), s, 2.0)
-                }),
+                with(&teacher, |t, s| reverse_kl_divergence(Tensor::from_inner(t), s, 2.0)),
+                with(&teacher, |t, s| reverse_kl_divergence_train(t, s, 2.0)),
             ),
             (
                 "kl at temperature 2, positions weighted",
-                Box::new({
-                    let teacher = teacher.clone();
-                    move |s| {
-                        weighted_kl_divergence(
-                            Tensor::from_inner(teacher.clone()),
-                            s,
-                            2.0,
-                            Tensor::from_inner(weights()),
-                        )
-                    }
+                with(&teacher, move |t, s| {
+                    weighted_kl_divergence(Tensor::from_inner(t), s, 2.0, Tensor::from_inner(weights()))
                 }),
-                Box::new({
-                    let teacher = teacher.clone();
-                    move |s| weighted_kl_divergence_train(teacher.clone(), s, 2.0, weights())
-                }),
+                with(&teacher, move |t, s| weighted_kl_divergence_train(t, s, 2.0, weights())),
             ),
             (
                 "unlikelihood over 7 positions",
-                Box::new({
-                    let targets = targets.clone();
-                    move |s| unlikelihood(s, Tensor::from_inner(targets.clone()), 7)
-                }),
-                Box::new(move |s| unlikelihood_train(s, targets.clone(), 7)),
+                with(&targets, |t, s| unlikelihood(s, Tensor::from_inner(t), 7)),
+                with(&targets, |t, s| unlikelihood_train(s, t, 7)),
             ),
         ]
     }
