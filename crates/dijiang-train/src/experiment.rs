@@ -340,8 +340,9 @@ pub struct Stage {
     pub lr_scale: LrScale,
     /// The stage's loss: `loss = { kl = 1.0, lm = 0.1, temperature = 2.0 }` (see [`crate::objective::Term`]).
     pub loss: Objective,
-    /// On-policy distillation: the student writes the last tokens of each block before the step
-    /// (`on_policy = { tokens = 128, temperature = 1.0 }`, [`OnPolicy`]).
+    /// On-policy distillation: the student writes the last tokens of each block (or those after
+    /// its first `after`) before the step (`on_policy = { tokens = 128, temperature = 1.0 }`,
+    /// [`OnPolicy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_policy: Option<OnPolicy>,
 }

@@ -4,7 +4,8 @@
 //! own mistakes; a greedy loop is one of them (docs/conversion-start.md, the pure student's loops).
 //!
 //! A stage with `on_policy = { tokens = G, temperature = T }` keeps each block's first
-//! `block - G` tokens and replaces the last `G` inputs by the student's continuation of them,
+//! `block - G` tokens and replaces the last `G` inputs by the student's continuation of them
+//! (with `after = P`, the `G` inputs after the first `P`, the rest of the block the data's),
 //! sampled at temperature `T` (0: greedy) from a generator seeded by the run's seed, the step and
 //! the block's place, so a resumed run writes the same tokens. With `every = k` it does so on
 //! every k-th step of the stage only (GKD's fraction of on-policy data, at a k-th of the price:
@@ -36,6 +37,11 @@ pub struct OnPolicy {
     /// The stage's steps `0, k, 2k, ...` are rolled out, the others train on the data (1: all).
     #[serde(default = "every_step")]
     pub every: usize,
+    /// How many of the data's tokens the student continues (none: `block - tokens`, so it
+    /// writes the block's end). Greedy text is judged after short prompts, where a long block's
+    /// end never is; the block's data after the written span still trains the long context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<usize>,
 }
 
 fn one() -> f64 {
@@ -62,12 +68,30 @@ impl OnPolicy {
         if self.every == 0 {
             return Err("on_policy.every must be >= 1 (1: every step of the stage)".into());
         }
+        if let Some(after) = self.after
+            && (after == 0 || after + self.tokens > block_size)
+        {
+            return Err(format!(
+                "on_policy.after ({after}) must be in 1..={} (the stage's shortest block, {block_size}, less the {} \
+                 written tokens): the student continues the block's first `after` tokens",
+                block_size.saturating_sub(self.tokens),
+                self.tokens
+            ));
+        }
         Ok(())
     }
 
-    /// `batch` with the last `tokens` inputs of each row replaced by `student`'s continuation of
-    /// the row's first inputs, and the targets at those positions [`IGNORED`] (the target before
-    /// them, the prefix's next token in the data, stays). `seed` identifies the step and the
+    /// The written span of a `block`-token row.
+    fn span(&self, block: usize) -> std::ops::Range<usize> {
+        let start = self.after.unwrap_or(block - self.tokens);
+        start..start + self.tokens
+    }
+
+    /// `batch` with `tokens` inputs of each row (its last, or those after the first `after`)
+    /// replaced by `student`'s continuation of the row's inputs before them, and the targets at
+    /// those positions [`IGNORED`] (the target before them, the prefix's next token in the data,
+    /// stays; the last written position's, the data's token after the span, goes: the data does
+    /// not continue the student's text). `seed` identifies the step and the
     /// micro-batch; row `r` samples from `seed + r`.
     pub fn rollout<B: AutodiffBackend>(
         &self,
@@ -82,16 +106,17 @@ impl OnPolicy {
             t.into_data().convert::<i64>().to_vec::<i64>().expect("integer token ids")
         };
         let (mut inputs, mut targets) = (ids(batch.inputs), ids(batch.targets));
-        let kept = block - self.tokens;
+        let span = self.span(block);
         for r in 0..rows {
             let row = r * block..(r + 1) * block;
-            let prompt: Vec<u32> = inputs[row.start..row.start + kept].iter().map(|&t| t as u32).collect();
+            let prompt: Vec<u32> = inputs[row.start..row.start + span.start].iter().map(|&t| t as u32).collect();
             let sampling =
                 Sampling { temperature: self.temperature, seed: seed.wrapping_add(r as u64), ..Default::default() };
             let (written, _) = generate(&model, &prompt, self.tokens, &mut Sampler::new(sampling), None, |_| {});
             let written: Vec<i64> = written.iter().map(|&t| t as i64).collect();
-            inputs[row.start + kept..row.end].copy_from_slice(&written);
-            targets[row.start + kept..row.end].fill(IGNORED);
+            let written_at = row.start + span.start..row.start + span.end;
+            inputs[written_at.clone()].copy_from_slice(&written);
+            targets[written_at].fill(IGNORED);
         }
         let tensor = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [rows, block]), &device);
         LmBatch { inputs: tensor(inputs), targets: tensor(targets) }
@@ -107,7 +132,7 @@ pub const REPEAT_NGRAM: usize = 4;
 /// (target [`IGNORED`]) whose next input, the token the student wrote after it, belongs to a
 /// [`REPEAT_NGRAM`]-gram of the continuation that already began earlier in the continuation,
 /// that token; [`IGNORED`] everywhere else. The count is the written positions with a next input.
-/// The data's prefix is not searched: repeating a name of the prompt is no loop, repeating its
+/// The data's tokens are not searched: repeating a name of the prompt is no loop, repeating its
 /// own words is. A batch without written positions (a step on the data) gives nothing to push
 /// down and a count of 0.
 pub fn repeated_tokens<B: Backend>(batch: &LmBatch<B>) -> (Tensor<B, 2, Int>, usize) {
@@ -127,7 +152,8 @@ pub fn repeated_tokens<B: Backend>(batch: &LmBatch<B>) -> (Tensor<B, 2, Int>, us
 /// [`repeated_tokens`] on one row: fills `unlikely`, returns the row's count.
 fn row_repeats(inputs: &[i64], targets: &[i64], unlikely: &mut [i64]) -> usize {
     let Some(start) = targets.iter().position(|&t| t == IGNORED) else { return 0 };
-    let written = &inputs[start..];
+    let end = targets[start..].iter().position(|&t| t != IGNORED).map_or(inputs.len(), |n| start + n);
+    let written = &inputs[start..end];
     let mut repeated = vec![false; written.len()];
     let mut seen = std::collections::HashSet::new();
     for (s, gram) in written.windows(REPEAT_NGRAM).enumerate() {
@@ -142,7 +168,7 @@ fn row_repeats(inputs: &[i64], targets: &[i64], unlikely: &mut [i64]) -> usize {
             unlikely[start + j - 1] = written[j];
         }
     }
-    inputs.len() - 1 - start
+    end - 1 - start
 }
 
 /// One worker's rollouts in a run: the run's seed and the worker's global rank.
@@ -209,7 +235,7 @@ mod tests {
         let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
         let (block, tokens) = (12, 5);
         let data = batch(2, block, config.vocab_size);
-        let on_policy = OnPolicy { tokens, temperature: 0.0, every: 1 };
+        let on_policy = OnPolicy { tokens, temperature: 0.0, every: 1, after: None };
         let rolled = on_policy.rollout(&student, data.clone(), 9);
         let (before, after, targets) = (ids(data.inputs), ids(rolled.inputs), ids(rolled.targets));
         let before_targets = ids(data.targets);
@@ -230,11 +256,46 @@ mod tests {
         assert!(changed, "the random student's continuation is not the data");
     }
 
+    /// With `after`, the student continues the block's first `after` tokens, the data's tokens
+    /// after the written span stay with their targets, and the repeats are searched in the span.
+    #[test]
+    fn a_rollout_after_a_short_prefix_writes_inside_the_block() {
+        let config = ModelConfig::tiny(Architecture::Llama);
+        let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
+        let (block, tokens, after) = (16, 6, 3);
+        let data = batch(2, block, config.vocab_size);
+        let on_policy = OnPolicy { tokens, temperature: 0.0, every: 1, after: Some(after) };
+        let rolled = on_policy.rollout(&student, data.clone(), 9);
+        let (before, inputs, targets) = (ids(data.inputs), ids(rolled.inputs.clone()), ids(rolled.targets.clone()));
+        let before_targets = ids(data.targets);
+        let span = after..after + tokens;
+        for r in 0..2 {
+            let prompt: Vec<u32> = before[r][..after].iter().map(|&t| t as u32).collect();
+            let (want, _) =
+                generate(&student.valid(), &prompt, tokens, &mut Sampler::new(Sampling::default()), None, |_| {});
+            let want: Vec<i64> = want.into_iter().map(i64::from).collect();
+            assert_eq!(inputs[r][span.clone()], want[..], "row {r}: the student's continuation of the prefix");
+            assert_eq!(inputs[r][..after], before[r][..after], "row {r}: the prefix is kept");
+            assert_eq!(inputs[r][span.end..], before[r][span.end..], "row {r}: the data after the span is kept");
+            assert!(targets[r][span.clone()].iter().all(|&t| t == IGNORED), "row {r}: {:?}", targets[r]);
+            assert_eq!(targets[r][..after], before_targets[r][..after], "row {r}");
+            assert_eq!(targets[r][span.end..], before_targets[r][span.end..], "row {r}");
+        }
+        // The count is the span's positions with a written next input; repeats only inside it.
+        let (unlikely, positions) = repeated_tokens(&rolled);
+        assert_eq!(positions, 2 * (tokens - 1));
+        for row in ids(unlikely) {
+            assert!(row.iter().enumerate().all(|(p, &t)| t == IGNORED || span.contains(&p)), "{row:?}");
+        }
+        let ok = |after| OnPolicy { after: Some(after), ..on_policy }.validate(block).is_ok();
+        assert!(ok(1) && ok(block - tokens) && !ok(0) && !ok(block - tokens + 1));
+    }
+
     #[test]
     fn sampled_rollouts_repeat_for_a_seed_and_differ_across_steps() {
         let config = ModelConfig::tiny(Architecture::Llama);
         let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
-        let on_policy = OnPolicy { tokens: 8, temperature: 1.0, every: 1 };
+        let on_policy = OnPolicy { tokens: 8, temperature: 1.0, every: 1, after: None };
         let roll = |step| {
             let seed = rollout_seed(5, step, 0, 0);
             ids(on_policy.rollout(&student, batch(1, 12, config.vocab_size), seed).inputs)
@@ -274,13 +335,13 @@ mod tests {
 
     #[test]
     fn tokens_must_leave_a_prefix_and_the_temperature_be_a_number() {
-        assert!(OnPolicy { tokens: 4, temperature: 1.0, every: 1 }.validate(8).is_ok());
+        assert!(OnPolicy { tokens: 4, temperature: 1.0, every: 1, after: None }.validate(8).is_ok());
         for (p, says) in [
-            (OnPolicy { tokens: 0, temperature: 1.0, every: 1 }, "must be in 1..8"),
-            (OnPolicy { tokens: 8, temperature: 1.0, every: 1 }, "must be in 1..8"),
-            (OnPolicy { tokens: 4, temperature: -1.0, every: 1 }, ">= 0"),
-            (OnPolicy { tokens: 4, temperature: f64::NAN, every: 1 }, ">= 0"),
-            (OnPolicy { tokens: 4, temperature: 1.0, every: 0 }, "every must be >= 1"),
+            (OnPolicy { tokens: 0, temperature: 1.0, every: 1, after: None }, "must be in 1..8"),
+            (OnPolicy { tokens: 8, temperature: 1.0, every: 1, after: None }, "must be in 1..8"),
+            (OnPolicy { tokens: 4, temperature: -1.0, every: 1, after: None }, ">= 0"),
+            (OnPolicy { tokens: 4, temperature: f64::NAN, every: 1, after: None }, ">= 0"),
+            (OnPolicy { tokens: 4, temperature: 1.0, every: 0, after: None }, "every must be >= 1"),
         ] {
             let err = p.validate(8).unwrap_err();
             assert!(err.contains(says), "{err}");
@@ -293,7 +354,7 @@ mod tests {
         let config = ModelConfig::tiny(Architecture::Llama);
         let student = Transformer::<B>::init(&config, 3, &Default::default()).unwrap();
         let data = batch(1, 12, config.vocab_size);
-        let on_policy = Some(OnPolicy { tokens: 6, temperature: 0.0, every: 3 });
+        let on_policy = Some(OnPolicy { tokens: 6, temperature: 0.0, every: 3, after: None });
         let stage = Stage {
             name: "distill".into(),
             steps: 9,

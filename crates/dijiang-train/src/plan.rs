@@ -194,11 +194,14 @@ impl Plan {
                         stage.loss.describe()
                     );
                     if let Some(p) = &stage.on_policy {
+                        let place = match p.after {
+                            Some(after) => format!("{} tokens after the first {after} of each block", p.tokens),
+                            None => format!("the last {} tokens of each block", p.tokens),
+                        };
                         let _ = writeln!(
                             out,
-                            "            on-policy: the student writes the last {} tokens of each block (temperature {}), \
-                             every {} step(s)",
-                            p.tokens, p.temperature, p.every
+                            "            on-policy: the student writes {place} (temperature {}), every {} step(s)",
+                            p.temperature, p.every
                         );
                     }
                 }

@@ -118,7 +118,7 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
     use dijiang_train::on_policy::OnPolicy;
     let load = load_default;
     let e = load(&["stages.1.on_policy.tokens=128"]).unwrap();
-    assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0, every: 1 }));
+    assert_eq!(e.stages[1].on_policy, Some(OnPolicy { tokens: 128, temperature: 1.0, every: 1, after: None }));
     assert_eq!(e.stages[0].on_policy, None);
     for (extra, says) in [
         (&["stages.1.on_policy.tokens=128", "stages.1.loss.kl=0"][..], "needs kl or reverse_kl"),
@@ -127,6 +127,8 @@ fn on_policy_is_checked_against_the_block_and_the_loss() {
         (&["stages.0.on_policy.tokens=128"], "no layer terms"),
         (&["stages.1.on_policy.tokens=128", "stages.1.loss.lm=0", "stages.1.on_policy.every=0"], "every must be >= 1"),
         (&["stages.1.on_policy.token=128", "stages.1.loss.lm=0"], "token"),
+        (&["stages.1.on_policy.tokens=128", "stages.1.on_policy.after=897"], "after (897) must be in 1..=896"),
+        (&["stages.1.on_policy.tokens=128", "stages.1.on_policy.after=0"], "after (0) must be in 1..=896"),
         (&["stages.1.loss.unlikelihood=1"], "the stage needs on_policy"),
         (&["stages.1.loss.written_kl=0"], "loss.written_kl weighs the KL at the student's written positions"),
         (&["stages.1.on_policy.tokens=128", "stages.1.loss.written_kl=2"], "a weight in 0..=1"),

@@ -299,7 +299,7 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
     let mut on_data = experiment.clone();
     on_data.stages[1].loss = Objective::new([(Term::Kl, 1.0), (Term::Lm, 0.1)]).with_temperature(2.0);
     let mut on_policy = on_data.clone();
-    on_policy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 1.0, every: 1 });
+    on_policy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 1.0, every: 1, after: None });
     on_policy.validate().unwrap();
     run(dir, &on_data, "kl-data", false, 1);
     run(dir, &on_policy, "kl-policy", false, 1);
@@ -320,7 +320,7 @@ fn an_on_policy_stage_distils_on_the_students_text_and_resumes_exactly() {
 /// Unlikelihood on greedy rollouts: the tiny random student's greedy continuations repeat
 /// themselves, so the term has tokens to push down (it is 0 only on text without repeats), and it
 /// changes the training against the same on-policy stage without it; `written_kl = 0` takes the
-/// KL on the data's prefix alone.
+/// KL on the data's prefix alone; `after` writes inside the block.
 #[test]
 fn an_unlikelihood_term_pushes_down_the_students_own_repeats() {
     use dijiang_train::objective::Objective;
@@ -329,7 +329,7 @@ fn an_unlikelihood_term_pushes_down_the_students_own_repeats() {
     let (dir, experiment, _) = reference(Architecture::Llama);
     let mut greedy = experiment.clone();
     greedy.stages[1].loss = Objective::new([(Term::Kl, 1.0)]);
-    greedy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 0.0, every: 1 });
+    greedy.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 0.0, every: 1, after: None });
     let mut unlikely = greedy.clone();
     unlikely.stages[1].loss = Objective::new([(Term::Kl, 1.0), (Term::Unlikelihood, 1.0)]);
     unlikely.validate().unwrap();
@@ -351,6 +351,20 @@ fn an_unlikelihood_term_pushes_down_the_students_own_repeats() {
     let kl = at(&on_prefix, 4, "train/kl");
     assert!(kl.is_finite() && kl != at(&pushed, 4, "train/kl"), "the prefix's KL: {kl}");
     assert_eq!(at(&on_prefix, 4, "train/unlikelihood").to_bits(), values[0].to_bits(), "the same rollout");
+    // Written after the block's first 2 tokens (`after`), the data after the span kept: the KL
+    // on other data positions, the term on another continuation, and the run resumes exactly.
+    let mut early = prefix.clone();
+    early.stages[1].on_policy = Some(OnPolicy { tokens: BLOCK / 2, temperature: 0.0, every: 1, after: Some(2) });
+    early.validate().unwrap();
+    run(dir, &early, "greedy-early", false, 1);
+    let written_early = metrics(&dir.join("greedy-early"));
+    let (kl_early, term) = (at(&written_early, 4, "train/kl"), at(&written_early, 4, "train/unlikelihood"));
+    assert!(kl_early.is_finite() && kl_early != kl, "the KL on the data around the span: {kl_early}");
+    assert!(term.is_finite() && term >= 0.0, "{term}");
+    let stopped = run(dir, &early, "greedy-early-resumed", true, 1);
+    assert!(stopped.interrupted && stopped.step == 1, "{stopped:?}");
+    run(dir, &early, "greedy-early-resumed", false, 1);
+    assert_same(&metrics(&dir.join("greedy-early-resumed")), &written_early);
 }
 
 /// A length curriculum (`data.block_schedule`): the steps before the change are the plain run's
